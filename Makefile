@@ -1,0 +1,32 @@
+# qcompiler: every target does its own set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: all setup test demo clean
+
+all: setup
+
+# Create the venv and install the project (editable; builds the native library).
+$(STAMP): pyproject.toml setup.py
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(STAMP) native
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m qcompiler.demo
+
+clean:
+	rm -rf build $(VENV) .pytest_cache
+
+include runtime_ops/runtime_ops.mk
