@@ -1,0 +1,23 @@
+"""The passes, one per file, in the order a scheme may run them (installed as qcompiler.passes).
+
+| pass | stage | what it does |
+|---|---|---|
+| canonicalize | canonical | opset upgrade, constant folding, Gemm -> MatMul+Add, Identity/dead-node removal, shapes |
+| fold_layernorm | canonical | fuse decomposed LayerNorm/RMSNorm; fold gamma/beta into consumer MatMuls (pre-LN) |
+| quantize_embeddings | transform | Gather tables row-wise int8/int4, dequantized after the Gather |
+| insert_qdq | transform | int8 per-channel weights, dynamic or static int8 activations, FP32 outlier channels |
+| quantize_int4 | transform | blockwise int4 weights, MSE-chosen clipping, MatMulNBits or opset-21 DequantizeLinear |
+| cleanup | final | remove unused, readable names, producer/scheme stamp |
+"""
+
+from __future__ import annotations
+
+from qcompiler.passes.base import QPass
+from qcompiler.passes.cleanup import Cleanup
+
+# name -> pass class, in pipeline order. Each line is one file of this folder.
+PASS_TABLE: dict[str, type[QPass]] = {
+    Cleanup.name: Cleanup,
+}
+
+__all__ = ["PASS_TABLE", "QPass"]

@@ -1,0 +1,49 @@
+"""The shape every qcompiler pass has: an onnx_ir in-place pass with an options dataclass.
+
+A pass is constructed with the compile context (roles, plan, calibration stats,
+report) and its options; `call(model)` returns `PassResult(model, modified)`.
+`stage` tells the pipeline where it runs: "canonical" passes run before the
+roles are analyzed, "transform" passes after planning and calibration, and
+"final" passes last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+from qcompiler.errors import SchemeError
+
+
+@dataclasses.dataclass
+class NoOptions:
+    pass
+
+
+class QPass(ir.passes.InPlacePass):
+    name: ClassVar[str] = ""
+    stage: ClassVar[str] = "transform"
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, ctx: Any = None, options: Any = None) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def from_dict(cls, ctx: Any, values: dict[str, Any]) -> "QPass":
+        fields = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = set(values) - fields
+        if unknown:
+            raise SchemeError(f"pass '{cls.name}': unknown options {sorted(unknown)} (known: {sorted(fields)})")
+        return cls(ctx, cls.Options(**values))
+
+    def report(self, key: str, value: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.note(self.name, key, value)
+
+    def report_append(self, key: str, value: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.append(self.name, key, value)

@@ -1,0 +1,311 @@
+"""Find the roles of a transformer's weights from the graph's structure, not node names.
+
+A *linear* is a MatMul whose second input is a constant [K, N] weight (directly, or
+through a Transpose of a constant, as a tied LM head is), with an optional following
+Add of a constant [N] bias. An *embedding* is a Gather on a constant 2-D table with
+runtime indices. Roles come from the dataflow around them:
+
+- attention: a MatMul of two activations. If its first input comes from a Softmax it is
+  probs @ V (the linear feeding its second input is `attn_v`, the linear reading its
+  output is `attn_out`); otherwise it is Q @ K^T (`attn_q` feeds the first input,
+  `attn_k` the second). One linear feeding several of them (then Split) is `attn_qkv`.
+- FFN: a linear whose output goes through an activation (Gelu, Erf, Relu, Sigmoid, Tanh,
+  SiLU) is `ffn_up`; a linear reached from it through elementwise ops only is `ffn_down`.
+- `lm_head`: a linear whose weight is an embedding table, or whose output is a graph
+  output with a vocabulary-sized N. Anything else is `linear`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+ROLES = (
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_qkv",
+    "attn_out",
+    "ffn_up",
+    "ffn_down",
+    "lm_head",
+    "linear",
+    "embedding",
+)
+
+# Ops that move or rescale data without mixing tokens or channels in a learned way.
+_SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast", "Identity", "Split", "Slice",
+              "Flatten", "Concat", "Expand", "Gather"}
+_SCALE_OPS = {"Add", "Mul", "Div", "Sub", "Where"}
+_ACTIVATIONS = {"Gelu", "Erf", "Relu", "Sigmoid", "Tanh", "FastGelu", "BiasGelu", "Softplus", "Elu",
+                "LeakyRelu", "HardSigmoid", "Mish", "QuickGelu"}
+_ELEMENTWISE = _ACTIVATIONS | {"Mul", "Add", "Div", "Sub", "Pow", "Cast", "Sqrt", "Neg", "Abs", "Identity"}
+
+
+@dataclasses.dataclass
+class Linear:
+    """One MatMul with a constant weight, and the Add of its bias if there is one."""
+
+    node: ir.Node
+    weight: ir.Value          # the initializer holding the weight
+    transposed: bool          # True when the MatMul reads Transpose(weight) ([N, K] stored)
+    bias_node: ir.Node | None
+    bias: ir.Value | None
+    role: str = "linear"
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.weight.name
+
+    @property
+    def output(self) -> ir.Value:
+        """The linear's final output: after the bias Add when there is one."""
+        return (self.bias_node or self.node).outputs[0]
+
+    @property
+    def shape_kn(self) -> tuple[int, int]:
+        shape = self.weight.const_value.shape
+        k, n = int(shape[0]), int(shape[1])
+        return (n, k) if self.transposed else (k, n)
+
+
+@dataclasses.dataclass
+class Embedding:
+    node: ir.Node
+    table: ir.Value
+    role: str = "embedding"
+    tied_linears: list[Linear] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+
+@dataclasses.dataclass
+class RoleMap:
+    linears: list[Linear]
+    embeddings: list[Embedding]
+
+    def by_role(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in [*self.linears, *self.embeddings]:
+            counts[item.role] = counts.get(item.role, 0) + 1
+        return counts
+
+    @property
+    def num_layers(self) -> int:
+        layers = [lin.layer for lin in self.linears if lin.layer is not None]
+        return max(layers) + 1 if layers else 0
+
+
+def _const(value: ir.Value | None) -> ir.TensorProtocol | None:
+    if value is None:
+        return None
+    if value.const_value is not None and value.is_initializer():
+        return value.const_value
+    return None
+
+
+def _weight_source(value: ir.Value) -> tuple[ir.Value, bool] | None:
+    """The initializer a MatMul weight input reads, and whether through a 2-D Transpose."""
+    if _const(value) is not None and len(value.const_value.shape) == 2:
+        return value, False
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Transpose" and producer.domain in ("", "ai.onnx"):
+        src = producer.inputs[0]
+        perm = producer.attributes.get_ints("perm", None)
+        if _const(src) is not None and len(src.const_value.shape) == 2 and perm in (None, [1, 0], (1, 0)):
+            return src, True
+    return None
+
+
+def _bias_of(node: ir.Node, n: int) -> tuple[ir.Node, ir.Value] | tuple[None, None]:
+    out = node.outputs[0]
+    uses = list(out.uses())
+    if len(uses) != 1 or out.is_graph_output():
+        return None, None
+    consumer = uses[0].node
+    if consumer.op_type != "Add" or consumer.domain not in ("", "ai.onnx"):
+        return None, None
+    other = consumer.inputs[1] if consumer.inputs[0] is out else consumer.inputs[0]
+    tensor = _const(other)
+    if tensor is None or tensor.shape is None or tuple(tensor.shape) not in ((n,), (1, n)):
+        return None, None
+    return consumer, other
+
+
+def find_linears(graph: ir.Graph) -> list[Linear]:
+    linears = []
+    for node in graph:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        if _const(node.inputs[0]) is not None:
+            continue
+        src = _weight_source(node.inputs[1])
+        if src is None:
+            continue
+        weight, transposed = src
+        if weight.const_value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+            continue
+        lin = Linear(node, weight, transposed, None, None)
+        lin.bias_node, lin.bias = _bias_of(node, lin.shape_kn[1])
+        linears.append(lin)
+    return linears
+
+
+def find_embeddings(graph: ir.Graph) -> list[Embedding]:
+    found = []
+    for node in graph:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+            continue
+        table = node.inputs[0]
+        tensor = _const(table)
+        if tensor is None or len(tensor.shape) != 2 or _const(node.inputs[1]) is not None:
+            continue
+        if node.attributes.get_int("axis", 0) != 0:
+            continue
+        if tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+            continue
+        found.append(Embedding(node, table))
+    return found
+
+
+def _walk_back(value: ir.Value, through: set[str], limit: int = 12) -> Iterable[ir.Node]:
+    """Producers reached backwards from value through the given op types."""
+    stack, seen = [(value, 0)], set()
+    while stack:
+        v, depth = stack.pop()
+        node = v.producer()
+        if node is None or id(node) in seen or depth > limit:
+            continue
+        seen.add(id(node))
+        yield node
+        if node.op_type in through:
+            for inp in node.inputs:
+                if inp is not None and _const(inp) is None:
+                    stack.append((inp, depth + 1))
+
+
+def _walk_forward(value: ir.Value, through: set[str], limit: int = 12) -> Iterable[ir.Node]:
+    stack, seen = [(value, 0)], set()
+    while stack:
+        v, depth = stack.pop()
+        for use in v.uses():
+            node = use.node
+            if id(node) in seen or depth > limit:
+                continue
+            seen.add(id(node))
+            yield node
+            if node.op_type in through:
+                for out in node.outputs:
+                    stack.append((out, depth + 1))
+
+
+def analyze(model: ir.Model) -> RoleMap:
+    """Assign a role and a layer index to every linear and embedding of the main graph."""
+    graph = model.graph
+    linears = find_linears(graph)
+    embeddings = find_embeddings(graph)
+    by_node = {id(lin.node): lin for lin in linears}
+    by_bias = {id(lin.bias_node): lin for lin in linears if lin.bias_node is not None}
+
+    def linear_of(node: ir.Node) -> Linear | None:
+        return by_node.get(id(node)) or by_bias.get(id(node))
+
+    def linears_back(value: ir.Value) -> list[Linear]:
+        hits = []
+        for node in _walk_back(value, _SHAPE_OPS | _SCALE_OPS):
+            lin = linear_of(node)
+            if lin is not None and lin not in hits:
+                hits.append(lin)
+        return hits
+
+    qkv_hits: dict[int, set[str]] = {}
+    for node in graph:
+        if node.op_type != "MatMul" or id(node) in by_node or len(node.inputs) != 2:
+            continue
+        a, b = node.inputs
+        if _const(a) is not None or _const(b) is not None:
+            continue
+        from_softmax = any(n.op_type == "Softmax" for n in _walk_back(a, _SHAPE_OPS | _SCALE_OPS | {"Softmax"}, 4))
+        if from_softmax:
+            for lin in linears_back(b):
+                qkv_hits.setdefault(id(lin), set()).add("attn_v")
+            for user in _walk_forward(node.outputs[0], _SHAPE_OPS):
+                lin = by_node.get(id(user))
+                if lin is not None and user.inputs[0] is not None:
+                    lin.role = "attn_out"
+        else:
+            for lin in linears_back(a):
+                qkv_hits.setdefault(id(lin), set()).add("attn_q")
+            for lin in linears_back(b):
+                qkv_hits.setdefault(id(lin), set()).add("attn_k")
+    for lin in linears:
+        hits = qkv_hits.get(id(lin))
+        if hits and lin.role == "linear":
+            lin.role = hits.pop() if len(hits) == 1 else "attn_qkv"
+
+    for lin in linears:
+        if lin.role != "linear":
+            continue
+        for user in _walk_forward(lin.output, {"Cast", "Identity"}, 3):
+            if user.op_type in _ACTIVATIONS or (user.op_type == "Div" and _feeds_erf(user)):
+                lin.role = "ffn_up"
+                break
+            if user.op_type == "Mul" and _is_silu(user, lin.output):
+                lin.role = "ffn_up"
+                break
+    for lin in linears:
+        if lin.role != "ffn_up":
+            continue
+        for user in _walk_forward(lin.output, _ELEMENTWISE):
+            other = by_node.get(id(user))
+            if other is not None and other.role == "linear":
+                other.role = "ffn_down"
+
+    tables = {id(e.table): e for e in embeddings}
+    graph_outputs = {id(v) for v in graph.outputs}
+    vocab = max((int(e.table.const_value.shape[0]) for e in embeddings), default=0)
+    for lin in linears:
+        emb = tables.get(id(lin.weight))
+        if emb is not None:
+            lin.role = "lm_head"
+            emb.tied_linears.append(lin)
+        elif lin.role == "linear" and vocab >= 1000 and lin.shape_kn[1] == vocab:
+            reaches_output = any(id(o) in graph_outputs for n in _walk_forward(lin.output, _SHAPE_OPS, 4)
+                                 for o in n.outputs) or lin.output.is_graph_output()
+            if reaches_output:
+                lin.role = "lm_head"
+
+    layer = -1
+    for node in graph:  # graph iteration is topological after canonicalize
+        lin = by_node.get(id(node))
+        if lin is None:
+            continue
+        if lin.role in ("attn_q", "attn_qkv"):
+            layer += 1
+        lin.layer = max(layer, 0) if layer >= 0 or lin.role != "lm_head" else None
+    for lin in linears:
+        if lin.role == "lm_head":
+            lin.layer = None
+    return RoleMap(linears, embeddings)
+
+
+def _feeds_erf(node: ir.Node) -> bool:
+    return any(u.node.op_type == "Erf" for u in node.outputs[0].uses())
+
+
+def _is_silu(mul: ir.Node, x: ir.Value) -> bool:
+    other = mul.inputs[1] if mul.inputs[0] is x else mul.inputs[0]
+    producer = other.producer() if other is not None else None
+    return producer is not None and producer.op_type == "Sigmoid" and producer.inputs[0] is x
+
+
+def weight_array(lin: Linear) -> np.ndarray:
+    """The weight as float32 [K, N] (MatMul orientation), whatever its storage."""
+    array = lin.weight.const_value.numpy().astype(np.float32, copy=False)
+    return array.T if lin.transposed else array

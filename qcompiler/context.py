@@ -1,0 +1,48 @@
+"""The state one compilation carries from pass to pass."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import onnx_ir as ir
+
+from qcompiler.analyze import RoleMap
+from qcompiler.plan import WeightPlan
+from qcompiler.schemes import Scheme
+
+
+@dataclasses.dataclass
+class CompileOptions:
+    """What the user asked for beyond the scheme (CLI flags / compile() keywords)."""
+
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    target: str = "ort"              # "ort" (com.microsoft ops allowed) or "portable" (standard ops only)
+    calib_path: str | None = None
+    calib_samples: int = 64           # synthesized samples when no calibration data is given
+    verify: bool = True
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class CompileContext:
+    model: ir.Model
+    scheme: Scheme
+    options: CompileOptions
+    roles: RoleMap | None = None
+    plan: dict[str, WeightPlan] = dataclasses.field(default_factory=dict)
+    # Activation statistics keyed by value name (see qcompiler.calibration.ActivationStats).
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    calibration_source: str = ""
+    # Per-pass details for the report: {pass name: {...}}.
+    pass_reports: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    progress: Callable[[str, int, int], None] = lambda label, done, total: None
+
+    def note(self, pass_name: str, key: str, value: Any) -> None:
+        self.pass_reports.setdefault(pass_name, {})[key] = value
+
+    def append(self, pass_name: str, key: str, value: Any) -> None:
+        self.pass_reports.setdefault(pass_name, {}).setdefault(key, []).append(value)
+
+    def planned(self, *formats: str) -> list[WeightPlan]:
+        return [p for p in self.plan.values() if p.format in formats]

@@ -1,0 +1,33 @@
+"""User-facing error types: one exception per kind of user mistake.
+
+The CLI turns a `UsageError` into one line on stderr and exit code 2; anything
+else is an internal error (exit 1). Library callers catch them as exceptions.
+"""
+
+
+class QCompilerError(Exception):
+    """Base class of every error qcompiler raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(QCompilerError):
+    """The user asked for something impossible: bad path, bad option, bad scheme."""
+
+    exit_code = 2
+
+
+class ModelLoadError(UsageError):
+    """The input is missing, not ONNX, truncated, or its external data is unreadable."""
+
+
+class SchemeError(UsageError):
+    """Unknown scheme name or an invalid scheme file."""
+
+
+class CalibrationError(UsageError):
+    """Calibration data does not fit the model (names, dtypes, shapes, empty)."""
+
+
+class OutputError(UsageError):
+    """The output cannot be written (same as input, unwritable directory, disk full)."""
