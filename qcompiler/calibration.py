@@ -1,0 +1,249 @@
+"""Calibration: run the FP32 model on user data and keep bounded statistics of activations.
+
+Data: an .npz whose arrays are named after the model's inputs, first axis = samples
+(e.g. input_ids [S, T], attention_mask [S, T]). Without data the compiler synthesizes
+inputs from the model's signature (token ids spread over the embedding's vocabulary,
+attention masks of ones), which is enough to find outlier channels and ranges; the
+report says which was used.
+
+Per tapped tensor (a MatMul input, say) we keep, in memory independent of the data size:
+per-channel absolute maxima, global min/max, a reservoir of up to `max_rows` rows
+(for percentile / MSE ranges), and optionally the Gram matrix X^T X (for recovery).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from qcompiler.errors import CalibrationError
+
+_NP_DTYPES = {
+    ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.DataType.DOUBLE: np.float64,
+    ir.DataType.INT64: np.int64, ir.DataType.INT32: np.int32, ir.DataType.BOOL: np.bool_,
+    ir.DataType.INT8: np.int8, ir.DataType.UINT8: np.uint8,
+}
+
+
+@dataclasses.dataclass
+class ActivationStats:
+    """Bounded statistics of one activation tensor, over its last axis (channels)."""
+
+    channel_absmax: np.ndarray            # [C] float32
+    channel_sumsq: np.ndarray             # [C] float64, sum of squares (energy)
+    min: float
+    max: float
+    rows_seen: int
+    samples: np.ndarray                   # [S, C] float32 reservoir of rows (S <= max_rows)
+    gram: np.ndarray | None = None        # [C, C] float64 sum of x x^T, when requested
+
+    @property
+    def channel_energy(self) -> np.ndarray:
+        return self.channel_sumsq / max(self.rows_seen, 1)
+
+
+class _Accumulator:
+    def __init__(self, max_rows: int, want_gram: bool, rng: np.random.Generator):
+        self.max_rows, self.want_gram, self.rng = max_rows, want_gram, rng
+        self.absmax = self.sumsq = self.gram = self.samples = None
+        self.lo, self.hi, self.seen = np.inf, -np.inf, 0
+
+    def add(self, x: np.ndarray) -> None:
+        rows = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
+        if rows.shape[0] == 0:
+            return
+        if self.absmax is None:
+            c = rows.shape[1]
+            self.absmax = np.zeros(c, np.float32)
+            self.sumsq = np.zeros(c, np.float64)
+            self.samples = np.zeros((0, c), np.float32)
+            if self.want_gram:
+                self.gram = np.zeros((c, c), np.float64)
+        self.absmax = np.maximum(self.absmax, np.abs(rows).max(axis=0))
+        self.sumsq += (rows.astype(np.float64) ** 2).sum(axis=0)
+        self.lo, self.hi = min(self.lo, float(rows.min())), max(self.hi, float(rows.max()))
+        if self.gram is not None:
+            r64 = rows.astype(np.float64)
+            self.gram += r64.T @ r64
+        # Reservoir sampling keeps a uniform sample of all rows in bounded memory.
+        n_before = self.seen
+        self.seen += rows.shape[0]
+        room = self.max_rows - self.samples.shape[0]
+        if room > 0:
+            take = rows[:room]
+            self.samples = np.concatenate([self.samples, take])
+            rows = rows[room:]
+            n_before += take.shape[0]
+        if rows.shape[0]:
+            positions = n_before + np.arange(rows.shape[0])
+            slots = (self.rng.random(rows.shape[0]) * (positions + 1)).astype(np.int64)
+            keep = slots < self.max_rows
+            self.samples[slots[keep]] = rows[keep]
+
+    def finish(self) -> ActivationStats:
+        return ActivationStats(self.absmax, self.sumsq, self.lo, self.hi, self.seen, self.samples, self.gram)
+
+
+def model_input_specs(model: ir.Model) -> list[tuple[str, ir.DataType, tuple]]:
+    inits = set(model.graph.initializers)
+    specs = []
+    for v in model.graph.inputs:
+        if v.name in inits:
+            continue
+        dims = tuple(d if isinstance(d, int) else None for d in (v.shape or []))
+        specs.append((v.name, v.dtype, dims))
+    return specs
+
+
+def load_calibration(path: str | os.PathLike, model: ir.Model) -> list[dict[str, np.ndarray]]:
+    """Read an .npz of model inputs ([samples, ...] each) and check it against the model."""
+    path = Path(path)
+    if not path.exists():
+        raise CalibrationError(f"calibration file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise CalibrationError(f"calibration file is not a readable .npz: {path} ({exc})") from None
+    specs = model_input_specs(model)
+    names = [s[0] for s in specs]
+    missing = [n for n in names if n not in arrays]
+    extra = [n for n in arrays if n not in names]
+    if missing or extra:
+        raise CalibrationError(
+            f"calibration inputs do not match the model: missing {missing}, unexpected {extra} (model inputs: {names})"
+        )
+    counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
+    if len(counts) != 1 or 0 in counts:
+        raise CalibrationError(f"calibration arrays must share a non-empty first (sample) axis; got {sorted(counts)}")
+    for name, dtype, dims in specs:
+        want = _NP_DTYPES.get(dtype)
+        got = arrays[name].dtype
+        if want is not None and got != want:
+            if np.issubdtype(got, np.integer) and np.issubdtype(want, np.integer):
+                arrays[name] = arrays[name].astype(want)
+            elif np.issubdtype(got, np.floating) and np.issubdtype(want, np.floating):
+                arrays[name] = arrays[name].astype(want)
+            else:
+                raise CalibrationError(f"calibration input '{name}' has dtype {got}, the model wants {np.dtype(want)}")
+        if dims and arrays[name].ndim != len(dims):
+            raise CalibrationError(
+                f"calibration input '{name}' has rank {arrays[name].ndim}, the model wants {len(dims)} (first axis = samples)"
+            )
+    n = counts.pop()
+    return [{k: arrays[k][i : i + 1] for k in names} for i in range(n)]
+
+
+def synthesize_inputs(model: ir.Model, samples: int = 16, seq_len: int = 32, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Inputs made from the model's signature when the user gives no calibration data."""
+    rng = np.random.default_rng(seed)
+    vocab = _vocabulary_size(model)
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for name, dtype, dims in model_input_specs(model):
+            shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else seq_len) for i, d in enumerate(dims)]
+            lname = name.lower()
+            if dtype in (ir.DataType.INT64, ir.DataType.INT32):
+                if "mask" in lname:
+                    arr = np.ones(shape)
+                elif "type" in lname or "segment" in lname:
+                    arr = np.zeros(shape)
+                elif "position" in lname:
+                    arr = np.broadcast_to(np.arange(shape[-1]), shape)
+                else:
+                    arr = rng.integers(1, max(vocab, 2), size=shape)
+                feed[name] = np.asarray(arr, dtype=_NP_DTYPES[dtype])
+            elif dtype == ir.DataType.BOOL:
+                feed[name] = np.ones(shape, dtype=np.bool_)
+            elif dtype in _NP_DTYPES:
+                feed[name] = rng.standard_normal(shape).astype(_NP_DTYPES[dtype])
+            else:
+                raise CalibrationError(f"cannot synthesize input '{name}' of type {dtype}; give --calib data")
+        feeds.append(feed)
+    return feeds
+
+
+def _vocabulary_size(model: ir.Model) -> int:
+    sizes = []
+    for node in model.graph:
+        if node.op_type == "Gather" and node.inputs[0] is not None and node.inputs[0].const_value is not None:
+            shape = node.inputs[0].const_value.shape
+            if len(shape) == 2:
+                sizes.append(int(shape[0]))
+    return max(sizes) if sizes else 100
+
+
+def session_with_taps(model: ir.Model, taps: list[str], providers=("CPUExecutionProvider",), session_options=None):
+    """An onnxruntime session of `model` that also outputs the tapped values.
+
+    The model is serialized without touching `model` itself; a copy over 2 GB goes
+    through a temporary file with external data.
+    """
+    import onnxruntime as ort
+
+    proto = ir.to_proto(model)
+    existing = {o.name for o in proto.graph.output}
+    value_types = {}
+    for vi in list(proto.graph.value_info) + list(proto.graph.input):
+        value_types[vi.name] = vi
+    for name in taps:
+        if name in existing:
+            continue
+        existing.add(name)
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name) if name not in value_types
+                                  else value_types[name])
+    opts = session_options or ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        blob = proto.SerializeToString()
+        return ort.InferenceSession(blob, opts, providers=list(providers))
+    except ValueError:
+        # Over the 2 GB protobuf limit: save with external data and load from disk.
+        tmpdir = tempfile.mkdtemp(prefix="qcompile-calib-")
+        path = os.path.join(tmpdir, "model.onnx")
+        onnx.save_model(proto, path, save_as_external_data=True, location="model.data")
+        return ort.InferenceSession(path, opts, providers=list(providers))
+
+
+def collect_stats(
+    model: ir.Model,
+    feeds: list[dict[str, np.ndarray]],
+    taps: list[str],
+    max_rows: int = 2048,
+    gram_for: set[str] | None = None,
+    seed: int = 0,
+    progress=None,
+) -> dict[str, ActivationStats]:
+    """Run the model on every feed and accumulate statistics of the tapped values."""
+    if not feeds:
+        raise CalibrationError("calibration data is empty")
+    gram_for = gram_for or set()
+    rng = np.random.default_rng(seed)
+    session = session_with_taps(model, taps)
+    out_names = [o.name for o in session.get_outputs()]
+    wanted = [n for n in out_names if n in set(taps)]
+    accs = {name: _Accumulator(max_rows, name in gram_for, rng) for name in wanted}
+    for i, feed in enumerate(feeds):
+        try:
+            values = session.run(wanted, feed)
+        except Exception as exc:
+            raise CalibrationError(f"the model does not run on calibration sample {i}: {str(exc).splitlines()[0][:200]}") from None
+        for name, value in zip(wanted, values):
+            if value.dtype.kind == "f" and value.ndim >= 1:
+                accs[name].add(value)
+        if progress:
+            progress(i + 1, len(feeds))
+    return {name: acc.finish() for name, acc in accs.items() if acc.absmax is not None}
+
+
+def batches(feeds: list[dict[str, np.ndarray]], size: int) -> Iterator[list[dict[str, np.ndarray]]]:
+    for i in range(0, len(feeds), size):
+        yield feeds[i : i + size]
