@@ -32,6 +32,8 @@ import numpy as np
 
 DEFAULT_CACHE = Path.home() / ".cache" / "qcompiler" / "models"
 HIDDEN = 384
+# Bump when the exported graph changes, so cached exports of older code are not reused.
+EXPORT_VERSION = 1
 
 
 def model_dir() -> Path:
@@ -138,6 +140,7 @@ def export_minilm(path, opset: int = 17) -> str:
                 do_constant_folding=True,
                 dynamo=False,
             )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -148,11 +151,12 @@ def export_minilm(path, opset: int = 17) -> str:
 def minilm_onnx(cache_dir=None, opset: int = 17) -> str:
     """Path of the exported MiniLM ONNX in ``cache_dir`` (default ~/.cache/qcompiler/models/).
 
-    Exported once (about half a minute on 2 cores), then reused. The export writes a temporary file
+    Exported once (about 6 s on 2 cores), then reused; the file name carries the opset and
+    ``EXPORT_VERSION``. The export writes a temporary file
     and renames it, so concurrent callers and interrupted runs never see a partial file.
     """
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    target = cache / f"all-MiniLM-L6-v2.opset{opset}.onnx"
+    target = cache / f"all-MiniLM-L6-v2.opset{opset}.v{EXPORT_VERSION}.onnx"
     if not target.exists():
         export_minilm(target, opset=opset)
     return str(target)

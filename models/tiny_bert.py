@@ -93,12 +93,15 @@ class Attention(nn.Module):
         self.head_dim = HIDDEN // HEADS
 
     def forward(self, x, mask_add):
-        b, s = x.shape[0], x.shape[1]
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        # Shapes are taken from the projection, not from x, so that in the pre-norm variants
+        # the only consumers of a norm output are MatMuls (no Shape node on it).
+        b, s = q.shape[0], q.shape[1]
 
         def split(t):
             return t.view(b, s, HEADS, self.head_dim).transpose(1, 2)
 
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        q, k, v = split(q), split(k), split(v)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         probs = torch.softmax(scores + mask_add, dim=-1)
         ctx = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, HIDDEN)
