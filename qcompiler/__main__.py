@@ -1,0 +1,5 @@
+"""`python -m qcompiler` is the `qcompile` command."""
+
+from qcompiler.cli import entry
+
+entry()

@@ -1,0 +1,111 @@
+"""The `qcompile` command line: compile a model (default command), list schemes, bench.
+
+    qcompile model.onnx --scheme int4
+    qcompile model.onnx --scheme int8 --calib calib.npz -o out.onnx --report out.json
+    qcompile --list-schemes
+
+User mistakes end in one line on stderr and exit code 2; internal errors in exit code 1
+(set QCOMPILE_DEBUG=1 to see the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+from rich.console import Console
+
+from qcompiler.errors import QCompilerError
+
+_console = Console(stderr=True)
+
+
+class _DefaultCommandGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to `compile`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--list-schemes", "--version"):
+            args = ["compile", *args]
+        return super().parse_args(ctx, args)
+
+
+def _list_schemes() -> None:
+    from qcompiler.schemes import builtin_scheme_names, load_scheme
+
+    for name in builtin_scheme_names():
+        scheme = load_scheme(name)
+        click.echo(f"{name:<10} {scheme.summary}")
+
+
+@click.group(cls=_DefaultCommandGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--list-schemes", is_flag=True, help="List the built-in schemes, one line each.")
+@click.version_option(package_name="qcompiler")
+@click.pass_context
+def cli(ctx: click.Context, list_schemes: bool) -> None:
+    """qcompile: compile FP32 transformer ONNX models into small, fast low-bit ONNX models."""
+    if list_schemes:
+        _list_schemes()
+        ctx.exit(0)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@cli.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--scheme", "-s", default="int8", show_default=True, help="Built-in scheme name or a .toml file.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output path (default: MODEL.<scheme>.onnx beside it).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON (+ .md, + .png).")
+@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration inputs: .npz with one array per model input, first axis = samples.")
+@click.option("--exclude", multiple=True, help="Keep in FP32: a role (ffn_down), layer:N, or a glob on weight/node names. Repeatable.")
+@click.option("--target", type=click.Choice(["ort", "portable"]), default="ort", show_default=True,
+              help="ort: onnxruntime contrib ops allowed (MatMulNBits); portable: standard ONNX only.")
+@click.option("--no-verify", is_flag=True, help="Skip running the compiled model beside the original.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display or summary.")
+def compile_command(model, scheme, output, report_path, calib, exclude, target, no_verify, quiet) -> None:
+    """Compile MODEL with a scheme and print a summary."""
+    from qcompiler.pipeline import compile_model
+    from qcompiler.report import print_summary
+
+    rep = compile_model(model, scheme=scheme, output=output, report_path=report_path, calib=calib,
+                        exclude=list(exclude), target=target, verify=not no_verify, progress=not quiet,
+                        console=_console)
+    if not quiet:
+        print_summary(rep, _console)
+    click.echo(rep["output"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="qcompile", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        click.echo(f"qcompile: error: {exc.format_message()}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("qcompile: interrupted", err=True)
+        return 130
+    except QCompilerError as exc:
+        click.echo(f"qcompile: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("qcompile: interrupted", err=True)
+        return 130
+    except Exception as exc:  # an internal error: one line, traceback on request
+        if os.environ.get("QCOMPILE_DEBUG"):
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        click.echo(f"qcompile: internal error: {type(exc).__name__}: {first} (QCOMPILE_DEBUG=1 for details)", err=True)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

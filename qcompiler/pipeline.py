@@ -1,0 +1,237 @@
+"""The compile pipeline, in one direction:
+
+load -> canonicalize -> analyze -> plan -> calibrate -> transform -> pack -> verify -> save -> report
+
+Packing happens inside the transform passes (they call the quantizers and the op
+contract's packers); everything else is one function call per stage here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from qcompiler import calibration, model_io, report as report_mod, verify as verify_mod
+from qcompiler.analyze import analyze
+from qcompiler.context import CompileContext, CompileOptions
+from qcompiler.errors import QCompilerError, SchemeError, UsageError
+from qcompiler.plan import KEEP, make_plan
+from qcompiler.schemes import Scheme, load_scheme
+
+STAGES = ("canonical", "transform", "final")
+
+
+def default_output_path(model_path: str | os.PathLike, scheme_name: str) -> Path:
+    p = Path(model_path)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return p.with_name(f"{stem}.{Path(scheme_name).stem}.onnx")
+
+
+class _Steps:
+    """Progress display: one line per stage with its time, bars for long loops."""
+
+    def __init__(self, show: bool, console: Console | None):
+        self.show = show
+        self.console = console or Console(stderr=True)
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        status = self.console.status(f"{name} ...") if self.show else contextlib.nullcontext()
+        with status:
+            yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        if self.show:
+            self.console.print(f"[green]✓[/green] {name} [dim]{self.timings[name]:.1f}s[/dim]")
+
+    @contextlib.contextmanager
+    def bar(self, label: str, total: int):
+        if not self.show:
+            yield lambda done, _total: None
+            return
+        columns = (TextColumn("  " + label), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda done, _total: progress.update(task, completed=done)
+
+
+def build_passes(scheme: Scheme, ctx: CompileContext):
+    from qcompiler.passes import PASS_TABLE
+
+    instances = [PASS_TABLE[name].from_dict(ctx, scheme.pass_options(name)) for name in scheme.passes]
+    order = [STAGES.index(p.stage) for p in instances]
+    if order != sorted(order):
+        raise SchemeError(f"scheme {scheme.source}: passes must run canonical, then transform, then final ones")
+    return instances
+
+
+def compile_model(
+    model_path: str | os.PathLike,
+    scheme: str | Scheme = "int8",
+    output: str | os.PathLike | None = None,
+    report_path: str | os.PathLike | None = None,
+    calib: str | os.PathLike | None = None,
+    exclude: list[str] | tuple[str, ...] = (),
+    target: str = "ort",
+    verify: bool = True,
+    verify_samples: int = 8,
+    progress: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Compile one model; returns the report dict (also written to report_path as JSON + .md)."""
+    t0 = time.perf_counter()
+    steps = _Steps(progress, console)
+    if target not in ("ort", "portable"):
+        raise UsageError(f"unknown target '{target}' (ort or portable)")
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise UsageError(f"input model not found: {model_path}")
+    scheme_obj = scheme if isinstance(scheme, Scheme) else load_scheme(str(scheme))
+    out_path = Path(output) if output else default_output_path(model_path, scheme_obj.name)
+    model_io.check_output_path(model_path, out_path)
+    if report_path is not None:
+        model_io.check_output_path(model_path, report_path)
+
+    with steps.stage("load"):
+        model = model_io.load_model(model_path)
+    options = CompileOptions(exclude=list(exclude), target=target, calib_path=str(calib) if calib else None,
+                             verify=verify)
+    ctx = CompileContext(model=model, scheme=scheme_obj, options=options)
+    passes = build_passes(scheme_obj, ctx)
+    notes: list[str] = []
+    calib_feeds = calibration.load_calibration(calib, model) if calib else None
+
+    with steps.stage("canonicalize"):
+        for p in passes:
+            if p.stage == "canonical":
+                p(model)
+    with steps.stage("analyze + plan"):
+        ctx.roles = analyze(model)
+        ctx.plan = make_plan(ctx.roles, scheme_obj, list(exclude))
+    if not ctx.roles.linears and not ctx.roles.embeddings:
+        notes.append("no MatMul/Gemm with constant weights and no embedding table: compiled to a copy")
+
+    transform = [p for p in passes if p.stage == "transform"]
+    needs_stats = any(getattr(p, "needs_stats", False) for p in transform) and ctx.roles.linears
+    needs_gram = any(getattr(p, "needs_gram", False) for p in transform)
+    reference_proto = ir.to_proto(model) if verify and _fits_in_memory(model) else None
+    if needs_stats or calib_feeds:
+        with steps.stage("calibrate"):
+            feeds = calib_feeds
+            if feeds is None:
+                feeds = calibration.synthesize_inputs(model, samples=options.calib_samples, seed=options.seed)
+                ctx.calibration_source = f"synthesized ({len(feeds)} samples of random tokens)"
+            else:
+                ctx.calibration_source = f"{calib} ({len(feeds)} samples)"
+            taps = sorted({lin.node.inputs[0].name for lin in ctx.roles.linears if ctx.plan[lin.name].format != KEEP})
+            for p in transform:
+                taps += [t for t in getattr(p, "extra_taps", lambda: [])() if t not in taps]
+            gram_for = set(taps) if needs_gram else set()
+            with steps.bar("calibrating", len(feeds)) as bar:
+                ctx.stats = calibration.collect_stats(model, feeds, taps, gram_for=gram_for, seed=options.seed,
+                                                      progress=bar)
+
+    with steps.stage("transform + pack"):
+        for p in transform:
+            p(model)
+    with steps.stage("cleanup"):
+        for p in passes:
+            if p.stage == "final":
+                p(model)
+
+    _mark_unhandled(ctx, model, notes)
+    verification = None
+    if verify and reference_proto is not None:
+        with steps.stage("verify"):
+            if calib_feeds and len(calib_feeds) > 2 * verify_samples:
+                vfeeds = calib_feeds[-verify_samples:]
+            else:
+                vfeeds = calibration.synthesize_inputs(model, samples=verify_samples, seed=options.seed + 1)
+            layer_names = [lin.output.name for lin in ctx.roles.linears]
+            with steps.bar("verifying", len(vfeeds)) as bar:
+                verification = verify_mod.verify(reference_proto, model, vfeeds, layer_names, progress=bar)
+    elif verify:
+        notes.append("verification skipped: model too large to hold a reference copy in memory")
+
+    with steps.stage("save"):
+        model_io.save_model(model, out_path)
+        checker = verify_mod.check_model(out_path)
+        if checker:
+            notes.append(f"onnx.checker full_check: {checker}")
+
+    rep = _build_report(ctx, model_path, out_path, verification, notes, steps.timings, time.perf_counter() - t0)
+    if report_path is not None:
+        report_mod.write_json(rep, report_path)
+        md = Path(report_path).with_suffix(".md")
+        md.write_text(report_mod.to_markdown(rep))
+        png = Path(report_path).with_suffix(".png")
+        if report_mod.plot_per_layer(rep, png):
+            rep["plot"] = str(png)
+            report_mod.write_json(rep, report_path)
+    return rep
+
+
+def _mark_unhandled(ctx: CompileContext, model: ir.Model, notes: list[str]) -> None:
+    """A weight planned for a format that no pass of the scheme wrote stays FP32: say so."""
+    float_types = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    unhandled: dict[str, int] = {}
+    for wp in ctx.plan.values():
+        init = model.graph.initializers.get(wp.name)
+        if wp.format != KEEP and init is not None and init.const_value is not None \
+                and init.const_value.dtype in float_types and len(list(init.uses())) > 0:
+            unhandled[wp.format] = unhandled.get(wp.format, 0) + 1
+            wp.reason = f"format {wp.format} not handled by any pass of the scheme"
+            wp.format = KEEP
+    for fmt, count in unhandled.items():
+        notes.append(f"{count} weight(s) planned as {fmt} were left FP32: no pass of the scheme handles {fmt}")
+
+
+def _fits_in_memory(model: ir.Model) -> bool:
+    return model_io._estimated_size(model) < 2_000_000_000
+
+
+def _build_report(ctx: CompileContext, model_path: Path, out_path: Path, verification, notes, timings, seconds) -> dict:
+    roles: dict[str, dict] = {}
+    for wp in ctx.plan.values():
+        r = roles.setdefault(wp.role, {"quantized": 0, "kept": 0, "formats": set()})
+        if wp.format == KEEP:
+            r["kept"] += 1
+        else:
+            r["quantized"] += 1
+        r["formats"].add(wp.format if wp.format != KEEP else "fp32")
+    for r in roles.values():
+        r["formats"] = sorted(r["formats"])
+    excluded = [f"{wp.name}: {wp.reason}" for wp in ctx.plan.values() if wp.reason]
+    return {
+        "tool": "qcompiler",
+        "input": str(model_path),
+        "output": str(out_path),
+        "scheme": ctx.scheme.name,
+        "scheme_source": ctx.scheme.source,
+        "target": ctx.options.target,
+        "size_before": model_io.file_size(model_path),
+        "size_after": model_io.file_size(out_path),
+        "calibration": ctx.calibration_source,
+        "roles": roles,
+        "weights": [
+            {"name": wp.name, "role": wp.role, "layer": wp.layer, "format": wp.format, **({"reason": wp.reason} if wp.reason else {})}
+            for wp in ctx.plan.values()
+        ],
+        "excluded": excluded,
+        "passes": ctx.pass_reports,
+        "verification": verification,
+        "notes": notes,
+        "seconds": timings,
+        "seconds_total": seconds,
+    }
+
+
+__all__ = ["compile_model", "default_output_path", "QCompilerError"]
