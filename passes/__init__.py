@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from qcompiler.passes.base import QPass
 from qcompiler.passes.cleanup import Cleanup
+from qcompiler.passes.insert_qdq import InsertQDQ
 
 # name -> pass class, in pipeline order. Each line is one file of this folder.
 PASS_TABLE: dict[str, type[QPass]] = {
+    InsertQDQ.name: InsertQDQ,
     Cleanup.name: Cleanup,
 }
 
