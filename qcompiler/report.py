@@ -103,6 +103,6 @@ def print_summary(report: dict, console: Console | None = None) -> None:
     if ver.get("worst_layer"):
         bits.append(f"worst layer {ver['worst_layer']['value']} rel L2 {ver['worst_layer']['rel_l2']:.4f}")
     bits.append(f"{report['seconds_total']:.1f} s")
-    console.print("  ".join(bits))
+    console.print("  ".join(bits), soft_wrap=True)
     for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
