@@ -77,6 +77,27 @@ def compile_command(model, scheme, output, report_path, calib, exclude, target, 
     click.echo(rep["output"])
 
 
+@cli.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--schemes", default="int8,int4", show_default=True, help="Comma-separated schemes to compile and compare.")
+@click.option("--task", type=click.Choice(["embeddings", "logits"]), default="embeddings", show_default=True)
+@click.option("--data", type=click.Path(dir_okay=False), help="Evaluation inputs (.npz, first axis = samples).")
+@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration inputs for the schemes (.npz).")
+@click.option("--out", "out_dir", default="bench-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--repeats", default=40, show_default=True, help="Interleaved latency rounds.")
+@click.option("--no-baselines", is_flag=True, help="Skip onnxruntime's own quantizers.")
+def bench_command(model, schemes, task, data, calib, out_dir, repeats, no_baselines) -> None:
+    """Compile MODEL with each scheme and compare with FP32 and onnxruntime's quantizers."""
+    from qcompiler.bench import load_samples, print_table, run_bench
+
+    samples = load_samples(data, model)
+    result = run_bench(model, [s for s in schemes.split(",") if s], samples, task=task, calib=calib,
+                       out_dir=out_dir, repeats=repeats, baselines=not no_baselines, console=_console)
+    print_table(result)
+    for kind, path in result["files"].items():
+        click.echo(f"{kind}: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="qcompile", standalone_mode=False)
