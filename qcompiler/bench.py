@@ -209,7 +209,7 @@ def print_table(result: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=120)
     table = Table(title=f"{Path(result['model']).name} ({result['task']}, {result['samples']} samples)")
     for col in ("variant", "size", "cosine mean", "cosine min", "latency b1", "vs FP32", "compile"):
         table.add_column(col, justify="left" if col == "variant" else "right")

@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     parser.add_argument("--schemes", default=",".join(s for s in DEMO_SCHEMES if s in builtin_scheme_names()))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    console = Console()
+    console = Console(width=max(120, Console().width))
     from models.minilm import minilm_onnx
     from qcompiler.bench import print_table, run_bench
 
