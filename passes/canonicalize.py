@@ -1,0 +1,232 @@
+"""Canonicalize: bring an exported FP32 graph to the one form the later passes expect.
+
+Opset 21, explicit default attributes, big constants as initializers, constants folded,
+Gemm written as MatMul (+ Add), no Identity or dead nodes, topological order, shapes inferred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_common
+from onnxscript import optimizer
+from onnxscript.version_converter import ConvertVersionPass
+
+from qcompiler.passes.base import QPass
+
+__all__ = ["Canonicalize"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclasses.dataclass
+class CanonicalizeOptions:
+    # Default-domain opset the graph is upgraded to (never downgraded).
+    target_opset: int = 21
+    fold_constants: bool = True
+    # onnxscript's limits (elements): a node with a larger input is not folded (Transpose of
+    # a single-use constant excepted), a larger result is not materialized. They keep a weight
+    # from being duplicated as a folded copy beside the original.
+    fold_input_size_limit: int = optimizer._constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
+    fold_output_size_limit: int = optimizer._constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
+    # Constant nodes with at least this many elements become initializers (weights exported
+    # as Constant nodes are then found by analyze, and shape inference never serializes them).
+    lift_constants_min_size: int = 1024
+    gemm_to_matmul: bool = True
+    shape_inference: bool = True
+
+
+class Canonicalize(QPass):
+    """Upgrade, fold, unify and clean an exported graph; shapes inferred at the end.
+
+    Steps, in order:
+
+    1. Default-domain opset upgraded to ``target_opset`` when lower. onnxscript's version
+       converter does 18+; older graphs (torch's opset 14 exports: ReduceMean/Split/... axes
+       as attributes) fall back to the onnx C converter, which onnxscript calls with the
+       initializers stripped, so a model over 2 GB converts too. A failed conversion leaves
+       the opset and says so in the report.
+    2. Default attributes written out (``keepdims=1`` ...): the fusion patterns match on them.
+    3. Constant nodes of ``lift_constants_min_size`` elements or more become initializers.
+    4. Constant folding (onnxscript.optimizer.fold_constants, size limits above).
+    5. ``Gemm(A, B, C, alpha, beta, transA, transB)`` becomes ``MatMul(A', B') [+ C']``:
+       a constant B is stored transposed and scaled by alpha (a new initializer
+       ``<B>_kn``, so no runtime Transpose); a runtime B gets a Transpose node and alpha a Mul;
+       a constant C is scaled by beta, a runtime C gets a Mul. The final output keeps the
+       Gemm's output value (name). onnxscript's ``gemm_to_matmul_add_rule`` is not used: it
+       only matches Reshape -> Gemm(alpha=beta=1) -> Reshape with static shapes and does not
+       constrain transA/transB.
+    6. Identity elimination, dead-node (and unused initializer) removal, topological sort.
+    7. Shape inference (onnx_ir's ShapeInferencePass: initializers over 1 KB are stripped
+       before serializing, so large models are fine; on failure shapes are left as they are).
+
+    Leaves alone: a graph already in canonical form (opset 21, MatMul, no Identity, nothing
+    dead, default attributes present) comes out with the same nodes.
+    """
+
+    name = "canonicalize"
+    stage = "canonical"
+    Options = CanonicalizeOptions
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opt = self.options
+        modified = False
+        nodes_before = _count_nodes(model)
+        self.report("nodes_before", nodes_before)
+
+        modified |= self._upgrade_opset(model)
+        modified |= ir_common.AddDefaultAttributesPass()(model).modified
+        modified |= ir_common.LiftConstantsToInitializersPass(
+            lift_all_constants=False, size_limit=opt.lift_constants_min_size
+        )(model).modified
+
+        if opt.fold_constants:
+            n0 = _count_nodes(model)
+            folded = optimizer.fold_constants(
+                model,
+                onnx_shape_inference=False,
+                input_size_limit=opt.fold_input_size_limit,
+                output_size_limit=opt.fold_output_size_limit,
+            )
+            modified |= bool(folded.modified)
+            ir_common.RemoveUnusedNodesPass()(model)
+            self.report("constant_folding_nodes_removed", n0 - _count_nodes(model))
+
+        if opt.gemm_to_matmul:
+            n_gemm = _gemm_to_matmul(model.graph)
+            self.report("gemm_to_matmul", n_gemm)
+            modified |= n_gemm > 0
+
+        n_identity = sum(1 for n in model.graph.all_nodes() if n.op_type == "Identity")
+        modified |= ir_common.IdentityEliminationPass()(model).modified
+        self.report(
+            "identity_removed", n_identity - sum(1 for n in model.graph.all_nodes() if n.op_type == "Identity")
+        )
+        modified |= ir_common.RemoveUnusedNodesPass()(model).modified
+        modified |= ir_common.TopologicalSortPass()(model).modified
+
+        if opt.shape_inference:
+            result = ir_common.ShapeInferencePass()(model)
+            modified |= result.modified
+            unknown = sum(1 for n in model.graph for v in n.outputs if v.shape is None)
+            self.report("shape_inference", {"ran": True, "values_without_shape": unknown})
+        else:
+            self.report("shape_inference", {"ran": False})
+
+        self.report("nodes_after", _count_nodes(model))
+        return ir.passes.PassResult(model, modified)
+
+    def _upgrade_opset(self, model: ir.Model) -> bool:
+        target = self.options.target_opset
+        current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+        entry = {"from": current, "to": current, "target": target}
+        if current is None or current >= target:
+            entry["action"] = "none"
+            self.report("opset", entry)
+            return False
+        try:
+            ConvertVersionPass(target_version=target, fallback=True)(model)
+        except Exception as exc:  # the converter raises several types; the model stays usable
+            logger.warning("opset upgrade %s -> %s failed: %s", current, target, exc)
+            entry["action"] = f"failed: {type(exc).__name__}: {exc}"
+            self.report("opset", entry)
+            return False
+        after = model.opset_imports.get("", current)
+        entry["to"] = after
+        entry["action"] = "upgraded" if after == target else "failed: converter left the model unchanged"
+        self.report("opset", entry)
+        return after != current
+
+
+def _count_nodes(model: ir.Model) -> int:
+    return sum(1 for _ in model.graph.all_nodes())
+
+
+class _Names:
+    """Fresh value / node / initializer names derived from existing ones."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.taken = {v.name for v in graph.initializers.values()}
+        self.taken |= {v.name for v in graph.inputs}
+        for node in graph.all_nodes():
+            self.taken.add(node.name)
+            self.taken |= {v.name for v in node.outputs}
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
+def _const_array(value: ir.Value | None) -> np.ndarray | None:
+    tensor = None if value is None else ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def _gemm_to_matmul(graph: ir.Graph) -> int:
+    """Rewrite every default-domain Gemm of the main graph as MatMul (+ Add); return the count."""
+    names = _Names(graph)
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Gemm" or node.domain not in _DEFAULT_DOMAINS:
+            continue
+        a, b = node.inputs[0], node.inputs[1]
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        alpha = node.attributes.get_float("alpha", 1.0)
+        beta = node.attributes.get_float("beta", 1.0)
+        trans_a = node.attributes.get_int("transA", 0)
+        trans_b = node.attributes.get_int("transB", 0)
+        base = node.name or "Gemm"
+        new_nodes: list[ir.Node] = []
+
+        def add_node(op, inputs, suffix, **attrs):
+            n = ir.node(op, inputs, attributes=attrs or None, name=names.fresh(f"{base}/{suffix}"))
+            n.outputs[0].name = names.fresh(f"{base}/{suffix}_output_0")
+            new_nodes.append(n)
+            return n.outputs[0]
+
+        if trans_a:
+            a = add_node("Transpose", [a], "TransposeA", perm=[1, 0])
+        b_const = _const_array(b)
+        scale_after = alpha
+        if b_const is not None and b_const.ndim == 2:
+            w = b_const.T if trans_b else b_const
+            if alpha != 1.0:
+                w = (w.astype(np.float64) * alpha).astype(b_const.dtype)
+                scale_after = 1.0
+            if trans_b or alpha != 1.0:
+                b = _new_initializer(graph, names.fresh(f"{b.name or base}_kn"), np.ascontiguousarray(w))
+        elif trans_b:
+            b = add_node("Transpose", [b], "TransposeB", perm=[1, 0])
+        y = add_node("MatMul", [a, b], "MatMul")
+        if scale_after != 1.0:
+            y = add_node("Mul", [y, _new_initializer(graph, names.fresh(f"{base}_alpha"),
+                                                      np.array(scale_after, dtype=np.float32))], "MulAlpha")
+        if c is not None and beta != 0.0:
+            c_const = _const_array(c)
+            if c_const is not None and beta != 1.0:
+                c = _new_initializer(graph, names.fresh(f"{c.name or base}_beta"),
+                                     (c_const.astype(np.float64) * beta).astype(c_const.dtype))
+            elif beta != 1.0:
+                c = add_node("Mul", [c, _new_initializer(graph, names.fresh(f"{base}_beta"),
+                                                          np.array(beta, dtype=np.float32))], "MulBeta")
+            y = add_node("Add", [y, c], "Add")
+        # The last new node's output takes over the Gemm's output (name, shape, consumers).
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [node.outputs[0]], [y])
+        count += 1
+    return count
+
+
+def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
