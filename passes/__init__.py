@@ -13,11 +13,15 @@
 from __future__ import annotations
 
 from qcompiler.passes.base import QPass
+from qcompiler.passes.canonicalize import Canonicalize
+from qcompiler.passes.fold_layernorm import FoldLayerNorm
 from qcompiler.passes.cleanup import Cleanup
 from qcompiler.passes.insert_qdq import InsertQDQ
 
 # name -> pass class, in pipeline order. Each line is one file of this folder.
 PASS_TABLE: dict[str, type[QPass]] = {
+    Canonicalize.name: Canonicalize,
+    FoldLayerNorm.name: FoldLayerNorm,
     InsertQDQ.name: InsertQDQ,
     Cleanup.name: Cleanup,
 }
