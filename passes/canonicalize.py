@@ -77,6 +77,7 @@ class Canonicalize(QPass):
         opt = self.options
         modified = False
         nodes_before = _count_nodes(model)
+        n_identity = _count_nodes(model, "Identity")
         self.report("nodes_before", nodes_before)
 
         modified |= self._upgrade_opset(model)
@@ -102,11 +103,9 @@ class Canonicalize(QPass):
             self.report("gemm_to_matmul", n_gemm)
             modified |= n_gemm > 0
 
-        n_identity = sum(1 for n in model.graph.all_nodes() if n.op_type == "Identity")
+        # Constant folding already forwards most Identity nodes; this pass takes the rest.
         modified |= ir_common.IdentityEliminationPass()(model).modified
-        self.report(
-            "identity_removed", n_identity - sum(1 for n in model.graph.all_nodes() if n.op_type == "Identity")
-        )
+        self.report("identity_removed", n_identity - _count_nodes(model, "Identity"))
         modified |= ir_common.RemoveUnusedNodesPass()(model).modified
         modified |= ir_common.TopologicalSortPass()(model).modified
 
@@ -143,8 +142,8 @@ class Canonicalize(QPass):
         return after != current
 
 
-def _count_nodes(model: ir.Model) -> int:
-    return sum(1 for _ in model.graph.all_nodes())
+def _count_nodes(model: ir.Model, op_type: str | None = None) -> int:
+    return sum(1 for n in model.graph.all_nodes() if op_type is None or n.op_type == op_type)
 
 
 class _Names:
