@@ -19,6 +19,7 @@ __all__ = ["FoldLayerNorm"]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _NORM_OPS = ("LayerNormalization", "RMSNormalization")
+_SHAPE_ONLY_OPS = ("Shape", "Size")
 
 
 @dataclasses.dataclass
@@ -185,10 +186,11 @@ class FoldLayerNorm(QPass):
         ones and beta is dropped (decomposed: the Mul/Add are removed). Computed in float64,
         stored in the weight's dtype: exact up to one rounding per weight.
 
-    Leaves alone, with the reason in the report's ``left`` list: a norm whose output also feeds
-    a residual Add (post-LN, BERT) or any other non-linear op, is a graph output, has a
-    non-constant gamma/beta, normalizes over more than the last axis, or feeds a linear whose
-    weight is shared (e.g. a tied embedding: folding would untie it). Folded norms are listed in
+    Consumers that read only the shape (Shape, Size) do not count. Leaves alone, with the
+    reason in the report's ``left`` list: a norm whose output also feeds a residual Add
+    (post-LN, BERT) or any other non-linear op, is a graph output, has a non-constant
+    gamma/beta, normalizes over more than the last axis, or feeds a linear whose weight is
+    shared (e.g. a tied embedding: folding would untie it). Folded norms are listed in
     ``folded``.
     """
 
@@ -276,6 +278,7 @@ class FoldLayerNorm(QPass):
         if not uses:
             return [], "output has no consumers"
         targets: list[Linear] = []
+        others: list[ir.Node] = []
         for use in uses:
             lin = linears.get(id(use.node))
             if lin is not None and use.idx == 0:
@@ -285,11 +288,14 @@ class FoldLayerNorm(QPass):
                     return [], f"weight of {use.node.name} is shared (e.g. tied embedding); folding would untie it"
                 if lin not in targets:
                     targets.append(lin)
-                continue
-            op = use.node.op_type
-            if op == "Add":
-                return [], "output also feeds Add (residual)"
-            return [], f"output also feeds {op} ({use.node.name}), not a linear"
+            elif use.node.op_type not in _SHAPE_ONLY_OPS:  # Shape/Size read no values: unaffected
+                others.append(use.node)
+        if any(n.op_type == "Add" for n in others):
+            return [], "output also feeds Add (residual)"
+        if others:
+            return [], f"output also feeds {others[0].op_type} ({others[0].name}), not a linear"
+        if not targets:
+            return [], "output feeds no linear"
         return targets, None
 
     def _fold_one(self, graph: ir.Graph, norm: _Norm, targets: list[Linear], names: set[str]) -> bool:

@@ -203,6 +203,20 @@ def test_left_alone(make_ctx, body, outputs, reason):
     np.testing.assert_array_equal(_run(out, _feeds())[0], expected[0])
 
 
+def test_shape_consumer_does_not_block_folding(make_ctx):
+    """A Shape of the norm output (torch's x.shape) reads no values: the norm is still folded."""
+    proto = onnx.parser.parse_model(_model(LN_OP + "  s = Shape(ln)\n  n = Size(ln)\n",
+                                           outputs=f"float[B,{N1}] y1, float[B,{N2}] y2, int64[2] s, int64 n"))
+    expected = _run(proto, _feeds())
+    model = ir.from_proto(proto)
+    result, report = _fold(model, make_ctx)
+    assert result.modified and len(report["folded"]) == 1 and "left" not in report
+    out = ir.to_proto(model)
+    onnx.checker.check_model(out, full_check=True)
+    for a, b in zip(expected, _run(out, _feeds())):
+        np.testing.assert_allclose(b, a, atol=ATOL, rtol=RTOL)
+
+
 def test_tied_weight_left(make_ctx):
     """The final norm of a tied-embedding LM: folding would untie the table, so it is left."""
     text = f"""
