@@ -1,0 +1,108 @@
+/* NEON (AArch64) inner loops: LUT GEMV with vqtbl1q_s8, FMA panels, codebook lookups.
+ * Integer parts exact; float epilogues in the scalar code's mul-then-add order. */
+#include "qc_kernels.h"
+
+#if defined(__aarch64__)
+#include <arm_neon.h>
+
+static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, const int8_t *tables,
+                                                            size_t tab_stride, const float *scales, int G,
+                                                            int S, const int R, float *acc) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    for (int g = 0; g < G; ++g) {
+        int32x4_t i32[4][8];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < 8; ++j) i32[r][j] = vdupq_n_s32(0);
+        for (int s0 = 0; s0 < S; s0 += 64) {
+            const int s1 = S - s0 < 64 ? S : s0 + 64;
+            int16x8_t a16[4][4];
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < 4; ++j) a16[r][j] = vdupq_n_s16(0);
+            for (int s = s0; s < s1; ++s) {
+                const size_t q = (size_t)g * S + s;
+                const uint8x16_t v0 = vld1q_u8(nib + q * 32), v1 = vld1q_u8(nib + q * 32 + 16);
+                const uint8x16_t i00 = vandq_u8(v0, m4), i01 = vshrq_n_u8(v0, 4);
+                const uint8x16_t i10 = vandq_u8(v1, m4), i11 = vshrq_n_u8(v1, 4);
+                for (int r = 0; r < R; ++r) {
+                    const int8_t *T = tables + r * tab_stride + q * 32;
+                    const int8x16_t t0 = vld1q_s8(T), t1 = vld1q_s8(T + 16);
+                    const int8x16_t a0 = vqtbl1q_s8(t0, i00), b0 = vqtbl1q_s8(t1, i01);
+                    const int8x16_t a1 = vqtbl1q_s8(t0, i10), b1 = vqtbl1q_s8(t1, i11);
+                    a16[r][0] = vaddq_s16(a16[r][0], vaddl_s8(vget_low_s8(a0), vget_low_s8(b0)));
+                    a16[r][1] = vaddq_s16(a16[r][1], vaddl_high_s8(a0, b0));
+                    a16[r][2] = vaddq_s16(a16[r][2], vaddl_s8(vget_low_s8(a1), vget_low_s8(b1)));
+                    a16[r][3] = vaddq_s16(a16[r][3], vaddl_high_s8(a1, b1));
+                }
+            }
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < 4; ++j) {
+                    i32[r][2 * j] = vaddw_s16(i32[r][2 * j], vget_low_s16(a16[r][j]));
+                    i32[r][2 * j + 1] = vaddw_high_s16(i32[r][2 * j + 1], a16[r][j]);
+                }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < 8; ++j) {
+                float *a = acc + r * 32 + 4 * j;
+                const float32x4_t f = vcvtq_f32_s32(i32[r][j]);
+                vst1q_f32(a, vaddq_f32(vld1q_f32(a), vmulq_f32(f, vld1q_f32(scales + g * 32 + 4 * j))));
+            }
+    }
+}
+
+static void lut_block_neon(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales, int G,
+                           int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_rows(nib, tables, tab_stride, scales, G, S, 1, acc); break;
+    case 2: lut_rows(nib, tables, tab_stride, scales, G, S, 2, acc); break;
+    case 3: lut_rows(nib, tables, tab_stride, scales, G, S, 3, acc); break;
+    default: lut_rows(nib, tables, tab_stride, scales, G, S, 4, acc); break;
+    }
+}
+
+static void fma_panel_neon(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy,
+                           int nc) {
+    if (nc < QC_FMA_COLS) {
+        for (int m = 0; m < M; ++m)
+            for (int k = 0; k < kb; ++k)
+                for (int c = 0; c < nc; ++c)
+                    Y[m * ldy + c] = Y[m * ldy + c] + A[m * lda + k] * panel[k * QC_FMA_COLS + c];
+        return;
+    }
+    for (int m = 0; m < M; ++m) {
+        float *y = Y + (size_t)m * ldy;
+        float32x4_t a0 = vld1q_f32(y), a1 = vld1q_f32(y + 4), a2 = vld1q_f32(y + 8), a3 = vld1q_f32(y + 12);
+        for (int k = 0; k < kb; ++k) {
+            const float av = A[(size_t)m * lda + k];
+            const float *p = panel + (size_t)k * 16;
+            a0 = vfmaq_n_f32(a0, vld1q_f32(p), av);
+            a1 = vfmaq_n_f32(a1, vld1q_f32(p + 4), av);
+            a2 = vfmaq_n_f32(a2, vld1q_f32(p + 8), av);
+            a3 = vfmaq_n_f32(a3, vld1q_f32(p + 12), av);
+        }
+        vst1q_f32(y, a0); vst1q_f32(y + 4, a1); vst1q_f32(y + 8, a2); vst1q_f32(y + 12, a3);
+    }
+}
+
+static int32_t cb_dot_neon(const uint8_t *nib, const int8_t *cb16, const int8_t *a, int kp) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    const int8x16_t cb = vld1q_s8(cb16);
+    int32x4_t acc = vdupq_n_s32(0);
+    for (int t = 0; t < kp / 32; ++t) {
+        const uint8x16_t v = vld1q_u8(nib + 16 * t);
+        const int8x16_t w0 = vqtbl1q_s8(cb, vandq_u8(v, m4)), w1 = vqtbl1q_s8(cb, vshrq_n_u8(v, 4));
+        const int8x16_t a0 = vld1q_s8(a + 32 * t), a1 = vld1q_s8(a + 32 * t + 16);
+        int16x8_t p0 = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
+        p0 = vmlal_high_s8(p0, w0, a0);
+        int16x8_t p1 = vmull_s8(vget_low_s8(w1), vget_low_s8(a1));
+        p1 = vmlal_high_s8(p1, w1, a1);
+        acc = vpadalq_s16(acc, p0);
+        acc = vpadalq_s16(acc, p1);
+    }
+    return vaddvq_s32(acc);
+}
+
+static const qc_isa kNeon = {"neon", lut_block_neon, fma_panel_neon, cb_dot_neon};
+const qc_isa *qc_isa_neon(void) { return &kNeon; }
+#else
+const qc_isa *qc_isa_neon(void) { return 0; }
+#endif

@@ -1,0 +1,44 @@
+/* Scalar reference inner loops: define the numerics (compiled with -ffp-contract=off). */
+#include "qc_kernels.h"
+
+static void lut_block_scalar(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                             int G, int S, int R, float *acc) {
+    for (int r = 0; r < R; ++r) {
+        const int8_t *T = tables + (size_t)r * tab_stride;
+        for (int g = 0; g < G; ++g) {
+            int32_t isum[32] = {0};
+            for (int s = 0; s < S; ++s) {
+                const uint8_t *nb = nib + ((size_t)g * S + s) * 32;
+                const int8_t *t0 = T + ((size_t)g * S + s) * 32, *t1 = t0 + 16;
+                for (int c = 0; c < 32; ++c) isum[c] += t0[nb[c] & 15] + t1[nb[c] >> 4];
+            }
+            for (int c = 0; c < 32; ++c) acc[r * 32 + c] = acc[r * 32 + c] + (float)isum[c] * scales[g * 32 + c];
+        }
+    }
+}
+
+static void fma_panel_scalar(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy,
+                             int nc) {
+    for (int m = 0; m < M; ++m) {
+        float *y = Y + (size_t)m * ldy;
+        const float *a = A + (size_t)m * lda;
+        for (int k = 0; k < kb; ++k) {
+            const float av = a[k];
+            const float *p = panel + (size_t)k * QC_FMA_COLS;
+            for (int c = 0; c < nc; ++c) y[c] = y[c] + av * p[c];
+        }
+    }
+}
+
+static int32_t cb_dot_scalar(const uint8_t *nib, const int8_t *cb, const int8_t *a, int kp) {
+    int32_t s = 0;
+    for (int t = 0; t < kp / 32; ++t)
+        for (int j = 0; j < 16; ++j) {
+            const uint8_t v = nib[t * 16 + j];
+            s += cb[v & 15] * a[32 * t + j] + cb[v >> 4] * a[32 * t + 16 + j];
+        }
+    return s;
+}
+
+static const qc_isa kScalar = {"scalar", lut_block_scalar, fma_panel_scalar, cb_dot_scalar};
+const qc_isa *qc_isa_scalar(void) { return &kScalar; }

@@ -1,0 +1,410 @@
+/* Common C of the qcompiler kernels: prepacking, drivers, activation tables, epilogue,
+ * PackedGather. Compiled with -ffp-contract=off: every float operation here is rounded as
+ * written, identically on every ISA. The per-ISA inner loops sit behind qc_isa. */
+#include "qc_kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2 };
+static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
+
+struct qc_matmul {
+    int kind, bits, level, path;
+    int64_t K, N, gs, G, row_bytes, n_planes;
+    const qc_isa *isa;
+    uint8_t *packed;   /* copy of the contract bytes (fma path) */
+    float *scales;     /* fp32 scales / alphas / codebook */
+    int64_t n_out;
+    int64_t *oidx;
+    float *ow, *bias;
+    uint8_t *is_outlier; /* [K] */
+    /* lut path */
+    int epg, steps;
+    int64_t glen, gsp, Kv, Q, ncb;
+    uint8_t *nib;
+    float *lscales;
+    /* codebook int8 path */
+    int64_t kp;
+    uint8_t *cbnib;
+    int8_t *cbq;
+    float *cbs;
+};
+
+static inline unsigned get_code(const uint8_t *row, int64_t rb, int64_t k, int b) {
+    int64_t bp = k * b, by = bp >> 3;
+    unsigned sh = (unsigned)(bp & 7), v = row[by];
+    if (sh + (unsigned)b > 8 && by + 1 < rb) v |= (unsigned)row[by + 1] << 8;
+    return (v >> sh) & ((1u << b) - 1u);
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+/* ---------------------------------------------------------------- dequantization (fma path) */
+static inline float weight_at(const qc_matmul *w, int64_t n, int64_t k) {
+    const int64_t g = k / w->gs;
+    switch (w->kind) {
+    case QC_TERNARY: {
+        unsigned c = get_code(w->packed + n * w->row_bytes, w->row_bytes, k, 2);
+        return w->scales[n * w->G + g] * kTernaryValue[c];
+    }
+    case QC_BINARY: {
+        float v = 0.f;
+        for (int64_t i = 0; i < w->n_planes; ++i) {
+            unsigned bit = get_code(w->packed + (i * w->N + n) * w->row_bytes, w->row_bytes, k, 1);
+            v = v + w->scales[(i * w->N + n) * w->G + g] * (bit ? 1.f : -1.f);
+        }
+        return v;
+    }
+    default: {
+        unsigned c = get_code(w->packed + n * w->row_bytes, w->row_bytes, k, w->bits);
+        return w->scales[n * ((int64_t)1 << w->bits) + c];
+    }
+    }
+}
+
+static void dequant_panel(const qc_matmul *w, int64_t n0, int nc, int64_t k0, int kb, float *panel) {
+    for (int c = 0; c < QC_FMA_COLS; ++c)
+        for (int kk = 0; kk < kb; ++kk)
+            panel[kk * QC_FMA_COLS + c] = c < nc ? weight_at(w, n0 + c, k0 + kk) : 0.f;
+}
+
+/* ------------------------------------------------------------------------------ prepacking */
+static void prepack_lut(qc_matmul *w) {
+    const int epg = w->kind == QC_TERNARY ? 2 : 4, step_el = 2 * epg;
+    w->epg = epg;
+    w->glen = w->gs < w->K ? w->gs : w->K;
+    w->gsp = round_up(w->glen, step_el);
+    w->steps = (int)(w->gsp / step_el);
+    w->Kv = w->G * w->gsp;
+    w->Q = w->Kv / epg;
+    w->ncb = ceil_div(w->N, QC_LUT_COLS);
+    const int64_t P = w->n_planes, G = w->G, S = w->steps;
+    w->nib = (uint8_t *)calloc((size_t)(w->ncb * P * G * S * 32), 1);
+    w->lscales = (float *)calloc((size_t)(w->ncb * P * G * 32), sizeof(float));
+    uint8_t *codes = (uint8_t *)malloc((size_t)w->K + 1);
+    if (!w->nib || !w->lscales || !codes) { free(codes); return; }
+    for (int64_t p = 0; p < P; ++p) {
+        for (int64_t n = 0; n < w->N; ++n) {
+            const uint8_t *row = w->packed + (p * w->N + n) * w->row_bytes;
+            const int b = w->kind == QC_TERNARY ? 2 : 1;
+            for (int64_t k = 0; k < w->K; ++k) codes[k] = (uint8_t)get_code(row, w->row_bytes, k, b);
+            const int64_t cb = n / 32, c = n % 32;
+            for (int64_t g = 0; g < G; ++g) {
+                w->lscales[((cb * P + p) * G + g) * 32 + c] = w->scales[(p * w->N + n) * G + g];
+                for (int64_t s = 0; s < S; ++s) {
+                    uint8_t byte = 0;
+                    for (int h = 0; h < 2; ++h) {
+                        unsigned nibble = 0;
+                        for (int j = 0; j < epg; ++j) {
+                            int64_t off = (s * 2 + h) * epg + j, k = g * w->gs + off;
+                            if (off >= w->glen || k >= w->K) continue;
+                            nibble |= (unsigned)codes[k] << (j * b);
+                        }
+                        byte |= (uint8_t)(nibble << (4 * h));
+                    }
+                    w->nib[(((cb * P + p) * G + g) * S + s) * 32 + c] = byte;
+                }
+            }
+        }
+    }
+    free(codes);
+}
+
+static void prepack_codebook(qc_matmul *w) {
+    const int64_t E = (int64_t)1 << w->bits;
+    w->kp = round_up(w->K, 32);
+    w->cbnib = (uint8_t *)calloc((size_t)(w->N * (w->kp / 2)), 1);
+    w->cbq = (int8_t *)calloc((size_t)(w->N * 16), 1);
+    w->cbs = (float *)calloc((size_t)w->N, sizeof(float));
+    if (!w->cbnib || !w->cbq || !w->cbs) return;
+    for (int64_t n = 0; n < w->N; ++n) {
+        const uint8_t *row = w->packed + n * w->row_bytes;
+        uint8_t *dst = w->cbnib + n * (w->kp / 2);
+        for (int64_t k = 0; k < w->K; ++k) {
+            unsigned c = get_code(row, w->row_bytes, k, w->bits);
+            int64_t t = k / 32, j = k % 32;
+            dst[t * 16 + (j & 15)] |= (uint8_t)(c << (j >= 16 ? 4 : 0));
+        }
+        const float *cb = w->scales + n * E;
+        float amax = 0.f;
+        for (int64_t e = 0; e < E; ++e) amax = fabsf(cb[e]) > amax ? fabsf(cb[e]) : amax;
+        float inv = amax > 0.f ? 127.f / amax : 0.f;
+        w->cbs[n] = amax > 0.f ? amax / 127.f : 0.f;
+        for (int64_t e = 0; e < E; ++e) {
+            long q = lrintf(cb[e] * inv);
+            w->cbq[n * 16 + e] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+        }
+    }
+}
+
+qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
+    qc_matmul *w = (qc_matmul *)calloc(1, sizeof(qc_matmul));
+    if (!w) return NULL;
+    w->kind = d->kind; w->bits = d->bits; w->level = d->accuracy_level;
+    w->K = d->K; w->N = d->N; w->gs = d->group_size > 0 ? d->group_size : d->K;
+    w->G = ceil_div(w->K, w->gs);
+    w->isa = isa ? isa : qc_isa_get();
+    w->n_planes = d->kind == QC_BINARY ? d->bits : 1;
+    const int code_bits = d->kind == QC_TERNARY ? 2 : d->kind == QC_BINARY ? 1 : d->bits;
+    w->row_bytes = ceil_div(w->K * code_bits, 8);
+    const size_t packed_bytes = (size_t)(w->n_planes * w->N * w->row_bytes);
+    const size_t n_scales = d->kind == QC_CODEBOOK ? (size_t)(w->N << d->bits) : (size_t)(w->n_planes * w->N * w->G);
+    w->packed = (uint8_t *)malloc(packed_bytes + 1);
+    w->scales = (float *)malloc(n_scales * sizeof(float) + 1);
+    w->is_outlier = (uint8_t *)calloc((size_t)w->K, 1);
+    w->n_out = d->n_out;
+    w->oidx = (int64_t *)malloc((size_t)d->n_out * sizeof(int64_t) + 1);
+    w->ow = (float *)malloc((size_t)(d->n_out * w->N) * sizeof(float) + 1);
+    w->bias = d->bias ? (float *)malloc((size_t)w->N * sizeof(float)) : NULL;
+    if (!w->packed || !w->scales || !w->is_outlier || !w->oidx || !w->ow || (d->bias && !w->bias)) {
+        qc_matmul_free(w);
+        return NULL;
+    }
+    memcpy(w->packed, d->packed, packed_bytes);
+    memcpy(w->scales, d->scales, n_scales * sizeof(float));
+    if (d->n_out) {
+        memcpy(w->oidx, d->outlier_idx, (size_t)d->n_out * sizeof(int64_t));
+        memcpy(w->ow, d->outlier_w, (size_t)(d->n_out * w->N) * sizeof(float));
+        for (int64_t j = 0; j < d->n_out; ++j) w->is_outlier[w->oidx[j]] = 1;
+    }
+    if (d->bias) memcpy(w->bias, d->bias, (size_t)w->N * sizeof(float));
+
+    w->path = PATH_FMA;
+    if (w->level >= 4 && w->kind == QC_CODEBOOK) {
+        prepack_codebook(w);
+        if (!w->cbnib || !w->cbq || !w->cbs) { qc_matmul_free(w); return NULL; }
+        w->path = PATH_CB;
+    } else if (w->level >= 4) {
+        const int64_t step_el = w->kind == QC_TERNARY ? 4 : 8;
+        const int64_t glen = w->gs < w->K ? w->gs : w->K;
+        const int64_t kv = w->G * round_up(glen, step_el);
+        if (kv * 3 <= w->K * 4 + 3 * step_el) { /* padding waste at most ~1/3 */
+            prepack_lut(w);
+            if (!w->nib || !w->lscales) { qc_matmul_free(w); return NULL; }
+            w->path = PATH_LUT;
+        }
+    }
+    return w;
+}
+
+void qc_matmul_free(qc_matmul *w) {
+    if (!w) return;
+    free(w->packed); free(w->scales); free(w->is_outlier); free(w->oidx); free(w->ow); free(w->bias);
+    free(w->nib); free(w->lscales); free(w->cbnib); free(w->cbq); free(w->cbs);
+    free(w);
+}
+
+const char *qc_matmul_path(const qc_matmul *w) {
+    return w->path == PATH_LUT ? "lut" : w->path == PATH_CB ? "cb_i8" : "fma";
+}
+
+/* ------------------------------------------------------------------------------- the runs */
+typedef struct run_ctx {
+    const qc_matmul *w;
+    const float *A;
+    int64_t M;
+    float *Y;
+    int64_t cols_per_task;
+    const int8_t *tables;   /* lut: [M][Q][16] */
+    const float *tscale;    /* lut: [M]; cb: activation scales */
+    const int8_t *aq;       /* cb: [M][kp] */
+} run_ctx;
+
+/* Outliers then bias on columns [n0, n1), in the reference's order. */
+static void epilogue(const qc_matmul *w, const float *A, int64_t M, float *Y, int64_t n0, int64_t n1) {
+    for (int64_t m = 0; m < M; ++m) {
+        float *y = Y + m * w->N;
+        const float *a = A + m * w->K;
+        for (int64_t j = 0; j < w->n_out; ++j) {
+            const float av = a[w->oidx[j]];
+            const float *o = w->ow + j * w->N;
+            for (int64_t n = n0; n < n1; ++n) y[n] = y[n] + av * o[n];
+        }
+        if (w->bias)
+            for (int64_t n = n0; n < n1; ++n) y[n] = y[n] + w->bias[n];
+    }
+}
+
+static void fma_task(void *p, size_t t) {
+    const run_ctx *r = (const run_ctx *)p;
+    const qc_matmul *w = r->w;
+    float panel[QC_FMA_KB * QC_FMA_COLS];
+    int64_t n_begin = (int64_t)t * r->cols_per_task, n_end = n_begin + r->cols_per_task;
+    if (n_end > w->N) n_end = w->N;
+    for (int64_t m = 0; m < r->M; ++m)
+        for (int64_t n = n_begin; n < n_end; ++n) r->Y[m * w->N + n] = 0.f;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += QC_FMA_COLS) {
+        int nc = (int)(n_end - n0 < QC_FMA_COLS ? n_end - n0 : QC_FMA_COLS);
+        for (int64_t k0 = 0; k0 < w->K; k0 += QC_FMA_KB) {
+            int kb = (int)(w->K - k0 < QC_FMA_KB ? w->K - k0 : QC_FMA_KB);
+            dequant_panel(w, n0, nc, k0, kb, panel);
+            w->isa->fma_panel((int)r->M, r->A + k0, (size_t)w->K, panel, kb, r->Y + n0, (size_t)w->N, nc);
+        }
+    }
+    epilogue(w, r->A, r->M, r->Y, n_begin, n_end);
+}
+
+static void lut_task(void *p, size_t t) {
+    const run_ctx *r = (const run_ctx *)p;
+    const qc_matmul *w = r->w;
+    const int64_t P = w->n_planes, G = w->G, S = w->steps;
+    const int64_t cb_per_task = r->cols_per_task / QC_LUT_COLS;
+    int64_t cb0 = (int64_t)t * cb_per_task, cb1 = cb0 + cb_per_task;
+    if (cb1 > w->ncb) cb1 = w->ncb;
+    float acc[4 * QC_LUT_COLS];
+    for (int64_t cb = cb0; cb < cb1; ++cb) {
+        for (int64_t m = 0; m < r->M; m += 4) {
+            const int R = (int)(r->M - m < 4 ? r->M - m : 4);
+            memset(acc, 0, sizeof(acc));
+            for (int64_t p = 0; p < P; ++p)
+                w->isa->lut_block(w->nib + ((cb * P + p) * G) * S * 32, r->tables + m * w->Q * 16,
+                                  (size_t)(w->Q * 16), w->lscales + ((cb * P + p) * G) * 32, (int)G, (int)S, R,
+                                  acc);
+            for (int rr = 0; rr < R; ++rr) {
+                float *y = r->Y + (m + rr) * w->N;
+                const float ts = r->tscale[m + rr];
+                for (int64_t c = 0; c < QC_LUT_COLS && cb * 32 + c < w->N; ++c)
+                    y[cb * 32 + c] = acc[rr * 32 + c] * ts;
+            }
+        }
+    }
+    int64_t n1 = cb1 * 32 < w->N ? cb1 * 32 : w->N;
+    if (cb0 * 32 < n1) epilogue(w, r->A, r->M, r->Y, cb0 * 32, n1);
+}
+
+static void cb_task(void *p, size_t t) {
+    const run_ctx *r = (const run_ctx *)p;
+    const qc_matmul *w = r->w;
+    int64_t n0 = (int64_t)t * r->cols_per_task, n1 = n0 + r->cols_per_task;
+    if (n1 > w->N) n1 = w->N;
+    for (int64_t n = n0; n < n1; ++n) {
+        const uint8_t *nib = w->cbnib + n * (w->kp / 2);
+        for (int64_t m = 0; m < r->M; ++m) {
+            int32_t s = w->isa->cb_dot(nib, w->cbq + n * 16, r->aq + m * w->kp, (int)w->kp);
+            r->Y[m * w->N + n] = ((float)s * r->tscale[m]) * w->cbs[n];
+        }
+    }
+    epilogue(w, r->A, r->M, r->Y, n0, n1);
+}
+
+/* Per-row int8 tables of activation partial sums (ternary pairs / signed 4-sums). */
+static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *T, float *tscale) {
+    for (int64_t kv = 0; kv < w->Kv; ++kv) {
+        int64_t g = kv / w->gsp, off = kv - g * w->gsp, k = g * w->gs + off;
+        av[kv] = (off < w->glen && k < w->K && !w->is_outlier[k]) ? a[k] : 0.f;
+    }
+    float amax = 0.f;
+    for (int64_t q = 0; q < w->Q; ++q) {
+        const float *x = av + q * w->epg;
+        float s = 0.f;
+        for (int j = 0; j < w->epg; ++j) s = s + fabsf(x[j]);
+        amax = s > amax ? s : amax;
+    }
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    *tscale = amax > 0.f ? amax / 127.f : 0.f;
+    for (int64_t q = 0; q < w->Q; ++q) {
+        const float *x = av + q * w->epg;
+        int8_t *t = T + q * 16;
+        for (int i = 0; i < 16; ++i) {
+            float v;
+            if (w->epg == 2) {
+                v = kTernaryValue[i & 3] * x[0] + kTernaryValue[i >> 2] * x[1];
+            } else {
+                v = 0.f;
+                for (int j = 0; j < 4; ++j) v = v + ((i >> j) & 1 ? x[j] : -x[j]);
+            }
+            long qv = lrintf(v * inv);
+            t[i] = (int8_t)(qv > 127 ? 127 : qv < -127 ? -127 : qv);
+        }
+    }
+}
+
+static void quantize_row_i8(const qc_matmul *w, const float *a, int8_t *q, float *scale) {
+    float amax = 0.f;
+    for (int64_t k = 0; k < w->K; ++k)
+        if (!w->is_outlier[k]) amax = fabsf(a[k]) > amax ? fabsf(a[k]) : amax;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    *scale = amax > 0.f ? amax / 127.f : 0.f;
+    for (int64_t k = 0; k < w->kp; ++k) {
+        long v = (k < w->K && !w->is_outlier[k]) ? lrintf(a[k] * inv) : 0;
+        q[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+}
+
+static void run_parallel(qc_parallel_fn par, void *host, qc_task_fn fn, void *ctx, size_t total) {
+    if (par && total > 1) {
+        par(host, fn, ctx, total);
+    } else {
+        for (size_t i = 0; i < total; ++i) fn(ctx, i);
+    }
+}
+
+int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
+    if (M <= 0 || w->N <= 0) return 0;
+    run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL};
+    if (w->path == PATH_LUT) {
+        int8_t *T = (int8_t *)malloc((size_t)(M * w->Q * 16));
+        float *ts = (float *)malloc((size_t)M * sizeof(float));
+        float *av = (float *)malloc((size_t)w->Kv * sizeof(float));
+        if (!T || !ts || !av) { free(T); free(ts); free(av); return -1; }
+        for (int64_t m = 0; m < M; ++m) build_tables(w, A + m * w->K, av, T + m * w->Q * 16, ts + m);
+        free(av);
+        r.tables = T; r.tscale = ts;
+        r.cols_per_task = 64;
+        run_parallel(par, host, lut_task, &r, (size_t)ceil_div(w->ncb, 2));
+        free(T); free(ts);
+    } else if (w->path == PATH_CB) {
+        int8_t *aq = (int8_t *)malloc((size_t)(M * w->kp));
+        float *as = (float *)malloc((size_t)M * sizeof(float));
+        if (!aq || !as) { free(aq); free(as); return -1; }
+        for (int64_t m = 0; m < M; ++m) quantize_row_i8(w, A + m * w->K, aq + m * w->kp, as + m);
+        r.aq = aq; r.tscale = as;
+        r.cols_per_task = 32;
+        run_parallel(par, host, cb_task, &r, (size_t)ceil_div(w->N, 32));
+        free(aq); free(as);
+    } else {
+        r.cols_per_task = 32;
+        run_parallel(par, host, fma_task, &r, (size_t)ceil_div(w->N, 32));
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------- PackedGather */
+const char *qc_packed_gather_check(const uint8_t *row_bits, const int64_t *row_offsets, int64_t V,
+                                   int64_t total_bytes, int64_t D) {
+    if (row_offsets[0] < 0) return "row_offsets[0] is negative";
+    for (int64_t r = 0; r < V; ++r) {
+        const int b = row_bits[r];
+        if (b != 2 && b != 4 && b != 8) return "row_bits values must be 2, 4 or 8";
+        if (row_offsets[r + 1] < row_offsets[r]) return "row_offsets must be non-decreasing";
+        if (row_offsets[r] > total_bytes || ceil_div(D * b, 8) > total_bytes - row_offsets[r])
+            return "a row extends past the end of the table";
+    }
+    if (row_offsets[V] > total_bytes) return "row_offsets[V] exceeds the table size";
+    return NULL;
+}
+
+int64_t qc_packed_gather(const uint8_t *table, const int64_t *row_offsets, const uint8_t *row_bits,
+                         const float *scales, int64_t V, int64_t D, int64_t group_size,
+                         const int64_t *idx64, const int32_t *idx32, int64_t n_idx, float *out) {
+    const int64_t gs = group_size > 0 ? group_size : D, G = ceil_div(D, gs);
+    for (int64_t i = 0; i < n_idx; ++i) {
+        int64_t r = idx64 ? idx64[i] : (int64_t)idx32[i];
+        if (r < -V || r >= V) return i + 1;
+        if (r < 0) r += V;
+        const int b = row_bits[r];
+        const int64_t rb = ceil_div(D * b, 8);
+        const uint8_t *row = table + row_offsets[r];
+        const float *s = scales + r * G;
+        float *o = out + i * D;
+        for (int64_t d = 0; d < D; ++d) {
+            int v = (int)get_code(row, rb, d, b);
+            if (v >= (1 << (b - 1))) v -= 1 << b;
+            o[d] = (float)v * s[d / gs];
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,78 @@
+/* qcompiler kernels: plain C on raw pointers (no onnxruntime types).
+ * The packed formats are defined in runtime_ops/formats.py; this header is the kernels' view:
+ * prepack once (qc_matmul_create), run many times (qc_matmul_run), per-ISA inner loops behind
+ * a dispatch table chosen once (qc_isa_get). */
+#ifndef QC_KERNELS_H
+#define QC_KERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { QC_TERNARY = 0, QC_BINARY = 1, QC_CODEBOOK = 2 };
+enum { QC_LUT_COLS = 32, QC_FMA_COLS = 16, QC_FMA_KB = 256 };
+
+/* One instruction-set variant: the inner loops. Everything else is common C. */
+typedef struct qc_isa {
+    const char *name;
+    /* LUT GEMV on one block of 32 columns for R rows (R <= 4), one weight plane.
+     * nib: [G][steps][32] bytes, byte c = (index of lookup group 2s, column c) | (index of 2s+1) << 4.
+     * tables: row r at tables + r*tab_stride, [G*steps*2][16] int8. scales: [G][32] float.
+     * acc[r*32 + c] = acc + (float)isum_g * scales[g][c] for g ascending (mul, then add). */
+    void (*lut_block)(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                      int G, int steps, int R, float *acc);
+    /* Y[m*ldy + c] += sum_k A[m*lda + k] * panel[k*16 + c], k ascending, c < nc (<= 16). */
+    void (*fma_panel)(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy, int nc);
+    /* Codebook int8 dot: sum_k cb[idx(k)] * a[k], k < kp (multiple of 32);
+     * nib: [kp/32][16] bytes, byte j = idx(32t + j) | idx(32t + 16 + j) << 4. */
+    int32_t (*cb_dot)(const uint8_t *nib, const int8_t *cb16, const int8_t *a, int kp);
+} qc_isa;
+
+const qc_isa *qc_isa_scalar(void);
+const qc_isa *qc_isa_avx2(void);   /* NULL when not compiled in or not supported by the CPU */
+const qc_isa *qc_isa_neon(void);   /* NULL when not compiled in */
+/* Chosen once: QCOMPILER_ISA=scalar|avx2|neon forces (an unavailable one falls back to scalar). */
+const qc_isa *qc_isa_get(void);
+const qc_isa *qc_isa_by_name(const char *name);
+
+/* Parallel-for callback supplied by the host (onnxruntime's thread pool), or NULL for serial. */
+typedef void (*qc_task_fn)(void *ctx, size_t i);
+typedef void (*qc_parallel_fn)(void *host, qc_task_fn fn, void *ctx, size_t total);
+
+typedef struct qc_matmul qc_matmul;
+
+typedef struct qc_matmul_desc {
+    int kind;            /* QC_TERNARY / QC_BINARY / QC_CODEBOOK */
+    int64_t K, N, group_size;
+    int bits;            /* planes (binary) or index bits (codebook); 2 for ternary */
+    int accuracy_level;  /* 0 or 4 */
+    const uint8_t *packed;       /* the contract's packed bytes */
+    const float *scales;         /* fp32 copy of scales / alphas / codebook */
+    int64_t n_out;
+    const int64_t *outlier_idx;  /* [n_out], validated 0 <= idx < K */
+    const float *outlier_w;      /* [n_out][N] fp32 */
+    const float *bias;           /* [N] or NULL */
+} qc_matmul_desc;
+
+/* Copies what it needs. NULL on allocation failure. */
+qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa);
+void qc_matmul_free(qc_matmul *w);
+/* Y [M][N] from A [M][K]. Returns 0, or -1 on allocation failure. */
+int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host);
+/* Which path the run takes ("lut", "fma", "cb_i8") for tests and benchmarks. */
+const char *qc_matmul_path(const qc_matmul *w);
+
+/* PackedGather: out [n_idx][D]. row_offsets/row_bits must be validated by the caller
+ * (qc_packed_gather_check). Returns 0, or the position+1 of the first out-of-range index. */
+const char *qc_packed_gather_check(const uint8_t *row_bits, const int64_t *row_offsets, int64_t V,
+                                   int64_t total_bytes, int64_t D);
+int64_t qc_packed_gather(const uint8_t *table, const int64_t *row_offsets, const uint8_t *row_bits,
+                         const float *scales, int64_t V, int64_t D, int64_t group_size,
+                         const int64_t *idx64, const int32_t *idx32, int64_t n_idx, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

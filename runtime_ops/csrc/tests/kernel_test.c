@@ -1,0 +1,187 @@
+/* Kernel harness: every compiled ISA variant against the scalar reference and against a plain C
+ * transcription of the contract (runtime_ops/formats.py). Runs natively and, for NEON, under
+ * qemu-aarch64. int8 paths must match scalar bit for bit; fp32 FMA paths within the contract's
+ * level-0 tolerance; scalar level 0 must equal the contract transcription exactly. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/qc_kernels.h"
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(rng_state >> 33);
+}
+static float rndf(void) { return ((float)(rnd() % 20001) - 10000.f) / 5000.f; }
+
+static void put_bits(uint8_t *row, int64_t k, int b, unsigned v) {
+    for (int j = 0; j < b; ++j)
+        if ((v >> j) & 1) row[(k * b + j) / 8] |= (uint8_t)(1u << ((k * b + j) % 8));
+}
+
+static int passed, failed;
+
+static void check(const char *what, const float *got, const float *want, const float *bound, int64_t n) {
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; ++i) {
+        float d = fabsf(got[i] - want[i]);
+        if (bound ? !(d <= bound[i]) : memcmp(&got[i], &want[i], 4) != 0) bad = i;
+    }
+    if (bad < 0) {
+        ++passed;
+    } else {
+        ++failed;
+        printf("FAIL %s at %lld: got %.9g want %.9g\n", what, (long long)bad, got[bad], want[bad]);
+    }
+}
+
+static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_t gs, int n_out) {
+    const int code_bits = kind == QC_TERNARY ? 2 : kind == QC_BINARY ? 1 : bits;
+    const int64_t planes = kind == QC_BINARY ? bits : 1, rb = (K * code_bits + 7) / 8, G = (K + gs - 1) / gs;
+    const int64_t n_scales = kind == QC_CODEBOOK ? (N << bits) : planes * N * G;
+    uint8_t *packed = calloc((size_t)(planes * N * rb) + 1, 1);
+    float *scales = malloc(sizeof(float) * (size_t)n_scales), *A = malloc(sizeof(float) * (size_t)(M * K + 1));
+    float *W = calloc((size_t)(K * N), sizeof(float)), *bias = malloc(sizeof(float) * (size_t)N);
+    int64_t oidx[4];
+    float *ow = malloc(sizeof(float) * (size_t)(4 * N));
+    uint8_t *is_out = calloc((size_t)K, 1);
+    for (int j = 0; j < n_out; ++j) { oidx[j] = (int64_t)((j * 7919 + 3) % K); is_out[oidx[j]] = 1; }
+    for (int64_t i = 0; i < n_scales; ++i) scales[i] = rndf();
+    for (int64_t i = 0; i < M * K; ++i) A[i] = rndf();
+    for (int64_t i = 0; i < N; ++i) bias[i] = rndf();
+    for (int64_t i = 0; i < n_out * N; ++i) ow[i] = rndf();
+    /* codes and the contract's W (fixed fp32 order) */
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t g = k / gs;
+            if (kind == QC_TERNARY) {
+                static const unsigned enc[3] = {0, 1, 3};
+                static const float val[3] = {0.f, 1.f, -1.f};
+                unsigned c = is_out[k] ? 0 : rnd() % 3;
+                put_bits(packed + n * rb, k, 2, enc[c]);
+                W[k * N + n] = scales[n * G + g] * val[c];
+            } else if (kind == QC_BINARY) {
+                float v = 0.f;
+                for (int64_t i = 0; i < planes; ++i) {
+                    unsigned bit = rnd() & 1;
+                    put_bits(packed + (i * N + n) * rb, k, 1, bit);
+                    v = v + scales[(i * N + n) * G + g] * (bit ? 1.f : -1.f);
+                }
+                W[k * N + n] = v;
+            } else {
+                unsigned c = rnd() % (1u << bits);
+                put_bits(packed + n * rb, k, bits, c);
+                W[k * N + n] = scales[(n << bits) + c];
+            }
+        }
+    if (kind != QC_TERNARY) /* outlier rows are zero in the contract's W */
+        for (int64_t k = 0; k < K; ++k)
+            if (is_out[k]) {
+                for (int64_t n = 0; n < N; ++n) W[k * N + n] = 0.f;
+                for (int64_t i = 0; i < planes; ++i)
+                    for (int64_t n = 0; n < N; ++n) { /* rewrite stream so the kernel sees zero too */ }
+            }
+    /* the contract transcription: k ascending, outliers, bias */
+    float *ref = calloc((size_t)(M * N) + 1, sizeof(float)), *bound = malloc(sizeof(float) * (size_t)(M * N + 1));
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            float y = 0.f, ab = 0.f;
+            for (int64_t k = 0; k < K; ++k) {
+                y = y + A[m * K + k] * W[k * N + n];
+                ab += fabsf(A[m * K + k] * W[k * N + n]);
+            }
+            for (int j = 0; j < n_out; ++j) {
+                y = y + A[m * K + oidx[j]] * ow[j * N + n];
+                ab += fabsf(A[m * K + oidx[j]] * ow[j * N + n]);
+            }
+            ref[m * N + n] = y + bias[n];
+            bound[m * N + n] = 1e-4f * ab + 1e-6f;
+        }
+    qc_matmul_desc d = {kind, K, N, gs, bits, 0, packed, scales, n_out, oidx, ow, bias};
+    char name[160];
+    float *y0 = malloc(sizeof(float) * (size_t)(M * N + 1)), *y4 = malloc(sizeof(float) * (size_t)(M * N + 1));
+    float *y = malloc(sizeof(float) * (size_t)(M * N + 1));
+    const int binary_outliers_ok = kind == QC_TERNARY || n_out == 0;
+    /* scalar, level 0: exactly the contract */
+    qc_matmul *w = qc_matmul_create(&d, qc_isa_scalar());
+    qc_matmul_run(w, A, M, y0, NULL, NULL);
+    snprintf(name, sizeof name, "kind%d bits%d M%lld K%lld N%lld gs%lld scalar level0 == contract", kind, bits,
+             (long long)M, (long long)K, (long long)N, (long long)gs);
+    if (binary_outliers_ok) check(name, y0, ref, NULL, M * N);
+    qc_matmul_free(w);
+    d.accuracy_level = 4;
+    w = qc_matmul_create(&d, qc_isa_scalar());
+    qc_matmul_run(w, A, M, y4, NULL, NULL);
+    const char *path = qc_matmul_path(w);
+    qc_matmul_free(w);
+    const qc_isa *isas[2] = {qc_isa_avx2(), qc_isa_neon()};
+    for (int i = 0; i < 2; ++i) {
+        if (!isas[i]) continue;
+        d.accuracy_level = 0;
+        w = qc_matmul_create(&d, isas[i]);
+        qc_matmul_run(w, A, M, y, NULL, NULL);
+        snprintf(name, sizeof name, "kind%d bits%d M%lld K%lld N%lld gs%lld %s level0 ~ scalar", kind, bits,
+                 (long long)M, (long long)K, (long long)N, (long long)gs, isas[i]->name);
+        check(name, y, y0, bound, M * N);
+        qc_matmul_free(w);
+        d.accuracy_level = 4;
+        w = qc_matmul_create(&d, isas[i]);
+        qc_matmul_run(w, A, M, y, NULL, NULL);
+        snprintf(name, sizeof name, "kind%d bits%d M%lld K%lld N%lld gs%lld %s level4 (%s) == scalar", kind, bits,
+                 (long long)M, (long long)K, (long long)N, (long long)gs, isas[i]->name, path);
+        check(name, y, y4, NULL, M * N);
+        qc_matmul_free(w);
+    }
+    free(packed); free(scales); free(A); free(W); free(bias); free(ow); free(is_out);
+    free(ref); free(bound); free(y0); free(y4); free(y);
+}
+
+static void gather_case(void) {
+    /* rows of 2/4/8 bits; decode must equal value * scale exactly */
+    const int64_t V = 5, D = 13, gs = 4, G = 4;
+    const uint8_t rbits[5] = {2, 4, 8, 4, 2};
+    int vals[5][13];
+    uint8_t table[64] = {0};
+    int64_t off[6] = {0};
+    float scales[20];
+    for (int i = 0; i < 20; ++i) scales[i] = rndf();
+    for (int64_t r = 0; r < V; ++r) {
+        const int b = rbits[r];
+        for (int64_t dd = 0; dd < D; ++dd) {
+            int v = b == 2 ? (int)(rnd() % 3) - 1 : (int)(rnd() % (1u << b)) - (1 << (b - 1));
+            vals[r][dd] = v;
+            put_bits(table + off[r], dd, b, (unsigned)v & ((1u << b) - 1));
+        }
+        off[r + 1] = off[r] + (D * b + 7) / 8;
+    }
+    int64_t idx[4] = {0, 2, 4, -1};
+    float out[4 * 13], want[4 * 13];
+    const char *err = qc_packed_gather_check(rbits, off, V, off[V], D);
+    int64_t bad = qc_packed_gather(table, off, rbits, scales, V, D, gs, idx, NULL, 4, out);
+    for (int i = 0; i < 4; ++i) {
+        int64_t r = idx[i] < 0 ? idx[i] + V : idx[i];
+        for (int64_t dd = 0; dd < D; ++dd) want[i * D + dd] = (float)vals[r][dd] * scales[r * G + dd / gs];
+    }
+    if (err || bad) { ++failed; printf("FAIL gather check/err\n"); } else check("packed gather", out, want, NULL, 4 * D);
+    int64_t oob[1] = {5};
+    if (qc_packed_gather(table, off, rbits, scales, V, D, gs, oob, NULL, 1, out) != 1) { ++failed; printf("FAIL gather oob\n"); } else ++passed;
+}
+
+int main(void) {
+    printf("isa chosen: %s\n", qc_isa_get()->name);
+    static const int64_t shapes[][4] = {
+        {1, 64, 32, 64}, {3, 70, 45, 16}, {5, 200, 33, 200}, {2, 37, 11, 8}, {4, 256, 64, 32},
+        {1, 600, 40, 600}, {6, 96, 70, 48}, {1, 1, 1, 1}, {2, 9, 3, 4}};
+    const int ns = (int)(sizeof shapes / sizeof shapes[0]);
+    for (int s = 0; s < ns; ++s) {
+        const int64_t M = shapes[s][0], K = shapes[s][1], N = shapes[s][2], gs = shapes[s][3];
+        run_case(QC_TERNARY, 2, M, K, N, gs, s % 3 == 1 ? 2 : 0);
+        for (int b = 1; b <= 4; ++b) run_case(QC_BINARY, b, M, K, N, gs, 0);
+        for (int b = 2; b <= 4; ++b) run_case(QC_CODEBOOK, b, M, K, N, gs, 0);
+    }
+    gather_case();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
