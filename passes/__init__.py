@@ -17,12 +17,14 @@ from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.fold_layernorm import FoldLayerNorm
 from qcompiler.passes.cleanup import Cleanup
 from qcompiler.passes.insert_qdq import InsertQDQ
+from qcompiler.passes.quantize_int4 import QuantizeInt4
 
 # name -> pass class, in pipeline order. Each line is one file of this folder.
 PASS_TABLE: dict[str, type[QPass]] = {
     Canonicalize.name: Canonicalize,
     FoldLayerNorm.name: FoldLayerNorm,
     InsertQDQ.name: InsertQDQ,
+    QuantizeInt4.name: QuantizeInt4,
     Cleanup.name: Cleanup,
 }
 

@@ -1,0 +1,284 @@
+"""quantize_int4: blockwise 4-bit weights for every linear the plan marks "int4".
+
+Each such linear's weight W [K, N] gets 4-bit codes in blocks of `block_size` consecutive
+rows along K (settings `block_size` 16/32/64/128/256, default 32, and `symmetric`, default
+true), one float scale per block and column, and for asymmetric codes one 4-bit zero point.
+The clipping range of every block is the one that minimises its squared weight error
+(`qcompiler.quantizers.uniform.quantize_blockwise` with search_clip; symmetric codes use the
+full range -8..7, and the scale is refit by least squares). Written as:
+
+- target "ort" (default): one com.microsoft MatMulNBits node (runs natively in stock
+  onnxruntime) reading A, B packed uint8 [N, n_blocks, block_size/2] (column n, block g,
+  byte j holds codes k = 2j in the low nibble and k = 2j + 1 in the high nibble, unsigned
+  0..15, rows past K zero), scales [N * n_blocks] and, when asymmetric, zero points uint8
+  [N * ceil(n_blocks/2)] packed the same way (row n, low nibble first; symmetric codes need
+  none: the op's default zero point is 8). The bias Add becomes the op's bias input.
+  `accuracy_level` (option, default 4) lets the kernel quantize activations to int8.
+- target "portable": standard ONNX only. An opset-21 blockwise DequantizeLinear (axis 0 along
+  K, block_size) of an INT4 (symmetric) or UINT4 (+ UINT4 zero point) initializer [K, N] feeds
+  the original MatMul; the model's opset must be >= 21 (canonicalize upgrades to 21).
+
+Both forms keep the name of the linear's output (after the bias Add) so verification can
+compare layer by layer; new nodes and initializers are named after the originals.
+
+Leaves alone: MatMuls whose weight is not a constant initializer (an activation, or the
+output of another tool's DequantizeLinear), linears planned in any other format, and a
+linear whose weight is an embedding table (a tied LM head: quantize_embeddings owns it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+from qcompiler.analyze import Linear, weight_array
+from qcompiler.errors import SchemeError, UsageError
+from qcompiler.passes.base import QPass
+from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
+
+__all__ = ["QuantizeInt4", "quantize_int4_weight", "pack_matmul_nbits", "unsigned_codes"]
+
+FORMAT = "int4"
+DEFAULT_BLOCK_SIZE = 32
+BLOCK_SIZES = (16, 32, 64, 128, 256)   # MatMulNBits: a power of two >= 16
+MS_DOMAIN = "com.microsoft"
+PORTABLE_MIN_OPSET = 21                # blockwise DequantizeLinear and INT4/UINT4
+
+
+@dataclasses.dataclass
+class QuantizeInt4Options:
+    accuracy_level: int = 4    # MatMulNBits: 0 = fp32 activations, 4 = int8 activations (faster)
+    grid: int = 20             # clipping ratios tried per block, from 1 down to min_ratio
+    min_ratio: float = 0.5
+    refine: int = 2            # least-squares scale refits per block
+    fold_bias: bool = True     # bias Add -> MatMulNBits' bias input
+
+
+def quantize_int4_weight(
+    w: np.ndarray, block_size: int = DEFAULT_BLOCK_SIZE, symmetric: bool = True,
+    grid: int = 20, min_ratio: float = 0.5, refine: int = 2,
+) -> Quantized:
+    """Blockwise int4 codes of w [K, N] with the error-minimising clip range per block."""
+    return quantize_blockwise(w, bits=4, block_size=block_size, symmetric=symmetric, search_clip=True,
+                              grid=grid, min_ratio=min_ratio, full_range=symmetric, refine=refine)
+
+
+def unsigned_codes(q: Quantized) -> tuple[np.ndarray, np.ndarray]:
+    """Codes as unsigned 0..15 [K, N] and zero points [N, G] (8 for symmetric codes)."""
+    if q.zero_points is None:
+        codes = (q.codes.astype(np.int16) + 8).astype(np.uint8)
+        zp = np.full(q.scales.shape, 8, dtype=np.uint8)
+    else:
+        codes, zp = q.codes.astype(np.uint8), q.zero_points.astype(np.uint8)
+    return codes, zp
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """[..., 2m] of 0..15 -> [..., m] uint8, element 2j in the low nibble."""
+    values = values.astype(np.uint8)
+    return (values[..., 0::2] & 0x0F) | ((values[..., 1::2] & 0x0F) << 4)
+
+
+def pack_matmul_nbits(codes: np.ndarray, zero_points: np.ndarray | None, block_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """MatMulNBits' B [N, G, block_size/2] and packed zero points [N * ceil(G/2)] (or None).
+
+    codes: unsigned 0..15 [K, N]; zero_points: [N, G] unsigned 0..15, None for the default 8.
+    Rows of the last block past K and the odd zero-point nibble are 0, as onnxruntime writes them.
+    """
+    k, n = codes.shape
+    g = -(-k // block_size)
+    padded = np.zeros((g * block_size, n), dtype=np.uint8)
+    padded[:k] = codes
+    b = _pack_nibbles(np.ascontiguousarray(padded.T).reshape(n, g, block_size))
+    if zero_points is None:
+        return b, None
+    zp = np.zeros((n, g + (g & 1)), dtype=np.uint8)
+    zp[:, :g] = zero_points
+    return b, _pack_nibbles(zp).reshape(-1)
+
+
+def _unique_name(graph: ir.Graph, wanted: str) -> str:
+    name, i = wanted, 1
+    while name in graph.initializers:
+        i += 1
+        name = f"{wanted}_{i}"
+    return name
+
+
+def _initializer(graph: ir.Graph, name: str, tensor: ir.TensorProtocol) -> ir.Value:
+    value = ir.Value(name=_unique_name(graph, name), shape=tensor.shape, type=ir.TensorType(tensor.dtype),
+                     const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _node_name(lin: Linear, suffix: str) -> str:
+    base = lin.node.name or lin.weight.name
+    if base.endswith("MatMul"):
+        return base[: -len("MatMul")] + suffix
+    return f"{base}/{suffix}"
+
+
+def _float_dtype(value: ir.Value) -> tuple[ir.DataType, type]:
+    if value.dtype == ir.DataType.FLOAT16:
+        return ir.DataType.FLOAT16, np.float16
+    return ir.DataType.FLOAT, np.float32
+
+
+@dataclasses.dataclass
+class _Packed:
+    """What one weight became, shared by every linear that reads it."""
+
+    q: Quantized
+    rel_error: float
+    inputs: list[ir.Value | None]          # MatMulNBits [B, scales, zp] or DQ [x, scale, zp]
+    dequantized: ir.Value | None = None    # portable: the DequantizeLinear output
+
+
+class QuantizeInt4(QPass):
+    """Rewrite every int4-planned linear to MatMulNBits (target ort) or DequantizeLinear + MatMul."""
+
+    name = "quantize_int4"
+    stage = "transform"
+    Options = QuantizeInt4Options
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        ctx = self.ctx
+        if ctx is None or ctx.roles is None:
+            return ir.passes.PassResult(model, False)
+        target = ctx.options.target
+        if target not in ("ort", "portable"):
+            raise UsageError(f"quantize_int4: unknown target '{target}' (ort or portable)")
+        tables = {id(e.table) for e in ctx.roles.embeddings}
+        todo = []
+        for lin in ctx.roles.linears:
+            plan = ctx.plan.get(lin.name)
+            if plan is None or plan.format != FORMAT or plan.role == "embedding" or id(lin.weight) in tables:
+                continue
+            todo.append((lin, plan))
+        if not todo:
+            return ir.passes.PassResult(model, False)
+        if target == "portable":
+            opset = model.opset_imports.get("", 0)
+            if opset < PORTABLE_MIN_OPSET:
+                raise UsageError(
+                    f"--target portable writes int4 as opset-{PORTABLE_MIN_OPSET} blockwise DequantizeLinear, "
+                    f"but the model is opset {opset}: run canonicalize first (it upgrades to {PORTABLE_MIN_OPSET})")
+        else:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+
+        graph = model.graph
+        packed: dict[tuple, _Packed] = {}
+        before = after = 0
+        for i, (lin, plan) in enumerate(todo):
+            ctx.progress("int4", i, len(todo))
+            block_size = int(plan.settings.get("block_size", DEFAULT_BLOCK_SIZE))
+            symmetric = bool(plan.settings.get("symmetric", True))
+            if block_size not in BLOCK_SIZES:
+                raise SchemeError(f"int4 block_size must be one of {BLOCK_SIZES}, got {block_size} ({lin.name})")
+            key = (lin.name, block_size, symmetric)
+            a_dtype, np_dtype = _float_dtype(lin.node.inputs[0])
+            if key not in packed:
+                packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype)
+                before += lin.weight.const_value.nbytes
+                after += sum(v.const_value.nbytes for v in packed[key].inputs if v is not None)
+            entry = packed[key]
+            if target == "portable":
+                form = self._rewrite_portable(graph, lin, entry)
+            else:
+                form = self._rewrite_nbits(graph, lin, entry, block_size, np_dtype)
+            self.report_append("linears", {
+                "weight": lin.name, "node": lin.node.name, "role": lin.role, "layer": lin.layer,
+                "block_size": block_size, "symmetric": symmetric,
+                "rel_error": round(entry.rel_error, 5), "form": form,
+            })
+        ctx.progress("int4", len(todo), len(todo))
+        self._drop_unused(graph, [lin for lin, _ in todo])
+        self.report("target", target)
+        self.report("quantized", len(todo))
+        self.report("bytes_before", int(before))
+        self.report("bytes_after", int(after))
+        errors = [p.rel_error for p in packed.values()]
+        self.report("rel_error_mean", round(float(np.mean(errors)), 5))
+        self.report("rel_error_max", round(float(np.max(errors)), 5))
+        return ir.passes.PassResult(model, True)
+
+    def _quantize(self, graph, lin, block_size, symmetric, target, np_dtype) -> _Packed:
+        o = self.options
+        w = weight_array(lin)
+        q = quantize_int4_weight(w, block_size, symmetric, o.grid, o.min_ratio, o.refine)
+        rel = float(np.linalg.norm(q.dequantize() - w) / max(np.linalg.norm(w), 1e-30))
+        base = lin.weight.name
+        if target == "portable":
+            scale = ir.tensor(np.ascontiguousarray(q.scales.T).astype(np_dtype))          # [G, N]
+            if symmetric:
+                x = ir.Tensor(q.codes.astype(ml_dtypes.int4), dtype=ir.DataType.INT4)
+                zp = None
+            else:
+                x = ir.Tensor(q.codes.astype(ml_dtypes.uint4), dtype=ir.DataType.UINT4)
+                zp = ir.Tensor(np.ascontiguousarray(q.zero_points.T).astype(ml_dtypes.uint4), dtype=ir.DataType.UINT4)
+            inputs = [_initializer(graph, f"{base}_int4", x), _initializer(graph, f"{base}_scale", scale),
+                      _initializer(graph, f"{base}_zero_point", zp) if zp is not None else None]
+            return _Packed(q, rel, inputs)
+        codes, zp = unsigned_codes(q)
+        b, zp_packed = pack_matmul_nbits(codes, None if symmetric else zp, block_size)
+        inputs = [
+            _initializer(graph, f"{base}_Q4", ir.tensor(b)),
+            _initializer(graph, f"{base}_scales", ir.tensor(q.scales.reshape(-1).astype(np_dtype))),
+            _initializer(graph, f"{base}_zero_points", ir.tensor(zp_packed)) if zp_packed is not None else None,
+        ]
+        return _Packed(q, rel, inputs)
+
+    def _rewrite_nbits(self, graph, lin: Linear, entry: _Packed, block_size: int, np_dtype) -> str:
+        k, n = lin.shape_kn
+        bias = None
+        if lin.bias is not None and self.options.fold_bias:
+            bias = lin.bias
+            if tuple(bias.const_value.shape) != (n,) or bias.const_value.dtype != _float_dtype(lin.node.inputs[0])[0]:
+                bias = _initializer(graph, f"{lin.bias.name}_1d",
+                                    ir.tensor(bias.const_value.numpy().reshape(n).astype(np_dtype)))
+        inputs = [lin.node.inputs[0], *entry.inputs]
+        if bias is not None:
+            inputs += [None, bias]          # g_idx (unused) then bias
+        while inputs[-1] is None:
+            inputs.pop()
+        attributes = {"K": k, "N": n, "bits": 4, "block_size": block_size}
+        if self.options.accuracy_level:
+            attributes["accuracy_level"] = int(self.options.accuracy_level)
+        node = ir.node("MatMulNBits", inputs, attributes, domain=MS_DOMAIN, name=_node_name(lin, "MatMulNBits"))
+        if bias is not None:
+            old_nodes, old_out = [lin.node, lin.bias_node], lin.output
+        else:
+            old_nodes, old_out = [lin.node], lin.node.outputs[0]
+        ir.convenience.replace_nodes_and_values(graph, old_nodes[-1], old_nodes, [node], [old_out], [node.outputs[0]])
+        form = "MatMulNBits"
+        if lin.bias is not None:
+            form += " (bias folded)" if bias is not None else " + Add"
+        return form
+
+    def _rewrite_portable(self, graph, lin: Linear, entry: _Packed) -> str:
+        if entry.dequantized is None:
+            dq = ir.node("DequantizeLinear", list(entry.inputs) if entry.inputs[2] is not None else entry.inputs[:2],
+                         {"axis": 0, "block_size": int(entry.q.block_size)}, name=_node_name(lin, "DequantizeLinear"))
+            out = dq.outputs[0]
+            out.name = f"{lin.weight.name}_dequantized"
+            out.type = ir.TensorType(entry.inputs[1].const_value.dtype)
+            out.shape = ir.Shape(list(entry.q.codes.shape))
+            graph.insert_before(lin.node, dq)
+            entry.dequantized = out
+        lin.node.replace_input_with(1, entry.dequantized)
+        return "DequantizeLinear + MatMul"
+
+    @staticmethod
+    def _drop_unused(graph: ir.Graph, linears: list[Linear]) -> None:
+        """The FP32 weights (and Transposes of them) that no node reads any more."""
+        for lin in linears:
+            for node in list(lin.weight.uses()):
+                user = node.node
+                if user.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in user.outputs):
+                    graph.remove(user, safe=True)
+            if lin.weight.name in graph.initializers and not list(lin.weight.uses()) and not lin.weight.is_graph_output():
+                graph.initializers.pop(lin.weight.name)
