@@ -11,12 +11,15 @@ full range -8..7, and the scale is refit by least squares). Written as:
   onnxruntime) reading A, B packed uint8 [N, n_blocks, block_size/2] (column n, block g,
   byte j holds codes k = 2j in the low nibble and k = 2j + 1 in the high nibble, unsigned
   0..15, rows past K zero), scales [N * n_blocks] and, when asymmetric, zero points uint8
-  [N * ceil(n_blocks/2)] packed the same way (row n, low nibble first; symmetric codes need
-  none: the op's default zero point is 8). The bias Add becomes the op's bias input.
+  [N * ceil(n_blocks/2)] packed the same way (row n, low nibble first, an odd row padded
+  with 8; symmetric codes need none: the op's default zero point is 8). The bias Add becomes
+  the op's bias input.
   `accuracy_level` (option, default 4) lets the kernel quantize activations to int8.
 - target "portable": standard ONNX only. An opset-21 blockwise DequantizeLinear (axis 0 along
   K, block_size) of an INT4 (symmetric) or UINT4 (+ UINT4 zero point) initializer [K, N] feeds
   the original MatMul; the model's opset must be >= 21 (canonicalize upgrades to 21).
+  onnxruntime fuses the pair into its MatMulNBits kernel itself (at the session option
+  session.qdq_matmulnbits_accuracy_level, default 4), so it runs as fast as the ort form.
 
 Both forms keep the name of the linear's output (after the bias Add) so verification can
 compare layer by layer; new nodes and initializers are named after the originals.
@@ -86,7 +89,8 @@ def pack_matmul_nbits(codes: np.ndarray, zero_points: np.ndarray | None, block_s
     """MatMulNBits' B [N, G, block_size/2] and packed zero points [N * ceil(G/2)] (or None).
 
     codes: unsigned 0..15 [K, N]; zero_points: [N, G] unsigned 0..15, None for the default 8.
-    Rows of the last block past K and the odd zero-point nibble are 0, as onnxruntime writes them.
+    Rows of the last block past K are 0 and an odd count's last zero-point nibble is 8, as
+    onnxruntime's quantizer writes them.
     """
     k, n = codes.shape
     g = -(-k // block_size)
@@ -95,7 +99,7 @@ def pack_matmul_nbits(codes: np.ndarray, zero_points: np.ndarray | None, block_s
     b = _pack_nibbles(np.ascontiguousarray(padded.T).reshape(n, g, block_size))
     if zero_points is None:
         return b, None
-    zp = np.zeros((n, g + (g & 1)), dtype=np.uint8)
+    zp = np.full((n, g + (g & 1)), 8, dtype=np.uint8)
     zp[:, :g] = zero_points
     return b, _pack_nibbles(zp).reshape(-1)
 
