@@ -7,6 +7,7 @@
 | quantize_embeddings | transform | Gather tables row-wise int8/int4, dequantized after the Gather |
 | insert_qdq | transform | int8 per-channel weights, dynamic or static int8 activations, FP32 outlier channels |
 | quantize_int4 | transform | blockwise int4 weights, MSE-chosen clipping, MatMulNBits or opset-21 DequantizeLinear |
+| replace_matmul | transform | ternary / binary-code / k-means weights as ai.qcompiler ops (+ function bodies), optional GPTQ recovery |
 | cleanup | final | remove unused, readable names, producer/scheme stamp |
 """
 
@@ -17,14 +18,18 @@ from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.fold_layernorm import FoldLayerNorm
 from qcompiler.passes.cleanup import Cleanup
 from qcompiler.passes.insert_qdq import InsertQDQ
+from qcompiler.passes.quantize_embeddings import QuantizeEmbeddings
 from qcompiler.passes.quantize_int4 import QuantizeInt4
+from qcompiler.passes.replace_matmul import ReplaceMatMul
 
 # name -> pass class, in pipeline order. Each line is one file of this folder.
 PASS_TABLE: dict[str, type[QPass]] = {
     Canonicalize.name: Canonicalize,
     FoldLayerNorm.name: FoldLayerNorm,
+    QuantizeEmbeddings.name: QuantizeEmbeddings,
     InsertQDQ.name: InsertQDQ,
     QuantizeInt4.name: QuantizeInt4,
+    ReplaceMatMul.name: ReplaceMatMul,
     Cleanup.name: Cleanup,
 }
 

@@ -15,7 +15,7 @@ DequantizeLinear(W_int8, w_scale[N], axis=1) feeding the original MatMul.
 
 Outlier channels: when the calibrated channel_absmax of an input channel exceeds
 outlier_ratio times the median, up to outlier_channels of them (the largest) skip the integer
-path: the integer path reads x * mask (those channels zeroed, so they no longer set the
+path (only for linears whose role is in outlier_roles; "all" for every one): the integer path reads x * mask (those channels zeroed, so they no longer set the
 per-tensor range) and W with their rows zeroed, and MatMul(Gather(x, idx, axis=-1), W[idx, :])
 in FP32 is added to the output. Linears that read the same activation share the mask, the
 Gather and the DynamicQuantizeLinear.
@@ -48,6 +48,7 @@ class InsertQDQOptions:
     percentile: float = 99.99         # for calibration = "percentile" (two-sided)
     outlier_channels: int = 4         # per linear, at most; 0 disables
     outlier_ratio: float = 16.0       # channel_absmax > ratio * median(channel_absmax) is an outlier
+    outlier_roles: list[str] = dataclasses.field(default_factory=lambda: ["all"])  # roles that may keep outliers
 
 
 def activation_range(samples: np.ndarray, method: str, lo: float, hi: float, percentile: float = 99.99) -> tuple[float, float]:
@@ -151,7 +152,9 @@ class InsertQDQ(QPass):
         opts = self.options
         x = lin.node.inputs[0]
         stats = self.ctx.stats.get(x.name)
-        idx = select_outliers(stats, opts.outlier_channels, opts.outlier_ratio)
+        idx = np.zeros(0, np.int64)
+        if "all" in opts.outlier_roles or lin.role in opts.outlier_roles:
+            idx = select_outliers(stats, opts.outlier_channels, opts.outlier_ratio)
         base = lin.node.name or lin.weight.name
         tape = ir.tape.Tape()
 

@@ -1,0 +1,244 @@
+"""quantize_embeddings: Gather tables stored as row-wise int8 / packed int4, dequantized after the Gather.
+
+Matches every embedding (analyze: a Gather with runtime ids on a 2-D float initializer) whose plan
+format is "int8" or "int4" and writes, keeping the Gather's output name::
+
+    int8:  Mul(Cast(Gather(codes_int8[V, D], ids), FLOAT), Cast(Gather(scales[V, 1], ids), FLOAT))
+    int4:  p = Gather(packed_uint8[V, D/2], ids)                   # byte j = code j | code j+D/2 << 4
+           u = Concat(Mod(p, 16), BitShift(p, 4, RIGHT), axis=-1)  # [.., D] unsigned codes 0..15
+           Mul(Sub(Cast(u, FLOAT), 8), Gather(Cast(Gather(scales[V, G], ids), FLOAT), block_of_column, axis=-1))
+
+so only the gathered rows are ever dequantized. Codes are symmetric (quantize_rows): one scale per
+row for int8, one per block of `block_size` (default 32) along the row for int4 (its clipping
+chosen by least squared error). Scales are float16 unless a scale is outside float16's normal
+range (then float32). The int4 nibble layout (low half of the row in the low nibbles) needs no
+Reshape, so it works for ids of any rank; ONNX's Gather does not take INT4 tensors (checked with
+onnxruntime 1.32 at opset 21), hence the uint8 packing with standard ops of opset 11+.
+
+A tied LM head (a linear whose weight is the table, usually MatMul(x, Transpose(table))) shares the
+quantized table: the same dequantization runs on the whole codes tensor and feeds the Transpose,
+so no FP32 copy of the table stays in the file.
+
+Left alone: tables planned "keep" (or another format), tables under `min_elements` values
+(nothing to gain, a little error and four ops to lose), and tables that something other than a
+Gather on axis 0 or a tied linear reads (quantizing them would keep two copies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompiler.analyze import Embedding, _weight_source
+from qcompiler.errors import SchemeError
+from qcompiler.passes.base import QPass
+from qcompiler.passes.insert_qdq import UniqueNames
+from qcompiler.quantizers.uniform import quantize_rows
+
+__all__ = ["QuantizeEmbeddings", "QuantizeEmbeddingsOptions", "pack_int4_rows", "unpack_int4_rows"]
+
+_FP16_MIN_NORMAL = 6.104e-05
+_FP16_MAX = 65504.0
+
+
+@dataclasses.dataclass
+class QuantizeEmbeddingsOptions:
+    block_size: int = 32          # int4: scales per block of this many columns (plan settings override)
+    scale_dtype: str = "float16"  # "float16" | "float32"
+    search_clip: bool = True      # int4: least-squares clipping per block
+    min_elements: int = 4096      # smaller tables (e.g. BERT's 2-row token types) stay as they are
+
+
+def pack_int4_rows(codes: np.ndarray) -> np.ndarray:
+    """Signed codes [V, D] in [-8, 7] -> uint8 [V, ceil(D/2)]: byte j = (c[j]+8) | (c[j+H]+8) << 4."""
+    v, d = codes.shape
+    half = (d + 1) // 2
+    u = np.zeros((v, 2 * half), np.uint8)
+    u[:, :d] = (codes.astype(np.int16) + 8).astype(np.uint8)
+    if d % 2:
+        u[:, d] = 8  # the padding column decodes to 0
+    return (u[:, :half] | (u[:, half:] << 4)).astype(np.uint8)
+
+
+def unpack_int4_rows(packed: np.ndarray, d: int) -> np.ndarray:
+    """The numpy reference of the graph's unpacking: uint8 [.., H] -> signed codes [.., d]."""
+    u = np.concatenate([packed % 16, packed >> 4], axis=-1).astype(np.int16) - 8
+    return u[..., :d].astype(np.int8)
+
+
+@dataclasses.dataclass
+class _Stored:
+    bits: int
+    codes: ir.Value          # int8 [V, D] or packed uint8 [V, H]
+    scales: ir.Value         # [V, 1] or [V, G], float16/float32
+    d: int
+    block_size: int | None
+    block_index: ir.Value | None = None   # int4: int64 [D'] block of each column
+
+
+class QuantizeEmbeddings(QPass):
+    __doc__ = __doc__
+    name = "quantize_embeddings"
+    stage = "transform"
+    Options = QuantizeEmbeddingsOptions
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.options.scale_dtype not in ("float16", "float32"):
+            raise SchemeError(f"quantize_embeddings: scale_dtype must be float16 or float32, not '{self.options.scale_dtype}'")
+        ctx = self.ctx
+        graph = model.graph
+        self._names = UniqueNames(graph)
+        by_table: dict[str, list[Embedding]] = {}
+        for emb in ctx.roles.embeddings if ctx.roles else []:
+            by_table.setdefault(emb.name, []).append(emb)
+        modified = False
+        for table_name, embs in by_table.items():
+            wp = ctx.plan.get(table_name)
+            if wp is None or wp.format not in ("int8", "int4"):
+                continue
+            table = embs[0].table
+            size = int(np.prod([int(d) for d in table.const_value.shape]))
+            reason = self._unsupported_use(table, embs)
+            if size < self.options.min_elements:
+                reason = f"small table ({size} elements < min_elements {self.options.min_elements})"
+            if reason:
+                self.report_append("skipped", {"table": table_name, "reason": reason})
+                continue
+            bits = 8 if wp.format == "int8" else 4
+            block = int(wp.settings.get("block_size", self.options.block_size)) if bits == 4 else None
+            if block is not None and block <= 0:
+                raise SchemeError(f"quantize_embeddings: block_size must be positive, got {block}")
+            stored, entry = self._store(graph, table, bits, block)
+            for emb in embs:
+                self._rewrite_gather(graph, emb, stored)
+            tied = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
+            for lin in tied.values():
+                self._rewrite_tied(graph, lin, stored)
+            entry["gathers"] = len(embs)
+            entry["tied_linears"] = [lin.node.name for lin in tied.values()]
+            if not list(table.uses()) and table.name in graph.initializers:
+                del graph.initializers[table.name]
+            self.report_append("tables", entry)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _unsupported_use(table: ir.Value, embs: list[Embedding]) -> str:
+        gathers = {id(e.node) for e in embs}
+        tied_nodes = {id(lin.node) for e in embs for lin in e.tied_linears}
+        for use in table.uses():
+            node = use.node
+            if id(node) in gathers or id(node) in tied_nodes:
+                continue
+            if node.op_type == "Transpose" and all(u.node is not None and id(u.node) in tied_nodes for u in node.outputs[0].uses()):
+                continue
+            return f"the table is also read by {node.op_type} '{node.name}'"
+        if table.is_graph_output():
+            return "the table is a graph output"
+        return ""
+
+    def _store(self, graph: ir.Graph, table: ir.Value, bits: int, block: int | None):
+        w = table.const_value.numpy().astype(np.float32)
+        v, d = w.shape
+        q = quantize_rows(w, bits=bits, block_size=block, search_clip=self.options.search_clip and bits == 4)
+        err = float(np.linalg.norm(q.dequantize() - w) / max(np.linalg.norm(w), 1e-30))
+        scales = q.scales.astype(np.float32)
+        nz = np.abs(scales[scales != 0])
+        fp16 = self.options.scale_dtype == "float16" and (nz.size == 0 or (nz.min() >= _FP16_MIN_NORMAL and nz.max() <= _FP16_MAX))
+        scales = scales.astype(np.float16) if fp16 else scales
+        tag = table.name
+        if bits == 8:
+            codes = q.codes.astype(np.int8)
+        else:
+            codes = pack_int4_rows(q.codes)
+        codes_v = self._initializer(graph, f"{tag}_quantized", codes)
+        scales_v = self._initializer(graph, f"{tag}_scale", np.ascontiguousarray(scales))
+        stored = _Stored(bits, codes_v, scales_v, d, block)
+        if bits == 4:
+            cols = 2 * codes.shape[1]
+            stored.block_index = self._initializer(graph, f"{tag}_block_of_column", np.minimum(np.arange(cols) // block, scales.shape[1] - 1).astype(np.int64))
+        before = int(w.size * table.const_value.dtype.itemsize)
+        after = int(codes.nbytes + scales.nbytes)
+        entry = {"table": table.name, "rows": int(v), "dim": int(d), "bits": bits, "block_size": block,
+                 "scale_dtype": str(scales.dtype), "bytes_before": before, "bytes_after": after,
+                 "rel_l2_error": round(err, 6)}
+        return stored, entry
+
+    def _initializer(self, graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+        name = self._names.unique(name)
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.tensor(array).dtype),
+                         const_value=ir.tensor(array, name=name))
+        graph.register_initializer(value)
+        return value
+
+    def _dequantize(self, tape: ir.tape.Tape, stored: _Stored, ids: ir.Value | None, base: str) -> ir.Value:
+        """Float rows of the table: gathered at `ids`, or the whole table when ids is None."""
+        op = lambda *a, **k: self._names.op(tape, *a, **k)  # noqa: E731
+        codes, scales = stored.codes, stored.scales
+        if ids is not None:
+            codes = op("Gather", [codes, ids], {"axis": 0}, name=f"{base}_codes_Gather")
+            scales = op("Gather", [scales, ids], {"axis": 0}, name=f"{base}_scales_Gather")
+        if stored.scales.const_value.dtype != ir.DataType.FLOAT:
+            scales = op("Cast", [scales], {"to": ir.DataType.FLOAT}, name=f"{base}_scales_Cast")
+        if stored.bits == 8:
+            values = op("Cast", [codes], {"to": ir.DataType.FLOAT}, name=f"{base}_codes_Cast")
+            return op("Mul", [values, scales], name=f"{base}_dequant_Mul")
+        sixteen = self._const(tape, f"{base}_16", np.array(16, np.uint8))
+        four = self._const(tape, f"{base}_4", np.array(4, np.uint8))
+        eight = self._const(tape, f"{base}_8", np.array(8.0, np.float32))
+        lo = op("Mod", [codes, sixteen], {"fmod": 0}, name=f"{base}_low_Mod")
+        hi = op("BitShift", [codes, four], {"direction": "RIGHT"}, name=f"{base}_high_BitShift")
+        u = op("Concat", [lo, hi], {"axis": -1}, name=f"{base}_nibbles_Concat")
+        if 2 * stored.codes.shape[1] != stored.d:
+            starts = self._const(tape, f"{base}_start", np.array([0], np.int64))
+            ends = self._const(tape, f"{base}_end", np.array([stored.d], np.int64))
+            axes = self._const(tape, f"{base}_axis", np.array([-1], np.int64))
+            u = op("Slice", [u, starts, ends, axes], name=f"{base}_pad_Slice")
+        values = op("Sub", [op("Cast", [u], {"to": ir.DataType.FLOAT}, name=f"{base}_codes_Cast"), eight], name=f"{base}_center_Sub")
+        index = stored.block_index
+        if 2 * stored.codes.shape[1] != stored.d:
+            index = self._const(tape, f"{base}_block_of_column", stored.block_index.const_value.numpy()[: stored.d])
+        col_scales = op("Gather", [scales, index], {"axis": -1}, name=f"{base}_scales_expand_Gather")
+        return op("Mul", [values, col_scales], name=f"{base}_dequant_Mul")
+
+    def _const(self, tape: ir.tape.Tape, name: str, array: np.ndarray) -> ir.Value:
+        name = self._names.unique(name)
+        return tape.initializer(ir.tensor(np.ascontiguousarray(array), name=name), name=name)
+
+    def _commit(self, graph: ir.Graph, tape: ir.tape.Tape, before: ir.Node) -> None:
+        for init in tape.initializers:
+            graph.register_initializer(init)
+        graph.insert_before(before, tape.nodes)
+
+    def _rewrite_gather(self, graph: ir.Graph, emb: Embedding, stored: _Stored) -> None:
+        tape = ir.tape.Tape()
+        node = emb.node
+        base = node.name or emb.table.name
+        y = self._dequantize(tape, stored, node.inputs[1], base)
+        self._commit(graph, tape, node)
+        old = node.outputs[0]
+        name = old.name
+        ir.convenience.replace_all_uses_with(old, y, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        old.name = None
+        y.name = name
+
+    def _rewrite_tied(self, graph: ir.Graph, lin, stored: _Stored) -> None:
+        """The head reads the whole dequantized table in place of the FP32 one.
+
+        Everything on the way is a function of initializers only, so onnxruntime folds it
+        once at session start: the head runs as fast as before, the file holds only codes.
+        """
+        if _weight_source(lin.node.inputs[1]) is None:
+            return
+        tape = ir.tape.Tape()
+        full = self._dequantize(tape, stored, None, f"{lin.weight.name}_head")
+        if lin.transposed:
+            transpose = lin.node.inputs[1].producer()
+            self._commit(graph, tape, transpose)
+            transpose.replace_input_with(0, full)
+        else:
+            self._commit(graph, tape, lin.node)
+            lin.node.replace_input_with(1, full)
