@@ -1,0 +1,301 @@
+"""replace_matmul: MatMul (+ bias Add) -> TernaryMatMul / BinaryCodeMatMul / CodebookMatMul (ai.qcompiler).
+
+Matches every linear (analyze) whose plan format is "ternary", "bcq" or "kmeans" and writes one
+custom-op node in its place, keeping the name of the linear's output (after the bias Add)::
+
+    Y = TernaryMatMul|BinaryCodeMatMul|CodebookMatMul(A, packed, scales, bias, outlier_idx, outlier_w)
+
+packed in the layouts of ``runtime_ops.formats`` (the one written-down table). The op's ONNX
+function bodies (standard ops only) and the ``ai.qcompiler`` opset import are added to the model,
+so stock onnxruntime runs it without the native library; `runtime_ops.register` makes onnxruntime
+take the native kernels instead.
+
+Plan settings (scheme [weights] / [roles.*]):
+- ternary: TWN per output channel (ternary_method "twn" or "optimal"); bcq: ``bits`` 1..4
+  (default 2), alternating refinement (``iterations``); kmeans: ``bits`` 2..4 (default 4), per-row
+  codebook (``iterations``, ``seed``).
+- ``group_size`` (ternary, bcq; default per output channel = K), ``accuracy_level`` (0 or 4,
+  default 0), ``scale_dtype`` ("float16" default, or "float32").
+- ``recovery`` "none" (plain rounding, default) or "gptq": calibrated codes on the Gram matrix
+  X^T X of the linear's input (qcompiler.quantizers.recovery) with ``n_outliers`` (default 2)
+  input channels kept as FP16 rows; the pass then asks the pipeline for calibration statistics.
+  Without statistics for a linear it falls back to plain rounding and says so in the report.
+
+The bias Add is folded into the op's bias input (a zero bias is written when there is none);
+a weight shared by several MatMuls is quantized and packed once (with recovery: on the sum of its
+consumers' Gram matrices); a transposed weight (MatMul(x, Transpose(W))) is read as [K, N].
+
+The model must be at opset 21 (canonicalize converts it): a function's opset import must match
+the model's. Leaves alone: linears planned in any other format, MatMuls whose activation is not float32, and
+tied LM heads (the weight is an embedding table: quantize_embeddings owns it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompiler.analyze import Linear, weight_array
+from qcompiler.errors import SchemeError, UsageError
+from qcompiler.passes.base import QPass
+from qcompiler.quantizers.recovery import RecoveredWeight, output_error, quantize_plain, recover
+from runtime_ops import contract
+
+__all__ = ["ReplaceMatMul", "ReplaceMatMulOptions", "OP_OF_FORMAT", "PackedLinear", "quantize_and_pack"]
+
+OP_OF_FORMAT = {"ternary": "TernaryMatMul", "bcq": "BinaryCodeMatMul", "kmeans": "CodebookMatMul"}
+DEFAULT_BITS = {"ternary": None, "bcq": 2, "kmeans": 4}
+KNOWN_SETTINGS = {"bits", "group_size", "accuracy_level", "recovery", "n_outliers", "scale_dtype",
+                  "ternary_method", "iterations", "seed", "weighted"}
+RECOVERY = ("none", "gptq")
+
+
+@dataclasses.dataclass
+class ReplaceMatMulOptions:
+    damp: float = 0.01          # GPTQ: Hessian damping, fraction of its mean diagonal
+    act_order: bool = True      # GPTQ: input channels by decreasing Hessian diagonal
+    refit: bool = True          # GPTQ: least-squares scales given the codes (with outliers only)
+
+
+@dataclasses.dataclass
+class PackedLinear:
+    """One weight in its op's packed form (shared by every linear that reads it)."""
+
+    op_type: str
+    attrs: dict                 # K, N, group_size, bits (node attributes, accuracy_level added per node)
+    packed: np.ndarray
+    scales: np.ndarray
+    outlier_idx: np.ndarray     # int64 [n_out]
+    outlier_w: np.ndarray       # float16 [n_out, N]
+    effective: np.ndarray       # float32 [K, N]: what the op multiplies by, outliers included
+    method: str
+    inputs: list = dataclasses.field(default_factory=list)   # the initializer Values, once written
+    errors: dict = dataclasses.field(default_factory=dict)
+
+
+def _settings(lin_name: str, fmt: str, settings: dict) -> dict:
+    unknown = set(settings) - KNOWN_SETTINGS
+    if unknown:
+        raise SchemeError(f"{fmt} weight {lin_name}: unknown settings {sorted(unknown)} (known: {sorted(KNOWN_SETTINGS)})")
+    s = dict(settings)
+    s["recovery"] = str(s.get("recovery", "none"))
+    if s["recovery"] not in RECOVERY:
+        raise SchemeError(f"recovery must be one of {RECOVERY}, got {s['recovery']!r} ({lin_name})")
+    s.setdefault("n_outliers", 2 if s["recovery"] == "gptq" else 0)
+    s.setdefault("accuracy_level", 0)
+    if int(s["accuracy_level"]) not in contract.ACCURACY_LEVELS:
+        raise SchemeError(f"accuracy_level must be 0 or 4, got {s['accuracy_level']} ({lin_name})")
+    s.setdefault("scale_dtype", "float16")
+    if s["scale_dtype"] not in ("float16", "float32"):
+        raise SchemeError(f"scale_dtype must be float16 or float32 ({lin_name})")
+    bits = s.get("bits", DEFAULT_BITS[fmt])
+    if fmt == "ternary":
+        bits = None
+    elif bits not in contract.OPS[OP_OF_FORMAT[fmt]].allowed_bits:
+        raise SchemeError(f"{fmt} bits must be one of {contract.OPS[OP_OF_FORMAT[fmt]].allowed_bits}, got {bits} ({lin_name})")
+    s["bits"] = bits
+    return s
+
+
+def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray | None = None,
+                      options: ReplaceMatMulOptions | None = None) -> PackedLinear:
+    """Codes of w [K, N] (plain, or GPTQ on `gram` when settings ask for it) in the op's packed layout."""
+    o = options or ReplaceMatMulOptions()
+    k, n = w.shape
+    bits = settings["bits"]
+    gs = settings.get("group_size")
+    gs = None if gs is None or int(gs) >= k else int(gs)
+    extra = {key: settings[key] for key in ("ternary_method", "iterations", "seed", "weighted") if key in settings}
+    if fmt == "kmeans":
+        gs = None
+    if settings["recovery"] == "gptq" and gram is not None:
+        rec: RecoveredWeight = recover(w, gram, fmt, bits, gs, n_outliers=int(settings["n_outliers"]),
+                                       act_order=o.act_order, refit=o.refit, damp=o.damp, **extra)
+        method = "gptq"
+    else:
+        extra.pop("weighted", None)
+        rec = quantize_plain(w, fmt, bits, gs, **extra)
+        method = "plain" if settings["recovery"] == "none" else "plain (no calibration statistics)"
+    op_type = OP_OF_FORMAT[fmt]
+    sd = np.float16 if settings["scale_dtype"] == "float16" else np.float32
+    group_size = int(rec.group_size) if fmt != "kmeans" else k
+    if fmt == "ternary":
+        packed, scales = contract.pack_ternary(rec.codes.T, rec.scales.astype(sd))
+    elif fmt == "bcq":
+        packed, scales = contract.pack_binary_code(np.transpose(rec.codes, (0, 2, 1)), rec.scales.astype(sd))
+    else:
+        packed, scales = contract.pack_codebook(rec.codes.T, rec.scales.astype(sd), bits)
+    attrs = {"K": k, "N": n, "group_size": group_size}
+    if bits is not None:
+        attrs["bits"] = int(bits)
+    deq = contract.dequantize(op_type, packed, scales, **attrs)
+    idx = np.asarray(rec.outlier_idx, np.int64)
+    # outlier rows: what the recovery wanted minus what the (possibly fp16-scaled) codes give
+    outlier_w = (rec.dequantized[idx].astype(np.float64) - deq[idx]).astype(np.float16)
+    effective = deq.copy()
+    effective[idx] += outlier_w.astype(np.float32)
+    return PackedLinear(op_type, attrs, packed, scales, idx, outlier_w.reshape(len(idx), n), effective, method)
+
+
+def _node_name(lin: Linear, op_type: str) -> str:
+    base = lin.node.name or lin.weight.name
+    if base.endswith("MatMul"):
+        return base[: -len("MatMul")] + op_type
+    return f"{base}/{op_type}"
+
+
+class ReplaceMatMul(QPass):
+    """Rewrite every ternary/bcq/kmeans-planned linear to its ai.qcompiler op with packed weights."""
+
+    name = "replace_matmul"
+    stage = "transform"
+    Options = ReplaceMatMulOptions
+
+    def _mine(self):
+        ctx = self.ctx
+        if ctx is None or ctx.roles is None or ctx.plan is None:
+            return []
+        tables = {id(e.table) for e in ctx.roles.embeddings}
+        out = []
+        for lin in ctx.roles.linears:
+            plan = ctx.plan.get(lin.name)
+            if plan is None or plan.format not in OP_OF_FORMAT or plan.role == "embedding" or id(lin.weight) in tables:
+                continue
+            out.append((lin, plan))
+        return out
+
+    @property
+    def needs_stats(self) -> bool:  # read by the pipeline after the plan is made
+        return any(str(p.settings.get("recovery", "none")) == "gptq" for _, p in self._mine())
+
+    @property
+    def needs_gram(self) -> bool:
+        return self.needs_stats
+
+    def _unique(self, graph: ir.Graph, wanted: str) -> str:
+        name, i = wanted, 1
+        while name in graph.initializers:
+            i += 1
+            name = f"{wanted}_{i}"
+        return name
+
+    def _initializer(self, graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+        tensor = ir.tensor(np.ascontiguousarray(array))
+        value = ir.Value(name=self._unique(graph, name), shape=tensor.shape, type=ir.TensorType(tensor.dtype),
+                         const_value=tensor)
+        graph.register_initializer(value)
+        return value
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        todo = []
+        for lin, plan in self._mine():
+            if lin.node.inputs[0].dtype not in (None, ir.DataType.FLOAT):
+                self.report_append("left_alone", {"weight": lin.name, "reason": "activation is not float32"})
+                continue
+            todo.append((lin, plan, _settings(lin.name, plan.format, plan.settings)))
+        if not todo:
+            return ir.passes.PassResult(model, False)
+        opset = model.opset_imports.get("", 0)
+        if opset != contract.STANDARD_OPSET:
+            raise UsageError(
+                f"replace_matmul writes ONNX function bodies at opset {contract.STANDARD_OPSET}, but the model is "
+                f"opset {opset}: run canonicalize first (it converts to {contract.STANDARD_OPSET})")
+        ctx = self.ctx
+        graph = model.graph
+        stats = ctx.stats or {}
+        # a shared weight gets the Gram matrix of all its consumers' inputs
+        grams: dict[str, np.ndarray] = {}
+        for lin, _, s in todo:
+            st = stats.get(lin.node.inputs[0].name)
+            if s["recovery"] == "gptq" and st is not None and getattr(st, "gram", None) is not None:
+                grams[lin.name] = grams.get(lin.name, 0) + st.gram
+        packed: dict[tuple, PackedLinear] = {}
+        bytes_before = bytes_after = 0
+        for i, (lin, plan, s) in enumerate(todo):
+            ctx.progress(plan.format, i, len(todo))
+            key = (lin.name, plan.format, repr(sorted((k, v) for k, v in s.items() if k != "accuracy_level")))
+            w = None
+            if key not in packed:
+                w = weight_array(lin)
+                p = quantize_and_pack(w, plan.format, s, grams.get(lin.name), self.options)
+                base = lin.weight.name
+                p.inputs = [
+                    self._initializer(graph, f"{base}_{plan.format}_packed", p.packed),
+                    self._initializer(graph, f"{base}_{'codebook' if plan.format == 'kmeans' else 'scales'}", p.scales),
+                    self._initializer(graph, f"{base}_outlier_idx", p.outlier_idx),
+                    self._initializer(graph, f"{base}_outlier_w", p.outlier_w),
+                ]
+                packed[key] = p
+                bytes_before += lin.weight.const_value.nbytes
+                bytes_after += sum(v.const_value.nbytes for v in p.inputs)
+                rel = float(np.linalg.norm(p.effective - w) / max(np.linalg.norm(w), 1e-30))
+                entry_err = {"rel_error": round(rel, 5)}
+                if lin.name in grams:
+                    H = grams[lin.name]
+                    entry_err["output_rel_error"] = round(float(
+                        output_error(w, p.effective, H) / max(output_error(w, np.zeros_like(w), H), 1e-30)), 5)
+                p.errors = entry_err
+            p = packed[key]
+            form = self._rewrite(graph, lin, p, int(s["accuracy_level"]))
+            k, n = p.attrs["K"], p.attrs["N"]
+            bpw = contract.bits_per_weight(p.op_type, K=k, N=n, group_size=p.attrs["group_size"],
+                                           bits=p.attrs.get("bits"), scale_bytes=p.scales.dtype.itemsize,
+                                           n_out=len(p.outlier_idx))
+            self.report_append("linears", {
+                "weight": lin.name, "node": lin.node.name, "role": lin.role, "layer": lin.layer,
+                "format": plan.format, "op": p.op_type, "bits": p.attrs.get("bits", 2 if plan.format == "ternary" else None),
+                "group_size": p.attrs["group_size"], "bits_per_weight": round(bpw, 4),
+                "n_outliers": int(len(p.outlier_idx)), "method": p.method, "form": form,
+                "shared": w is None, **p.errors,
+            })
+        ctx.progress("replace_matmul", len(todo), len(todo))
+        self._drop_unused(graph, [lin for lin, _, _ in todo])
+        contract.attach_functions(model)
+        errors = [p.errors["rel_error"] for p in packed.values()]
+        self.report("replaced", len(todo))
+        self.report("packed_weights", len(packed))
+        self.report("bytes_before", int(bytes_before))
+        self.report("bytes_after", int(bytes_after))
+        self.report("rel_error_mean", round(float(np.mean(errors)), 5))
+        self.report("rel_error_max", round(float(np.max(errors)), 5))
+        return ir.passes.PassResult(model, True)
+
+    def _rewrite(self, graph: ir.Graph, lin: Linear, p: PackedLinear, accuracy_level: int) -> str:
+        k, n = p.attrs["K"], p.attrs["N"]
+        bias = None
+        if lin.bias is not None and lin.bias.const_value is not None and lin.bias.const_value.size == n:
+            bias = lin.bias
+            arr = bias.const_value.numpy()
+            if arr.shape != (n,) or arr.dtype != np.float32:
+                bias = self._initializer(graph, f"{lin.bias.name}_1d", arr.reshape(n).astype(np.float32))
+        fold = bias is not None
+        if bias is None:
+            bias = self._initializer(graph, f"{lin.weight.name}_zero_bias", np.zeros(n, np.float32))
+        attributes = dict(contract.node_attributes(p.op_type, K=k, N=n, group_size=p.attrs["group_size"],
+                                                   bits=p.attrs.get("bits"), accuracy_level=accuracy_level))
+        node = ir.node(p.op_type, [lin.node.inputs[0], p.inputs[0], p.inputs[1], bias, p.inputs[2], p.inputs[3]],
+                       attributes, domain=contract.DOMAIN, name=_node_name(lin, p.op_type))
+        if fold:
+            old_nodes, old_out = [lin.node, lin.bias_node], lin.output
+        else:
+            old_nodes, old_out = [lin.node], lin.node.outputs[0]
+        ir.convenience.replace_nodes_and_values(graph, old_nodes[-1], old_nodes, [node], [old_out], [node.outputs[0]])
+        if lin.bias_node is not None:
+            return p.op_type + (" (bias folded)" if fold else " + Add")
+        return p.op_type
+
+    @staticmethod
+    def _drop_unused(graph: ir.Graph, linears: list[Linear]) -> None:
+        """The FP32 weights (and Transposes of them) that no node reads any more."""
+        for lin in linears:
+            for use in list(lin.weight.uses()):
+                user = use.node
+                if user.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in user.outputs):
+                    graph.remove(user, safe=True)
+            if lin.weight.name in graph.initializers and not list(lin.weight.uses()) and not lin.weight.is_graph_output():
+                graph.initializers.pop(lin.weight.name)
+            if lin.bias is not None and lin.bias.name in graph.initializers and not list(lin.bias.uses()) \
+                    and not lin.bias.is_graph_output():
+                graph.initializers.pop(lin.bias.name)
