@@ -15,8 +15,9 @@ Common MatMul inputs
     float16, read as float32 exactly); 3 ``bias`` float32 [N]; 4 ``outlier_idx`` int64 [n_out]
     (indices into K, 0 <= idx < K); 5 ``outlier_w`` float16 [n_out, N].
     Y float32 [..., N] = A @ W + A[..., outlier_idx] @ outlier_w + bias. Inputs 3..5 are optional
-    for the native kernel; the compiler always writes all six (n_out may be 0). The weight rows of
-    outlier channels are zero in the packed weights.
+    for the native kernel; the compiler always writes all six (n_out may be 0). The packed weight
+    rows of outlier channels are ignored: every implementation reads them as zero (the packers
+    write zero codes where the format has one; binary codes have none).
     Attributes: K, N (required), group_size (G = ceil(K / group_size) scale groups per output
     channel; group_size == K means per output channel), format_version (1), accuracy_level
     (0 or 4), bits (BinaryCodeMatMul, CodebookMatMul).
@@ -339,7 +340,9 @@ def _matmul_reference(op_type, A, packed, scales, bias=None, outlier_idx=None, o
     if A.shape[-1] != K:
         raise ContractError(f"A's last dim {A.shape[-1]} != K={K}")
     W = dequantize(op_type, packed, scales, **attrs)
-    a2 = A.reshape(-1, K)
+    if outlier_idx is not None and len(outlier_idx):
+        W[np.asarray(outlier_idx, np.int64)] = 0.0  # outlier rows of the packed weights are ignored
+    a2 = A.reshape(int(np.prod(A.shape[:-1])), K)
     y = np.zeros((a2.shape[0], N), np.float32)
     for k in range(K):  # fixed order: the scalar kernel does the same, bit for bit
         y = y + a2[:, k:k + 1] * W[k][None, :]
@@ -391,8 +394,11 @@ def tolerance(op_type: str, A, packed, scales, outlier_idx=None, outlier_w=None,
               accuracy_level: int = 0, **attrs) -> np.ndarray:
     """The stated bound on |Y - reference| for a kernel that is not the scalar fp32 one."""
     K = int(attrs["K"])
-    A = np.asarray(A, np.float32).reshape(-1, K)
+    lead = np.shape(A)[:-1]
+    A = np.asarray(A, np.float32).reshape(int(np.prod(lead)), K)
     W = dequantize(op_type, packed, scales, **attrs)
+    if outlier_idx is not None and len(outlier_idx):
+        W[np.asarray(outlier_idx, np.int64)] = 0.0
     bound = np.abs(A) @ np.abs(W)
     if outlier_idx is not None and len(outlier_idx):
         bound = bound + np.abs(A[:, outlier_idx]) @ np.abs(np.asarray(outlier_w, np.float32))
@@ -402,10 +408,10 @@ def tolerance(op_type: str, A, packed, scales, outlier_idx=None, outlier_w=None,
         if outlier_idx is not None and len(outlier_idx):
             a[:, outlier_idx] = 0
         wabs = weight_abs(op_type, packed, scales, **attrs)
-        amax = np.abs(a).max(1, keepdims=True) if K else np.zeros((A.shape[0], 1), np.float32)
+        amax = np.abs(a).max(1, keepdims=True, initial=0.0)
         bound = bound + (amax * wabs.sum(0)[None, :]
                          + np.abs(a).sum(1, keepdims=True) * wabs.max(0, initial=0)[None, :]) / OPS[op_type].level4_divisor
-    return bound.reshape(*np.shape(A)[:-1], -1)
+    return bound.reshape(*lead, bound.shape[-1])
 
 
 def bits_per_weight(op_type: str, *, K: int, N: int, group_size: int | None = None, bits: int | None = None,

@@ -68,8 +68,12 @@ def _unpack_codes(b: _Body, packed: str, n_elems: str, bits: str | int, straddle
     return b("BitwiseAnd", b("BitShift", x, shift, direction="RIGHT"), mask)
 
 
-def _matmul_tail(b: _Body, A: str, w_t: str, bias: str, idx: str, wout: str) -> str:
-    y0 = b("MatMul", A, b("Transpose", w_t, perm=[1, 0]))
+def _matmul_tail(b: _Body, A: str, w_t: str, bias: str, idx: str, wout: str, k: str) -> str:
+    # Packed rows of outlier channels are ignored: keep[k] = 0 where k is in outlier_idx.
+    hits = b("ReduceSum", b("Cast", b("Equal", b("Unsqueeze", k, b.const([-1])), idx), to=_F32), b.const([1]),
+             keepdims=0)
+    keep = b("Cast", b("Less", hits, b.const(0.5, np.float32)), to=_F32)
+    y0 = b("MatMul", A, b("Transpose", b("Mul", w_t, keep), perm=[1, 0]))
     y1 = b("Add", y0, b("MatMul", b("Gather", A, idx, axis=-1), b("Cast", wout, to=_F32)))
     return b("Add", y1, bias)
 
@@ -83,7 +87,8 @@ def make_function(op_type: str) -> onnx.FunctionProto:
     if op_type in MATMUL_OPS:
         A, packed, scales, bias, idx, wout = fmt.inputs
         K = b.attr_int("K")
-        grp = b("Div", b("Range", b.const(0), K, b.const(1)), b.attr_int("group_size"))
+        k_range = b("Range", b.const(0), K, b.const(1))
+        grp = b("Div", k_range, b.attr_int("group_size"))
         s = b("Cast", scales, to=_F32)
         if op_type == "TernaryMatMul":
             codes = _unpack_codes(b, packed, K, 2, straddle=False)  # [N, K]
@@ -96,7 +101,7 @@ def make_function(op_type: str) -> onnx.FunctionProto:
         else:
             codes = _unpack_codes(b, packed, K, b.attr_int("bits"), straddle=True)  # [N, K]
             w_t = b("GatherElements", s, b("Cast", codes, to=_I64), axis=1)
-        out = _matmul_tail(b, A, w_t, bias, idx, wout)
+        out = _matmul_tail(b, A, w_t, bias, idx, wout, k_range)
     else:  # PackedGather
         table, offsets, row_bits, scales, indices = fmt.inputs
         D = b.attr_int("D")

@@ -45,6 +45,7 @@ static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 /* ---------------------------------------------------------------- dequantization (fma path) */
 static inline float weight_at(const qc_matmul *w, int64_t n, int64_t k) {
     const int64_t g = k / w->gs;
+    if (w->is_outlier[k]) return 0.f; /* packed rows of outlier channels are ignored */
     switch (w->kind) {
     case QC_TERNARY: {
         unsigned c = get_code(w->packed + n * w->row_bytes, w->row_bytes, k, 2);

@@ -1,0 +1,44 @@
+"""The C kernel harness (every ISA variant against scalar and the contract), natively and for NEON
+cross-compiled with Debian's aarch64 gcc under qemu-user (installed by the script when missing)."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def _closing(out: str) -> str:
+    return [line for line in out.splitlines() if line.endswith("failed")][-1]
+
+
+def test_native_harness(tmp_path):
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    k = os.path.join(ROOT, "runtime_ops", "csrc", "kernels")
+    objs = []
+    for src in ("qc_core.c", "dispatch.c", "matmul_scalar.c", "matmul_avx2.c", "matmul_neon.c"):
+        flags = ["-mavx2", "-mfma"] if src == "matmul_avx2.c" and os.uname().machine == "x86_64" else []
+        obj = str(tmp_path / (src + ".o"))
+        subprocess.run([cc, "-std=c11", "-O2", "-ffp-contract=off", *flags, "-c", os.path.join(k, src), "-o", obj],
+                       check=True)
+        objs.append(obj)
+    exe = str(tmp_path / "qc_kernel_test")
+    subprocess.run([cc, "-std=c11", "-O2", "-ffp-contract=off", "-o", exe,
+                    os.path.join(ROOT, "runtime_ops", "csrc", "tests", "kernel_test.c"), *objs, "-lm"], check=True)
+    r = subprocess.run([exe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    assert _closing(r.stdout).endswith(" 0 failed")
+
+
+def test_neon_under_qemu(tmp_path):
+    r = subprocess.run(["bash", os.path.join(ROOT, "runtime_ops", "neon_test.sh"), str(tmp_path)],
+                       capture_output=True, text=True)
+    if r.returncode == 77:
+        pytest.skip("aarch64 cross toolchain / qemu-user could not be installed: " + r.stderr.strip()[-300:])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "isa chosen: neon" in r.stdout
+    assert _closing(r.stdout).endswith(" 0 failed")
