@@ -183,7 +183,7 @@ class QuantizeInt4(QPass):
             symmetric = bool(plan.settings.get("symmetric", True))
             if block_size not in BLOCK_SIZES:
                 raise SchemeError(f"int4 block_size must be one of {BLOCK_SIZES}, got {block_size} ({lin.name})")
-            key = (lin.name, block_size, symmetric)
+            key = (lin.name, lin.transposed, block_size, symmetric)
             a_dtype, np_dtype = _float_dtype(lin.node.inputs[0])
             if key not in packed:
                 packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype)
