@@ -139,11 +139,15 @@ def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray 
     return PackedLinear(op_type, attrs, packed, scales, idx, outlier_w.reshape(len(idx), n), effective, method)
 
 
-def _node_name(lin: Linear, op_type: str) -> str:
-    base = lin.node.name or lin.weight.name
-    if base.endswith("MatMul"):
-        return base[: -len("MatMul")] + op_type
-    return f"{base}/{op_type}"
+def _node_name(lin: Linear, op_type: str, taken: set[str]) -> str:
+    base = lin.node.name or lin.output.name
+    name = base[: -len("MatMul")] + op_type if base.endswith("MatMul") else f"{base}/{op_type}"
+    wanted, i = name, 1
+    while name in taken:
+        i += 1
+        name = f"{wanted}_{i}"
+    taken.add(name)
+    return name
 
 
 class ReplaceMatMul(QPass):
@@ -276,7 +280,8 @@ class ReplaceMatMul(QPass):
         attributes = dict(contract.node_attributes(p.op_type, K=k, N=n, group_size=p.attrs["group_size"],
                                                    bits=p.attrs.get("bits"), accuracy_level=accuracy_level))
         node = ir.node(p.op_type, [lin.node.inputs[0], p.inputs[0], p.inputs[1], bias, p.inputs[2], p.inputs[3]],
-                       attributes, domain=contract.DOMAIN, name=_node_name(lin, p.op_type))
+                       attributes, domain=contract.DOMAIN,
+                       name=_node_name(lin, p.op_type, {n.name for n in graph if n.name}))
         if fold:
             old_nodes, old_out = [lin.node, lin.bias_node], lin.output
         else:
