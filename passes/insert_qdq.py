@@ -190,6 +190,7 @@ class InsertQDQ(QPass):
             graph.remove(node, safe=True)
         old_out.name = None
         y.name = name
+        y.type, y.shape = old_out.type, old_out.shape
         if bias_add is not None and lin.bias_node.name:
             bias_add.name = lin.bias_node.name  # the original node is gone: its name is free again
         self._drop_if_unused(graph, lin)

@@ -224,6 +224,7 @@ class QuantizeEmbeddings(QPass):
         graph.remove(node, safe=True)
         old.name = None
         y.name = name
+        y.type, y.shape = old.type, old.shape
 
     def _rewrite_tied(self, graph: ir.Graph, lin, stored: _Stored) -> None:
         """The head reads the whole dequantized table in place of the FP32 one.
