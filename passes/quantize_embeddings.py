@@ -117,7 +117,7 @@ class QuantizeEmbeddings(QPass):
             for lin in tied.values():
                 self._rewrite_tied(graph, lin, stored)
             entry["gathers"] = len(embs)
-            entry["tied_linears"] = [lin.node.name for lin in tied.values()]
+            entry["tied_linears"] = [lin.node.name or lin.output.name for lin in tied.values()]
             if not list(table.uses()) and table.name in graph.initializers:
                 del graph.initializers[table.name]
             self.report_append("tables", entry)

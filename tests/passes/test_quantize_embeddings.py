@@ -1,0 +1,216 @@
+"""quantize_embeddings on small ONNX text graphs: int8 rows, packed int4 rows, tied head, left-alone cases."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx.parser
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from qcompiler.passes import PASS_TABLE
+from qcompiler.passes.quantize_embeddings import QuantizeEmbeddings, pack_int4_rows, unpack_int4_rows
+from qcompiler.quantizers.uniform import quantize_rows
+from qcompiler.schemes import Scheme
+
+V, D = 300, 16
+
+LOOKUP = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (int64[B, T] ids) => (float[B, T, 16] y) {
+    e = Gather(table, ids)
+    y = Mul(e, two)
+}
+"""
+
+# Tied LM head: logits = h @ table^T (the GPT-2 / T5 form).
+TIED = """
+<ir_version: 9, opset_import: ["" : 17]>
+g (int64[B, T] ids) => (float[B, T, 300] logits) {
+    e = Gather(table, ids)
+    h = Tanh(e)
+    wt = Transpose <perm = [1, 0]> (table)
+    logits = MatMul(h, wt)
+}
+"""
+
+
+def _table(d: int = D) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((V, d)) * rng.uniform(0.02, 2.0, (V, 1))).astype(np.float32)  # rows of varied scale
+
+
+def _model(text: str, table: np.ndarray | None = None) -> ir.Model:
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(_table() if table is None else table, "table"))
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    return ir.from_proto(proto)
+
+
+def _scheme(fmt: str, **settings) -> Scheme:
+    return Scheme("t", "", [], {"format": "keep"}, {}, {"format": fmt, **settings}, {}, "<test>")
+
+
+def _run(model: ir.Model, feeds: dict) -> list[np.ndarray]:
+    sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _ids(shape=(2, 7)) -> np.ndarray:
+    return np.random.default_rng(5).integers(0, V, shape).astype(np.int64)
+
+
+def _quantize(model: ir.Model, make_ctx, fmt: str, **options):
+    ctx = make_ctx(model, _scheme(fmt))
+    result = QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, **options})(model)
+    return ctx, result
+
+
+def _ops(model: ir.Model) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph)
+
+
+def test_registered():
+    assert PASS_TABLE["quantize_embeddings"] is QuantizeEmbeddings
+
+
+def test_int8_rows(make_ctx):
+    model = _model(LOOKUP)
+    ctx, result = _quantize(model, make_ctx, "int8")
+    assert result.modified
+    # Golden: only the gathered rows are dequantized.
+    assert _ops(model) == collections.Counter({"Gather": 2, "Cast": 2, "Mul": 2})
+    graph = model.graph
+    assert "table" not in graph.initializers
+    codes = graph.initializers["table_quantized"].const_value
+    scales = graph.initializers["table_scale"].const_value
+    assert codes.dtype == ir.DataType.INT8 and tuple(codes.shape) == (V, D)
+    assert scales.dtype == ir.DataType.FLOAT16 and tuple(scales.shape) == (V, 1)
+    assert any(o.name == "e" for n in graph for o in n.outputs)  # the Gather's output name is kept
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    ids = _ids()
+    (y,) = _run(model, {"ids": ids})
+    table = _table()
+    # Tolerance: round-to-nearest with one scale per row: |error| <= scale/2 per element
+    # (plus the float16 rounding of the scale, 2^-11 relative).
+    step = np.abs(table).max(axis=1, keepdims=True) / 127
+    bound = 2 * (step / 2 + np.abs(table) * 2**-11 + 1e-7)
+    assert np.all(np.abs(y - 2 * table[ids]) <= bound[ids])
+    entry = ctx.pass_reports["quantize_embeddings"]["tables"][0]
+    assert entry["rows"] == V and entry["bits"] == 8
+    assert entry["bytes_before"] == V * D * 4 and entry["bytes_after"] == V * D + V * 2
+    assert 0 < entry["rel_l2_error"] < 0.01
+
+
+@pytest.mark.parametrize("d", [16, 15])  # even and odd row lengths (odd: a padding nibble, sliced off)
+def test_int4_packed_rows(make_ctx, d):
+    text = LOOKUP.replace("16] y", f"{d}] y")
+    table = _table(d)
+    model = _model(text, table)
+    ctx, _ = _quantize(model, make_ctx, "int4", block_size=8)
+    graph = model.graph
+    codes = graph.initializers["table_quantized"].const_value
+    assert codes.dtype == ir.DataType.UINT8 and tuple(codes.shape) == (V, (d + 1) // 2)  # really 4 bits each
+    assert tuple(graph.initializers["table_scale"].const_value.shape) == (V, 2)
+    ops = _ops(model)
+    assert ops["Mod"] == 1 and ops["BitShift"] == 1 and ops["Concat"] == 1 and ops["Slice"] == (d % 2)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    ids = _ids()
+    (y,) = _run(model, {"ids": ids})
+    # Tolerance: the graph's unpacking must reproduce the numpy reference exactly, up to the
+    # float16 rounding of the block scales (2^-11 relative).
+    q = quantize_rows(table, bits=4, block_size=8, search_clip=True)
+    ref = q.dequantize()[ids]
+    np.testing.assert_allclose(y, 2 * ref, rtol=2**-10, atol=1e-6)
+    assert ctx.pass_reports["quantize_embeddings"]["tables"][0]["rel_l2_error"] < 0.15
+
+
+def test_int4_pack_roundtrip():
+    codes = np.random.default_rng(1).integers(-8, 8, (5, 9)).astype(np.int8)
+    packed = pack_int4_rows(codes)
+    assert packed.dtype == np.uint8 and packed.shape == (5, 5)
+    np.testing.assert_array_equal(unpack_int4_rows(packed, 9), codes)
+
+
+def test_scalar_and_rank3_ids(make_ctx):
+    text = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (int64 i, int64[A, B, C] ids) => (float[16] one, float[A, B, C, 16] many) {
+        one = Gather(table, i)
+        many = Gather(table, ids)
+    }
+    """
+    model = _model(text)
+    _quantize(model, make_ctx, "int4", block_size=8)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    ids = np.random.default_rng(2).integers(0, V, (2, 3, 4)).astype(np.int64)
+    one, many = _run(model, {"i": np.array(7, np.int64), "ids": ids})
+    assert one.shape == (16,) and many.shape == (2, 3, 4, 16)
+    ref = quantize_rows(_table(), bits=4, block_size=8, search_clip=True).dequantize()
+    np.testing.assert_allclose(many, ref[ids], rtol=2**-10, atol=1e-6)
+    np.testing.assert_allclose(one, ref[7], rtol=2**-10, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_tied_head_shares_the_codes(make_ctx, fmt):
+    model, ref_model = _model(TIED), _model(TIED)
+    ctx = make_ctx(model, _scheme(fmt, block_size=8))
+    assert [lin.role for lin in ctx.roles.linears] == ["lm_head"]
+    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0})(model)
+    PASS_TABLE["cleanup"](ctx)(model)
+    graph = model.graph
+    floats = [v for v in graph.initializers.values() if v.const_value.dtype == ir.DataType.FLOAT and v.const_value.size >= V]
+    assert floats == []  # no FP32 copy of the table is left for the head
+    assert ctx.pass_reports["quantize_embeddings"]["tables"][0]["tied_linears"] == ["logits"]
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    feeds = {"ids": _ids()}
+    (logits,) = _run(model, feeds)
+    (ref,) = _run(ref_model, feeds)
+    # Tolerance: relative L2 of the logits ~ the table's own error: int8 1%, int4 (block 8) 12%.
+    rel = np.linalg.norm(logits - ref) / np.linalg.norm(ref)
+    assert rel < (0.01 if fmt == "int8" else 0.12)
+
+
+def test_left_alone(make_ctx):
+    # Planned "keep".
+    model = _model(LOOKUP)
+    before = ir.to_proto(model).SerializeToString()
+    assert not _quantize(model, make_ctx, "keep")[1].modified
+    assert ir.to_proto(model).SerializeToString() == before
+    # A table under min_elements (the default, 4096, leaves BERT's 2-row token-type table).
+    ctx = make_ctx(model, _scheme("int8"))
+    assert not QuantizeEmbeddings.from_dict(ctx, {"min_elements": V * D + 1})(model).modified
+    assert "small table" in ctx.pass_reports["quantize_embeddings"]["skipped"][0]["reason"]
+    # A table something else also reads: quantizing would keep two copies.
+    text = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (int64[N] ids) => (float[N, 16] y, float[300, 16] z) {
+        y = Gather(table, ids)
+        z = Mul(table, two)
+    }
+    """
+    model = _model(text)
+    ctx, result = _quantize(model, make_ctx, "int8")
+    assert not result.modified and "table" in model.graph.initializers
+    assert "also read by Mul" in ctx.pass_reports["quantize_embeddings"]["skipped"][0]["reason"]
+
+
+def test_tiny_bert(make_ctx, tmp_path):
+    from models.tiny_bert import build_tiny_bert
+
+    path = build_tiny_bert(str(tmp_path / "tiny.onnx"), opset=17, variant="post_ln")
+    model, ref_model = ir.load(path), ir.load(path)
+    ctx = make_ctx(model, _scheme("int8"))
+    QuantizeEmbeddings(ctx)(model)
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    tables = {e["table"]: e for e in ctx.pass_reports["quantize_embeddings"]["tables"]}
+    assert len(tables) == 2  # word (1000 x 64) and position (512 x 64); token types (2 x 64) stay
+    feeds = {"input_ids": np.random.default_rng(0).integers(1, 1000, (2, 9)).astype(np.int64),
+             "attention_mask": np.ones((2, 9), np.int64)}
+    (out,), (ref,) = _run(model, feeds), _run(ref_model, feeds)
+    # Tolerance: int8 rows (~0.7% each) through 2 post-LN layers: 2% relative L2.
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.02
