@@ -8,7 +8,6 @@
 | insert_qdq | transform | int8 per-channel weights, dynamic or static int8 activations, FP32 outlier channels |
 | quantize_int4 | transform | blockwise int4 weights, MSE-chosen clipping, MatMulNBits or opset-21 DequantizeLinear |
 | replace_matmul | transform | ternary / binary-code / k-means weights as ai.qcompiler ops (+ function bodies), optional GPTQ recovery |
-| replace_matmul | transform | ternary / binary-code / k-means weights as ai.qcompiler ops (+ function bodies), optional GPTQ recovery |
 | cleanup | final | remove unused, readable names, producer/scheme stamp |
 """
 
@@ -22,7 +21,6 @@ from qcompiler.passes.insert_qdq import InsertQDQ
 from qcompiler.passes.quantize_embeddings import QuantizeEmbeddings
 from qcompiler.passes.quantize_int4 import QuantizeInt4
 from qcompiler.passes.replace_matmul import ReplaceMatMul
-from qcompiler.passes.replace_matmul import ReplaceMatMul
 
 # name -> pass class, in pipeline order. Each line is one file of this folder.
 PASS_TABLE: dict[str, type[QPass]] = {
@@ -31,7 +29,6 @@ PASS_TABLE: dict[str, type[QPass]] = {
     QuantizeEmbeddings.name: QuantizeEmbeddings,
     InsertQDQ.name: InsertQDQ,
     QuantizeInt4.name: QuantizeInt4,
-    ReplaceMatMul.name: ReplaceMatMul,
     ReplaceMatMul.name: ReplaceMatMul,
     Cleanup.name: Cleanup,
 }
