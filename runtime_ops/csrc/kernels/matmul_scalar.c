@@ -1,6 +1,8 @@
 /* Scalar reference inner loops: define the numerics (compiled with -ffp-contract=off). */
 #include "qc_kernels.h"
 
+#include <math.h>
+
 static void lut_block_scalar(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
                              int G, int S, int R, float *acc) {
     for (int r = 0; r < R; ++r) {
@@ -30,15 +32,39 @@ static void fma_panel_scalar(int M, const float *A, size_t lda, const float *pan
     }
 }
 
-static int32_t cb_dot_scalar(const uint8_t *nib, const int8_t *cb, const int8_t *a, int kp) {
-    int32_t s = 0;
-    for (int t = 0; t < kp / 32; ++t)
-        for (int j = 0; j < 16; ++j) {
-            const uint8_t v = nib[t * 16 + j];
-            s += cb[v & 15] * a[32 * t + j] + cb[v >> 4] * a[32 * t + 16 + j];
-        }
-    return s;
+static void cb_dot_scalar(const uint8_t *nib, const int8_t *cb, const int8_t *A, size_t a_stride, int kp, int R,
+                          int32_t *out) {
+    for (int r = 0; r < R; ++r) {
+        const int8_t *a = A + (size_t)r * a_stride;
+        int32_t s = 0;
+        for (int t = 0; t < kp / 32; ++t)
+            for (int j = 0; j < 16; ++j) {
+                const uint8_t v = nib[t * 16 + j];
+                s += cb[v & 15] * a[32 * t + j] + cb[v >> 4] * a[32 * t + 16 + j];
+            }
+        out[r] = s;
+    }
 }
 
-static const qc_isa kScalar = {"scalar", lut_block_scalar, fma_panel_scalar, cb_dot_scalar};
+static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
+
+void qc_lut_tables_scalar(const float *av, int64_t Q, int epg, float inv, int8_t *T) {
+    for (int64_t q = 0; q < Q; ++q) {
+        const float *x = av + q * epg;
+        int8_t *t = T + q * 16;
+        for (int i = 0; i < 16; ++i) {
+            float v;
+            if (epg == 2) {
+                v = kTernaryValue[i & 3] * x[0] + kTernaryValue[i >> 2] * x[1];
+            } else {
+                v = 0.f;
+                for (int j = 0; j < 4; ++j) v = v + ((i >> j) & 1 ? x[j] : -x[j]);
+            }
+            long qv = lrintf(v * inv);
+            t[i] = (int8_t)(qv > 127 ? 127 : qv < -127 ? -127 : qv);
+        }
+    }
+}
+
+static const qc_isa kScalar = {"scalar", lut_block_scalar, fma_panel_scalar, cb_dot_scalar, qc_lut_tables_scalar};
 const qc_isa *qc_isa_scalar(void) { return &kScalar; }

@@ -8,7 +8,7 @@
 #include <string.h>
 
 enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2 };
-static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
+static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 (as in matmul_scalar.c) */
 
 struct qc_matmul {
     int kind, bits, level, path;
@@ -281,11 +281,14 @@ static void cb_task(void *p, size_t t) {
     const qc_matmul *w = r->w;
     int64_t n0 = (int64_t)t * r->cols_per_task, n1 = n0 + r->cols_per_task;
     if (n1 > w->N) n1 = w->N;
+    int32_t s[4];
     for (int64_t n = n0; n < n1; ++n) {
         const uint8_t *nib = w->cbnib + n * (w->kp / 2);
-        for (int64_t m = 0; m < r->M; ++m) {
-            int32_t s = w->isa->cb_dot(nib, w->cbq + n * 16, r->aq + m * w->kp, (int)w->kp);
-            r->Y[m * w->N + n] = ((float)s * r->tscale[m]) * w->cbs[n];
+        for (int64_t m = 0; m < r->M; m += 4) {
+            const int R = (int)(r->M - m < 4 ? r->M - m : 4);
+            w->isa->cb_dot(nib, w->cbq + n * 16, r->aq + m * w->kp, (size_t)w->kp, (int)w->kp, R, s);
+            for (int rr = 0; rr < R; ++rr)
+                r->Y[(m + rr) * w->N + n] = ((float)s[rr] * r->tscale[m + rr]) * w->cbs[n];
         }
     }
     epilogue(w, r->A, r->M, r->Y, n0, n1);
@@ -293,9 +296,13 @@ static void cb_task(void *p, size_t t) {
 
 /* Per-row int8 tables of activation partial sums (ternary pairs / signed 4-sums). */
 static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *T, float *tscale) {
-    for (int64_t kv = 0; kv < w->Kv; ++kv) {
-        int64_t g = kv / w->gsp, off = kv - g * w->gsp, k = g * w->gs + off;
-        av[kv] = (off < w->glen && k < w->K && !w->is_outlier[k]) ? a[k] : 0.f;
+    for (int64_t g = 0; g < w->G; ++g) {
+        float *dst = av + g * w->gsp;
+        const int64_t k0 = g * w->gs;
+        for (int64_t off = 0; off < w->gsp; ++off) {
+            const int64_t k = k0 + off;
+            dst[off] = (off < w->glen && k < w->K && !w->is_outlier[k]) ? a[k] : 0.f;
+        }
     }
     float amax = 0.f;
     for (int64_t q = 0; q < w->Q; ++q) {
@@ -306,21 +313,7 @@ static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *
     }
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *tscale = amax > 0.f ? amax / 127.f : 0.f;
-    for (int64_t q = 0; q < w->Q; ++q) {
-        const float *x = av + q * w->epg;
-        int8_t *t = T + q * 16;
-        for (int i = 0; i < 16; ++i) {
-            float v;
-            if (w->epg == 2) {
-                v = kTernaryValue[i & 3] * x[0] + kTernaryValue[i >> 2] * x[1];
-            } else {
-                v = 0.f;
-                for (int j = 0; j < 4; ++j) v = v + ((i >> j) & 1 ? x[j] : -x[j]);
-            }
-            long qv = lrintf(v * inv);
-            t[i] = (int8_t)(qv > 127 ? 127 : qv < -127 ? -127 : qv);
-        }
-    }
+    w->isa->lut_tables(av, w->Q, w->epg, inv, T);
 }
 
 static void quantize_row_i8(const qc_matmul *w, const float *a, int8_t *q, float *scale) {

@@ -27,7 +27,12 @@ typedef struct qc_isa {
     void (*fma_panel)(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy, int nc);
     /* Codebook int8 dot: sum_k cb[idx(k)] * a[k], k < kp (multiple of 32);
      * nib: [kp/32][16] bytes, byte j = idx(32t + j) | idx(32t + 16 + j) << 4. */
-    int32_t (*cb_dot)(const uint8_t *nib, const int8_t *cb16, const int8_t *a, int kp);
+    /* R rows (R <= 4) at once: out[r] = sum_k cb[idx(k)] * a[r*a_stride + k]. */
+    void (*cb_dot)(const uint8_t *nib, const int8_t *cb16, const int8_t *a, size_t a_stride, int kp, int R,
+                   int32_t *out);
+    /* Q int8 tables of 16 entries from av[Q*epg] (epg 2: ternary pairs, 4: signed 4-sums):
+     * T[q][i] = clamp(lrintf(v * inv), -127, 127), v computed in the scalar code's order. */
+    void (*lut_tables)(const float *av, int64_t Q, int epg, float inv, int8_t *T);
 } qc_isa;
 
 const qc_isa *qc_isa_scalar(void);
