@@ -20,8 +20,11 @@ def test_native_harness(tmp_path):
         pytest.skip("no C compiler")
     k = os.path.join(ROOT, "runtime_ops", "csrc", "kernels")
     objs = []
-    for src in ("qc_core.c", "dispatch.c", "matmul_scalar.c", "matmul_avx2.c", "matmul_neon.c"):
-        flags = ["-mavx2", "-mfma"] if src == "matmul_avx2.c" and os.uname().machine == "x86_64" else []
+    x86 = os.uname().machine == "x86_64"
+    isa_flags = {"matmul_avx2.c": ["-mavx2", "-mfma"],
+                 "matmul_avx512.c": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
+    for src in ("qc_core.c", "dispatch.c", "matmul_scalar.c", "matmul_avx2.c", "matmul_avx512.c", "matmul_neon.c"):
+        flags = isa_flags.get(src, []) if x86 else []
         obj = str(tmp_path / (src + ".o"))
         subprocess.run([cc, "-std=c11", "-O2", "-ffp-contract=off", *flags, "-c", os.path.join(k, src), "-o", obj],
                        check=True)

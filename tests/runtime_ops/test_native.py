@@ -32,6 +32,7 @@ def _cpu_has(*flags):
 
 
 ISAS = ["scalar"] + (["avx2"] if _cpu_has("avx2", "fma") else []) + (
+    ["avx512"] if _cpu_has("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni") else []) + (
     ["neon"] if os.uname().machine in ("aarch64", "arm64") else [])
 
 

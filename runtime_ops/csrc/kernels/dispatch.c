@@ -8,6 +8,7 @@ const qc_isa *qc_isa_by_name(const char *name) {
     if (!name) return NULL;
     if (!strcmp(name, "scalar")) return qc_isa_scalar();
     if (!strcmp(name, "avx2")) return qc_isa_avx2();
+    if (!strcmp(name, "avx512")) return qc_isa_avx512();
     if (!strcmp(name, "neon")) return qc_isa_neon();
     return NULL;
 }
@@ -18,6 +19,7 @@ static const qc_isa *detect(void) {
         const qc_isa *isa = qc_isa_by_name(forced);
         return isa ? isa : qc_isa_scalar();
     }
+    if (qc_isa_avx512()) return qc_isa_avx512();
     if (qc_isa_avx2()) return qc_isa_avx2();
     if (qc_isa_neon()) return qc_isa_neon();
     return qc_isa_scalar();

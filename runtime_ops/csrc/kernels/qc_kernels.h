@@ -37,8 +37,9 @@ typedef struct qc_isa {
 
 const qc_isa *qc_isa_scalar(void);
 const qc_isa *qc_isa_avx2(void);   /* NULL when not compiled in or not supported by the CPU */
+const qc_isa *qc_isa_avx512(void); /* AVX-512 BW+VL+VNNI: AVX2 loops + 512-bit codebook dot */
 const qc_isa *qc_isa_neon(void);   /* NULL when not compiled in */
-/* Chosen once: QCOMPILER_ISA=scalar|avx2|neon forces (an unavailable one falls back to scalar). */
+/* Chosen once: QCOMPILER_ISA=scalar|avx2|avx512|neon forces (an unavailable one falls back to scalar). */
 const qc_isa *qc_isa_get(void);
 const qc_isa *qc_isa_by_name(const char *name);
 
