@@ -222,7 +222,7 @@ class QuantizeEmbeddings(QPass):
         name = old.name
         ir.convenience.replace_all_uses_with(old, y, replace_graph_outputs=True)
         graph.remove(node, safe=True)
-        old.name = None
+        # The old value is detached; it keeps its name (analysis results may still refer to it).
         y.name = name
         y.type, y.shape = old.type, old.shape
 
