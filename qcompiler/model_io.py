@@ -72,6 +72,8 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.exists():
         raise OutputError(f"output directory does not exist: {parent}")
+    if not parent.is_dir():
+        raise OutputError(f"output directory is not a directory: {parent}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output directory is not writable: {parent}")
     return out
