@@ -51,8 +51,11 @@ def _session(path: str, threads: int = 1):
 
 
 def ort_quantize_dynamic(src: str, dst: str) -> None:
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice is noise here
     quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
 
 

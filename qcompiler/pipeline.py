@@ -9,6 +9,7 @@ contract's packers); everything else is one function call per stage here.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,9 @@ from qcompiler.plan import KEEP, make_plan
 from qcompiler.schemes import Scheme, load_scheme
 
 STAGES = ("canonical", "transform", "final")
+
+# Library chatter (e.g. onnxscript's "falling back to the onnx C API" warning) is not for users.
+logging.getLogger("onnxscript").setLevel(logging.ERROR)
 
 
 def default_output_path(model_path: str | os.PathLike, scheme_name: str) -> Path:
@@ -123,7 +127,9 @@ def compile_model(
     needs_stats = any(getattr(p, "needs_stats", False) for p in transform) and ctx.roles.linears
     needs_gram = any(getattr(p, "needs_gram", False) for p in transform)
     reference_proto = ir.to_proto(model) if verify and _fits_in_memory(model) else None
-    if needs_stats or calib_feeds:
+    if calib_feeds and not needs_stats:
+        notes.append("calibration data checked but not used: no pass of this scheme needs activation statistics")
+    if needs_stats:
         with steps.stage("calibrate"):
             feeds = calib_feeds
             if feeds is None:
