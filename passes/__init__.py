@@ -4,6 +4,7 @@
 |---|---|---|
 | canonicalize | canonical | opset upgrade, constant folding, Gemm -> MatMul+Add, Identity/dead-node removal, shapes |
 | fold_layernorm | canonical | fuse decomposed LayerNorm/RMSNorm; fold gamma/beta into consumer MatMuls (pre-LN) |
+| prune_ffn | transform | FullyQT FFN pruning: drop hidden units whose calibrated max activation is tiny |
 | quantize_embeddings | transform | Gather tables row-wise int8/int4, dequantized after the Gather |
 | insert_qdq | transform | int8 per-channel weights, dynamic or static int8 activations, FP32 outlier channels |
 | quantize_int4 | transform | blockwise int4 weights, MSE-chosen clipping, MatMulNBits or opset-21 DequantizeLinear |
@@ -18,6 +19,7 @@ from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.fold_layernorm import FoldLayerNorm
 from qcompiler.passes.cleanup import Cleanup
 from qcompiler.passes.insert_qdq import InsertQDQ
+from qcompiler.passes.prune_ffn import PruneFFN
 from qcompiler.passes.quantize_embeddings import QuantizeEmbeddings
 from qcompiler.passes.quantize_int4 import QuantizeInt4
 from qcompiler.passes.replace_matmul import ReplaceMatMul
@@ -26,6 +28,7 @@ from qcompiler.passes.replace_matmul import ReplaceMatMul
 PASS_TABLE: dict[str, type[QPass]] = {
     Canonicalize.name: Canonicalize,
     FoldLayerNorm.name: FoldLayerNorm,
+    PruneFFN.name: PruneFFN,
     QuantizeEmbeddings.name: QuantizeEmbeddings,
     InsertQDQ.name: InsertQDQ,
     QuantizeInt4.name: QuantizeInt4,

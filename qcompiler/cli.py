@@ -62,15 +62,18 @@ def cli(ctx: click.Context, list_schemes: bool) -> None:
 @click.option("--exclude", multiple=True, help="Keep in FP32: a role (ffn_down), layer:N, or a glob on weight/node names. Repeatable.")
 @click.option("--target", type=click.Choice(["ort", "portable"]), default="ort", show_default=True,
               help="ort: onnxruntime contrib ops allowed (MatMulNBits); portable: standard ONNX only.")
+@click.option("--prune-ffn", type=float, default=None, metavar="C",
+              help="Remove FFN hidden units whose calibrated max activation is below C x std of all units' maxima.")
 @click.option("--no-verify", is_flag=True, help="Skip running the compiled model beside the original.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display or summary.")
-def compile_command(model, scheme, output, report_path, calib, exclude, target, no_verify, quiet) -> None:
+def compile_command(model, scheme, output, report_path, calib, exclude, target, prune_ffn, no_verify, quiet) -> None:
     """Compile MODEL with a scheme and print a summary."""
     from qcompiler.pipeline import compile_model
     from qcompiler.report import print_summary
 
     rep = compile_model(model, scheme=scheme, output=output, report_path=report_path, calib=calib,
-                        exclude=list(exclude), target=target, verify=not no_verify, progress=not quiet,
+                        exclude=list(exclude), target=target, verify=not no_verify, prune_ffn=prune_ffn,
+                        progress=not quiet,
                         console=_console)
     if not quiet:
         print_summary(rep, _console)

@@ -87,6 +87,7 @@ def compile_model(
     target: str = "ort",
     verify: bool = True,
     verify_samples: int = 8,
+    prune_ffn: float | None = None,
     progress: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -110,6 +111,14 @@ def compile_model(
                              verify=verify)
     ctx = CompileContext(model=model, scheme=scheme_obj, options=options)
     passes = build_passes(scheme_obj, ctx)
+    if prune_ffn is not None:
+        if prune_ffn < 0:
+            raise UsageError(f"--prune-ffn must be >= 0, got {prune_ffn}")
+        from qcompiler.passes.prune_ffn import PruneFFN, PruneFFNOptions
+
+        passes = [p for p in passes if p.name != PruneFFN.name]
+        first = next((i for i, p in enumerate(passes) if p.stage != "canonical"), len(passes))
+        passes.insert(first, PruneFFN(ctx, PruneFFNOptions(threshold=float(prune_ffn))))
     notes: list[str] = []
     calib_feeds = calibration.load_calibration(calib, model) if calib else None
 

@@ -80,7 +80,8 @@ def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], 
             out_stats[n]["rel"].append(_rel_l2(r, g))
             out_stats[n]["maxabs"] = max(out_stats[n]["maxabs"], float(np.max(np.abs(r - g))) if r.size else 0.0)
         for n in layers:
-            layer_err[n].append(_rel_l2(ref[n], got[n]))
+            if ref[n].shape == got[n].shape:  # a pruned FFN's hidden layer has fewer units: not comparable
+                layer_err[n].append(_rel_l2(ref[n], got[n]))
         if progress:
             progress(i + 1, len(feeds))
     outputs = {}
@@ -90,7 +91,7 @@ def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], 
             entry["cosine_mean"] = float(np.mean(s["cos"]))
             entry["cosine_min"] = float(np.min(s["cos"]))
         outputs[n] = entry
-    per_layer = {n: float(np.mean(v)) for n, v in layer_err.items()}
+    per_layer = {n: float(np.mean(v)) for n, v in layer_err.items() if v}
     worst = max(per_layer.items(), key=lambda kv: kv[1]) if per_layer else None
     return {
         "samples": len(feeds),
