@@ -47,3 +47,17 @@ class QPass(ir.passes.InPlacePass):
     def report_append(self, key: str, value: Any) -> None:
         if self.ctx is not None:
             self.ctx.append(self.name, key, value)
+
+
+def drop_unused_weights(graph: ir.Graph, linears) -> None:
+    """Remove the FP32 weights and biases of rewritten linears (and Transposes of them) that
+    no node reads any more; a weight still read elsewhere stays."""
+    for lin in linears:
+        for use in list(lin.weight.uses()):
+            user = use.node
+            if user.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in user.outputs):
+                graph.remove(user, safe=True)
+        for value in (lin.weight, lin.bias):
+            if value is not None and value.name in graph.initializers and not list(value.uses()) \
+                    and not value.is_graph_output():
+                graph.initializers.pop(value.name)

@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass
+from qcompiler.passes.base import QPass, drop_unused_weights
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
 
 __all__ = ["QuantizeInt4", "quantize_int4_weight", "pack_matmul_nbits", "unsigned_codes"]
@@ -200,7 +200,7 @@ class QuantizeInt4(QPass):
                 "rel_error": round(entry.rel_error, 5), "form": form,
             })
         ctx.progress("int4", len(todo), len(todo))
-        self._drop_unused(graph, [lin for lin, _ in todo])
+        drop_unused_weights(graph, [lin for lin, _ in todo])
         self.report("target", target)
         self.report("quantized", len(todo))
         self.report("bytes_before", int(before))
@@ -275,14 +275,3 @@ class QuantizeInt4(QPass):
             entry.dequantized = out
         lin.node.replace_input_with(1, entry.dequantized)
         return "DequantizeLinear + MatMul"
-
-    @staticmethod
-    def _drop_unused(graph: ir.Graph, linears: list[Linear]) -> None:
-        """The FP32 weights (and Transposes of them) that no node reads any more."""
-        for lin in linears:
-            for node in list(lin.weight.uses()):
-                user = node.node
-                if user.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in user.outputs):
-                    graph.remove(user, safe=True)
-            if lin.weight.name in graph.initializers and not list(lin.weight.uses()) and not lin.weight.is_graph_output():
-                graph.initializers.pop(lin.weight.name)

@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass
+from qcompiler.passes.base import QPass, drop_unused_weights
 from qcompiler.quantizers.recovery import RecoveredWeight, output_error, quantize_plain, recover
 from runtime_ops import contract
 
@@ -255,7 +255,7 @@ class ReplaceMatMul(QPass):
                 "shared": w is None, **p.errors,
             })
         ctx.progress("replace_matmul", len(todo), len(todo))
-        self._drop_unused(graph, [lin for lin, _, _ in todo])
+        drop_unused_weights(graph, [lin for lin, _, _ in todo])
         contract.attach_functions(model)
         errors = [p.errors["rel_error"] for p in packed.values()]
         self.report("replaced", len(todo))
@@ -290,17 +290,3 @@ class ReplaceMatMul(QPass):
         if lin.bias_node is not None:
             return p.op_type + (" (bias folded)" if fold else " + Add")
         return p.op_type
-
-    @staticmethod
-    def _drop_unused(graph: ir.Graph, linears: list[Linear]) -> None:
-        """The FP32 weights (and Transposes of them) that no node reads any more."""
-        for lin in linears:
-            for use in list(lin.weight.uses()):
-                user = use.node
-                if user.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in user.outputs):
-                    graph.remove(user, safe=True)
-            if lin.weight.name in graph.initializers and not list(lin.weight.uses()) and not lin.weight.is_graph_output():
-                graph.initializers.pop(lin.weight.name)
-            if lin.bias is not None and lin.bias.name in graph.initializers and not list(lin.bias.uses()) \
-                    and not lin.bias.is_graph_output():
-                graph.initializers.pop(lin.bias.name)
