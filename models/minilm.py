@@ -22,13 +22,14 @@ import functools
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
+
+from models.onnx_export import export_encoder
 
 DEFAULT_CACHE = Path.home() / ".cache" / "qcompiler" / "models"
 HIDDEN = 384
@@ -123,23 +124,7 @@ def export_minilm(path, opset: int = 17) -> str:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                args,
-                tmp,
-                input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "seq"},
-                    "attention_mask": {0: "batch", 1: "seq"},
-                    "last_hidden_state": {0: "batch", 1: "seq"},
-                },
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        export_encoder(model, args, tmp, opset)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:

@@ -45,11 +45,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from models.onnx_export import export_encoder
 
 VARIANTS = ("post_ln", "pre_ln", "rms")
 
@@ -229,23 +230,7 @@ def build_tiny_bert(path, opset: int = 17, variant: str = "post_ln", seed: int =
     mask = torch.ones(2, 8, dtype=torch.int64)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (ids, mask),
-            tmp,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "seq"},
-                "attention_mask": {0: "batch", 1: "seq"},
-                "last_hidden_state": {0: "batch", 1: "seq"},
-            },
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    export_encoder(model, (ids, mask), tmp, opset)
     os.replace(tmp, path)
     return path
 
