@@ -181,15 +181,16 @@ def _vocabulary_size(model: ir.Model) -> int:
     return max(sizes) if sizes else 100
 
 
-def session_with_taps(model: ir.Model, taps: list[str], providers=("CPUExecutionProvider",), session_options=None):
-    """An onnxruntime session of `model` that also outputs the tapped values.
+def session_with_taps(model, taps: list[str], providers=("CPUExecutionProvider",), session_options=None):
+    """An onnxruntime session of `model` (onnx-ir Model or ModelProto) that also outputs the tapped values.
 
-    The model is serialized without touching `model` itself; a copy over 2 GB goes
-    through a temporary file with external data.
+    The caller's model is left as it was (a ModelProto gets the tap outputs only while the
+    session is made); a model over 2 GB goes through a temporary file with external data.
     """
     import onnxruntime as ort
 
-    proto = ir.to_proto(model)
+    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
+    n_outputs = len(proto.graph.output)
     existing = {o.name for o in proto.graph.output}
     value_types = {}
     for vi in list(proto.graph.value_info) + list(proto.graph.input):
@@ -203,14 +204,16 @@ def session_with_taps(model: ir.Model, taps: list[str], providers=("CPUExecution
     opts = session_options or ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        blob = proto.SerializeToString()
-        return ort.InferenceSession(blob, opts, providers=list(providers))
-    except ValueError:
-        # Over the 2 GB protobuf limit: save with external data and load from disk.
-        tmpdir = tempfile.mkdtemp(prefix="qcompile-calib-")
-        path = os.path.join(tmpdir, "model.onnx")
-        onnx.save_model(proto, path, save_as_external_data=True, location="model.data")
-        return ort.InferenceSession(path, opts, providers=list(providers))
+        try:
+            return ort.InferenceSession(proto.SerializeToString(), opts, providers=list(providers))
+        except ValueError:
+            # Over the 2 GB protobuf limit: save with external data and load from disk.
+            tmpdir = tempfile.mkdtemp(prefix="qcompile-calib-")
+            path = os.path.join(tmpdir, "model.onnx")
+            onnx.save_model(proto, path, save_as_external_data=True, location="model.data")
+            return ort.InferenceSession(path, opts, providers=list(providers))
+    finally:
+        del proto.graph.output[n_outputs:]
 
 
 def collect_stats(

@@ -17,19 +17,31 @@ from qcompiler.errors import QCompilerError
 CUSTOM_DOMAIN = "ai.qcompiler"
 
 
-def uses_custom_ops(proto: onnx.ModelProto) -> bool:
-    return any(node.domain == CUSTOM_DOMAIN for node in proto.graph.node)
+def uses_custom_ops(model) -> bool:
+    """Whether any node (subgraphs included) of an onnx-ir model or a ModelProto is one of ours."""
+    if isinstance(model, onnx.ModelProto):
+        return _graph_uses_custom_ops(model.graph)
+    return any(node.domain == CUSTOM_DOMAIN for node in model.graph.all_nodes())
+
+
+def _graph_uses_custom_ops(graph: onnx.GraphProto) -> bool:
+    for node in graph.node:
+        if node.domain == CUSTOM_DOMAIN:
+            return True
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            if any(_graph_uses_custom_ops(g) for g in subgraphs):
+                return True
+    return False
 
 
 def make_session(proto_or_model, taps=(), threads: int = 1):
     """An onnxruntime session (with our op library when needed), optionally tapping values."""
     import onnxruntime as ort
-    import onnx_ir as ir
 
-    model = proto_or_model if isinstance(proto_or_model, ir.Model) else ir.from_proto(proto_or_model)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    if any(node.domain == CUSTOM_DOMAIN for node in model.graph.all_nodes()):
+    if uses_custom_ops(proto_or_model):
         try:
             import runtime_ops
 
@@ -37,7 +49,7 @@ def make_session(proto_or_model, taps=(), threads: int = 1):
         except Exception as exc:  # the function fallback still runs the model
             opts.log_severity_level = 3
             _ = exc
-    return session_with_taps(model, list(taps), session_options=opts)
+    return session_with_taps(proto_or_model, list(taps), session_options=opts)
 
 
 def _rel_l2(ref: np.ndarray, got: np.ndarray) -> float:
