@@ -1,0 +1,1 @@
+"""Training-aware recovery in torch: quantized modules with STE, distillation from the FP32 teacher."""
