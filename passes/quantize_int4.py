@@ -21,6 +21,14 @@ full range -8..7, and the scale is refit by least squares). Written as:
   onnxruntime fuses the pair into its MatMulNBits kernel itself (at the session option
   session.qdq_matmulnbits_accuracy_level, default 4), so it runs as fast as the ort form.
 
+With `recovery = "gptq"` (plan setting) and calibration statistics, the codes come from the
+GPTQ-style recovery on the Gram matrix X^T X of the linear's input (qcompiler.quantizers.recovery:
+error feedback over input rows, act-order, per-block scale refit), and `n_outliers` (default 2)
+input channels with the largest Hessian diagonal keep their weight rows in FP16: their int4 codes
+are the code of 0 and a side path adds them exactly,
+``Y = MatMulNBits(A) + MatMul(Gather(A, outlier_idx, axis=-1), Cast(outlier_w_fp16))``.
+Without statistics for a linear it falls back to plain rounding and says so in the report.
+
 Both forms keep the name of the linear's output (after the bias Add) so verification can
 compare layer by layer; new nodes and initializers are named after the originals.
 
@@ -40,6 +48,7 @@ import onnx_ir as ir
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import QPass, drop_unused_weights
+from qcompiler.quantizers.recovery import output_error, recover
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
 
 __all__ = ["QuantizeInt4", "quantize_int4_weight", "pack_matmul_nbits", "unsigned_codes"]
@@ -58,6 +67,9 @@ class QuantizeInt4Options:
     min_ratio: float = 0.5
     refine: int = 2            # least-squares scale refits per block
     fold_bias: bool = True     # bias Add -> MatMulNBits' bias input
+    damp: float = 0.01         # GPTQ: Hessian damping, fraction of its mean diagonal
+    act_order: bool = True     # GPTQ: input channels by decreasing Hessian diagonal
+    refit: bool = True         # GPTQ: least-squares scales given the codes
 
 
 def quantize_int4_weight(
@@ -67,6 +79,13 @@ def quantize_int4_weight(
     """Blockwise int4 codes of w [K, N] with the error-minimising clip range per block."""
     return quantize_blockwise(w, bits=4, block_size=block_size, symmetric=symmetric, search_clip=True,
                               grid=grid, min_ratio=min_ratio, full_range=symmetric, refine=refine)
+
+
+def _recovery(name: str, settings: dict) -> str:
+    recovery = str(settings.get("recovery", "none"))
+    if recovery not in ("none", "gptq"):
+        raise SchemeError(f"int4 recovery must be 'none' or 'gptq', got {recovery!r} ({name})")
+    return recovery
 
 
 def unsigned_codes(q: Quantized) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +159,10 @@ class _Packed:
     rel_error: float
     inputs: list[ir.Value | None]          # MatMulNBits [B, scales, zp] or DQ [x, scale, zp]
     dequantized: ir.Value | None = None    # portable: the DequantizeLinear output
+    method: str = "plain"
+    outlier_idx: ir.Value | None = None    # int64 [n_out] (gptq with outliers)
+    outlier_w: ir.Value | None = None      # float16 [n_out, N]
+    errors: dict = dataclasses.field(default_factory=dict)
 
 
 class QuantizeInt4(QPass):
@@ -149,6 +172,27 @@ class QuantizeInt4(QPass):
     stage = "transform"
     Options = QuantizeInt4Options
 
+    def _mine(self) -> list:
+        ctx = self.ctx
+        if ctx is None or ctx.roles is None or ctx.plan is None:
+            return []
+        tables = {id(e.table) for e in ctx.roles.embeddings}
+        out = []
+        for lin in ctx.roles.linears:
+            plan = ctx.plan.get(lin.name)
+            if plan is None or plan.format != FORMAT or plan.role == "embedding" or id(lin.weight) in tables:
+                continue
+            out.append((lin, plan))
+        return out
+
+    @property
+    def needs_stats(self) -> bool:  # read by the pipeline after the plan is made
+        return any(_recovery(lin.name, p.settings) == "gptq" for lin, p in self._mine())
+
+    @property
+    def needs_gram(self) -> bool:
+        return self.needs_stats
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         ctx = self.ctx
         if ctx is None or ctx.roles is None:
@@ -156,13 +200,7 @@ class QuantizeInt4(QPass):
         target = ctx.options.target
         if target not in ("ort", "portable"):
             raise UsageError(f"quantize_int4: unknown target '{target}' (ort or portable)")
-        tables = {id(e.table) for e in ctx.roles.embeddings}
-        todo = []
-        for lin in ctx.roles.linears:
-            plan = ctx.plan.get(lin.name)
-            if plan is None or plan.format != FORMAT or plan.role == "embedding" or id(lin.weight) in tables:
-                continue
-            todo.append((lin, plan))
+        todo = self._mine()
         if not todo:
             return ir.passes.PassResult(model, False)
         if target == "portable":
@@ -175,6 +213,12 @@ class QuantizeInt4(QPass):
             model.opset_imports.setdefault(MS_DOMAIN, 1)
 
         graph = model.graph
+        stats = ctx.stats or {}
+        grams: dict[str, np.ndarray] = {}      # a shared weight: the sum of its consumers' Gram matrices
+        for lin, plan in todo:
+            st = stats.get(lin.node.inputs[0].name)
+            if _recovery(lin.name, plan.settings) == "gptq" and st is not None and getattr(st, "gram", None) is not None:
+                grams[lin.name] = grams.get(lin.name, 0) + st.gram
         packed: dict[tuple, _Packed] = {}
         before = after = 0
         for i, (lin, plan) in enumerate(todo):
@@ -183,21 +227,31 @@ class QuantizeInt4(QPass):
             symmetric = bool(plan.settings.get("symmetric", True))
             if block_size not in BLOCK_SIZES:
                 raise SchemeError(f"int4 block_size must be one of {BLOCK_SIZES}, got {block_size} ({lin.name})")
-            key = (lin.name, lin.transposed, block_size, symmetric)
+            recovery = _recovery(lin.name, plan.settings)
+            n_outliers = int(plan.settings.get("n_outliers", 2 if recovery == "gptq" else 0))
+            key = (lin.name, lin.transposed, block_size, symmetric, recovery, n_outliers)
             a_dtype, np_dtype = _float_dtype(lin.node.inputs[0])
             if key not in packed:
-                packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype)
+                gram = grams.get(lin.name) if recovery == "gptq" else None
+                packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype, gram, n_outliers)
+                if recovery == "gptq" and gram is None:
+                    packed[key].method = "plain (no calibration statistics)"
                 before += lin.weight.const_value.nbytes
-                after += sum(v.const_value.nbytes for v in packed[key].inputs if v is not None)
+                after += sum(v.const_value.nbytes for v in [*packed[key].inputs, packed[key].outlier_idx,
+                                                            packed[key].outlier_w] if v is not None)
             entry = packed[key]
+            a, out_name = lin.node.inputs[0], lin.output.name
             if target == "portable":
                 form = self._rewrite_portable(graph, lin, entry)
             else:
                 form = self._rewrite_nbits(graph, lin, entry, block_size, np_dtype)
+            if entry.outlier_idx is not None:
+                form += self._add_outlier_path(graph, lin, a, out_name, entry)
             self.report_append("linears", {
                 "weight": lin.name, "node": lin.node.name, "role": lin.role, "layer": lin.layer,
-                "block_size": block_size, "symmetric": symmetric,
-                "rel_error": round(entry.rel_error, 5), "form": form,
+                "block_size": block_size, "symmetric": symmetric, "method": entry.method,
+                "n_outliers": 0 if entry.outlier_idx is None else int(entry.outlier_idx.const_value.size),
+                "rel_error": round(entry.rel_error, 5), **entry.errors, "form": form,
             })
         ctx.progress("int4", len(todo), len(todo))
         drop_unused_weights(graph, [lin for lin, _ in todo])
@@ -210,11 +264,36 @@ class QuantizeInt4(QPass):
         self.report("rel_error_max", round(float(np.max(errors)), 5))
         return ir.passes.PassResult(model, True)
 
-    def _quantize(self, graph, lin, block_size, symmetric, target, np_dtype) -> _Packed:
+    def _quantize(self, graph, lin, block_size, symmetric, target, np_dtype, gram=None, n_outliers=0) -> _Packed:
         o = self.options
         w = weight_array(lin)
-        q = quantize_int4_weight(w, block_size, symmetric, o.grid, o.min_ratio, o.refine)
-        rel = float(np.linalg.norm(q.dequantize() - w) / max(np.linalg.norm(w), 1e-30))
+        outliers = None
+        if gram is not None:
+            rec = recover(w, gram, "int4", 4, block_size, n_outliers=n_outliers, act_order=o.act_order,
+                          refit=o.refit, damp=o.damp, symmetric=symmetric)
+            q = Quantized(rec.codes, rec.scales.astype(np.float32), rec.zero_points, block_size)
+            effective = rec.dequantized
+            if len(rec.outlier_idx):
+                outliers = (rec.outlier_idx, rec.outlier_w)
+            method = "gptq"
+        else:
+            q = quantize_int4_weight(w, block_size, symmetric, o.grid, o.min_ratio, o.refine)
+            effective = q.dequantize()
+            method = "plain"
+        rel = float(np.linalg.norm(effective - w) / max(np.linalg.norm(w), 1e-30))
+        errors = {}
+        if gram is not None:
+            errors["output_rel_error"] = round(float(
+                output_error(w, effective, gram) / max(output_error(w, np.zeros_like(w), gram), 1e-30)), 5)
+        entry = self._pack(graph, lin, q, rel, block_size, symmetric, target, np_dtype)
+        entry.method, entry.errors = method, errors
+        if outliers is not None:
+            base = lin.weight.name
+            entry.outlier_idx = _initializer(graph, f"{base}_outlier_idx", ir.tensor(np.asarray(outliers[0], np.int64)))
+            entry.outlier_w = _initializer(graph, f"{base}_outlier_w", ir.tensor(np.asarray(outliers[1], np.float16)))
+        return entry
+
+    def _pack(self, graph, lin, q: Quantized, rel: float, block_size, symmetric, target, np_dtype) -> _Packed:
         base = lin.weight.name
         if target == "portable":
             scale = ir.tensor(np.ascontiguousarray(q.scales.T).astype(np_dtype))          # [G, N]
@@ -262,6 +341,23 @@ class QuantizeInt4(QPass):
         if lin.bias is not None:
             form += " (bias folded)" if bias is not None else " + Add"
         return form
+
+    @staticmethod
+    def _add_outlier_path(graph, lin: Linear, a: ir.Value, name: str, entry: _Packed) -> str:
+        """Y = int4 part + A[..., outlier_idx] @ outlier_w, under the linear's output name `name`."""
+        out = next(v for node in graph for v in node.outputs if v.name == name)
+        base = _node_name(lin, "outliers")
+        gather = ir.node("Gather", [a, entry.outlier_idx], {"axis": -1}, name=f"{base}_Gather")
+        cast = ir.node("Cast", [entry.outlier_w], {"to": _float_dtype(a)[0]}, name=f"{base}_Cast")
+        matmul = ir.node("MatMul", [gather.outputs[0], cast.outputs[0]], name=f"{base}_MatMul")
+        add = ir.node("Add", [out, matmul.outputs[0]], name=f"{base}_Add")
+        graph.insert_after(out.producer(), [gather, cast, matmul, add])
+        ir.convenience.replace_all_uses_with(out, add.outputs[0], replace_graph_outputs=True)
+        add.replace_input_with(0, out)      # the Add itself still reads the int4 part
+        out.name = f"{name}_int4"
+        add.outputs[0].name = name
+        add.outputs[0].type, add.outputs[0].shape = out.type, out.shape
+        return " + FP16 outlier rows"
 
     def _rewrite_portable(self, graph, lin: Linear, entry: _Packed) -> str:
         if entry.dequantized is None:

@@ -386,3 +386,82 @@ def test_tiny_bert_end_to_end(make_ctx, tiny_bert_path, target):
     a, b = ref.reshape(-1, ref.shape[-1]), y.reshape(-1, y.shape[-1])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.mean() >= 0.97
+
+
+# --- calibrated recovery (GPTQ) with FP16 outlier rows -------------------------------------------
+
+
+def _gptq_scheme(n_outliers: int = 2) -> Scheme:
+    return Scheme(name="int4-gptq-test", summary="", passes=["quantize_int4"],
+                  weights={"format": "int4", "block_size": 32, "symmetric": False, "recovery": "gptq",
+                           "n_outliers": n_outliers},
+                  roles={}, embeddings={}, options={}, source="<test>")
+
+
+def _calibration_rows() -> np.ndarray:
+    x = np.random.default_rng(7).standard_normal((512, K)).astype(np.float32)
+    x[:, 11] *= 40.0                  # one input channel with a dominant activation energy
+    return x
+
+
+def _gptq_stats(x: np.ndarray) -> dict:
+    from qcompiler.calibration import ActivationStats
+
+    return {"x": ActivationStats(np.abs(x).max(0), (x ** 2).sum(0), x.min(0), x.max(0), len(x), None,
+                                 x.astype(np.float64).T @ x)}
+
+
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_gptq_recovery_with_outlier_rows(make_ctx, target):
+    """With statistics: GPTQ codes, the dominant channel kept in FP16 through a side path, the
+    outputs keep their names, and the output error on the calibration rows beats plain rounding."""
+    x = _calibration_rows()
+    model = _model(21)
+    ctx = make_ctx(model, _gptq_scheme(), target=target)
+    p = QuantizeInt4(ctx)
+    assert p.needs_stats and p.needs_gram
+    ctx.stats = _gptq_stats(x)
+    p(model)
+    _check(model)
+    linears = ctx.pass_reports["quantize_int4"]["linears"]
+    assert [e["method"] for e in linears] == ["gptq", "gptq"]     # both read x
+    assert all(e["n_outliers"] == 2 for e in linears)
+    assert all("outlier rows" in e["form"] for e in linears)
+    gathers = [n for n in model.graph if n.op_type == "Gather"]
+    assert all(11 in n.inputs[1].const_value.numpy().tolist() for n in gathers)
+
+    # Sanity on other inputs: int4 codes of a Gaussian weight leave ~10 % relative output error
+    # (4-bit, block 32); the bound 0.2 catches a broken side path or a lost bias, not rounding.
+    got = _run(model)
+    for name, w in (("y1", W1), ("y2", W2T.T)):
+        ref = X.astype(np.float64) @ w + (B1 if name == "y1" else 0)
+        rel = np.linalg.norm(got[name] - ref) / np.linalg.norm(ref)
+        assert rel < 0.2, rel
+    plain = _model(21)
+    QuantizeInt4(make_ctx(plain, _scheme(32, symmetric=False), target=target))(plain)
+    # the recovered model beats plain rounding on the calibration distribution (output error)
+    so = ort.SessionOptions()
+    sess = lambda m: ort.InferenceSession(ir.serde.serialize_model(m).SerializeToString(), so,  # noqa: E731
+                                          providers=["CPUExecutionProvider"])
+    feeds = {"x": x[None, :256]}
+    ref1 = x[None, :256].astype(np.float64) @ W1 + B1
+    err_gptq = np.linalg.norm(sess(model).run(["y1"], feeds)[0] - ref1)
+    err_plain = np.linalg.norm(sess(plain).run(["y1"], feeds)[0] - ref1)
+    assert err_gptq < err_plain, (err_gptq, err_plain)
+
+
+def test_gptq_without_statistics_falls_back_to_plain(make_ctx):
+    model = _model(21)
+    ctx = make_ctx(model, _gptq_scheme())
+    QuantizeInt4(ctx)(model)
+    methods = {e["method"] for e in ctx.pass_reports["quantize_int4"]["linears"]}
+    assert methods == {"plain (no calibration statistics)"}
+    assert not any(n.op_type == "Gather" for n in model.graph)
+
+
+def test_unknown_recovery_is_a_scheme_error(make_ctx):
+    model = _model(21)
+    scheme = _gptq_scheme()
+    scheme.weights["recovery"] = "magic"
+    with pytest.raises(SchemeError, match="recovery"):
+        QuantizeInt4(make_ctx(model, scheme))(model)
