@@ -14,8 +14,8 @@ static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, c
         __m256i i32[4][4];
         for (int r = 0; r < R; ++r)
             for (int j = 0; j < 4; ++j) i32[r][j] = _mm256_setzero_si256();
-        for (int s0 = 0; s0 < S; s0 += 64) {
-            const int s1 = S - s0 < 64 ? S : s0 + 64;
+        for (int s0 = 0; s0 < S; s0 += 128) { /* int16 sums: at most 128 * 254 */
+            const int s1 = S - s0 < 128 ? S : s0 + 128;
             __m256i lo[4], hi[4];
             for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
             for (int s = s0; s < s1; ++s) {
@@ -56,6 +56,59 @@ static void lut_block_avx2(const uint8_t *nib, const int8_t *tables, size_t tab_
     case 2: lut_rows(nib, tables, tab_stride, scales, G, S, 2, acc); break;
     case 3: lut_rows(nib, tables, tab_stride, scales, G, S, 3, acc); break;
     default: lut_rows(nib, tables, tab_stride, scales, G, S, 4, acc); break;
+    }
+}
+
+/* Paired planes: one broadcast table per 4 elements; pshufb puts the two plane lookups of a column
+ * in adjacent bytes, so maddubs(1, .) is both the pair sum and the widening to int16. */
+static inline __attribute__((always_inline)) void lut_pair_rows(const uint8_t *nib, const int8_t *tables,
+                                                                 size_t tab_stride, const float *scales, int G,
+                                                                 int S, const int R, float *acc) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi8(1);
+    for (int g = 0; g < G; ++g) {
+        __m256i i32[4][4];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < 4; ++j) i32[r][j] = _mm256_setzero_si256();
+        for (int s0 = 0; s0 < S; s0 += 128) { /* int16 sums: at most 128 * 254 */
+            const int s1 = S - s0 < 128 ? S : s0 + 128;
+            __m256i lo[4], hi[4];
+            for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
+            const uint8_t *nb = nib + ((size_t)g * S + s0) * 32;
+            const int8_t *tb = tables + ((size_t)g * S + s0) * 16;
+            for (int s = s0; s < s1; ++s, nb += 32, tb += 16) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)nb);
+                const __m256i ixl = _mm256_and_si256(v, m4);
+                const __m256i ixh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for (int r = 0; r < R; ++r) {
+                    const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tb + r * tab_stride)));
+                    lo[r] = _mm256_add_epi16(lo[r], _mm256_maddubs_epi16(ones, _mm256_shuffle_epi8(t, ixl)));
+                    hi[r] = _mm256_add_epi16(hi[r], _mm256_maddubs_epi16(ones, _mm256_shuffle_epi8(t, ixh)));
+                }
+            }
+            for (int r = 0; r < R; ++r) {
+                i32[r][0] = _mm256_add_epi32(i32[r][0], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo[r])));
+                i32[r][1] = _mm256_add_epi32(i32[r][1], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo[r], 1)));
+                i32[r][2] = _mm256_add_epi32(i32[r][2], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi[r])));
+                i32[r][3] = _mm256_add_epi32(i32[r][3], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi[r], 1)));
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < 4; ++j) {
+                const __m256 f = _mm256_cvtepi32_ps(i32[r][j]);
+                const __m256 sc = _mm256_loadu_ps(scales + g * 32 + 8 * j);
+                float *a = acc + r * 32 + 8 * j;
+                _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(f, sc)));
+            }
+    }
+}
+
+static void lut_pair_block_avx2(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                                int G, int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 1, acc); break;
+    case 2: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 2, acc); break;
+    case 3: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 3, acc); break;
+    default: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 4, acc); break;
     }
 }
 
@@ -180,7 +233,7 @@ static void lut_tables_avx2(const float *av, int64_t Q, int epg, float inv, int8
     }
 }
 
-static const qc_isa kAvx2 = {"avx2", lut_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2};
+static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2};
 const qc_isa *qc_isa_avx2(void) {
     return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? &kAvx2 : 0;
 }

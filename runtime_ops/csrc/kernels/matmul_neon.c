@@ -59,6 +59,59 @@ static void lut_block_neon(const uint8_t *nib, const int8_t *tables, size_t tab_
     }
 }
 
+/* Paired planes: the two lookups of a column sit in adjacent bytes; vpadalq_s8 adds them and
+ * accumulates in int16 in one instruction. */
+static inline __attribute__((always_inline)) void lut_pair_rows(const uint8_t *nib, const int8_t *tables,
+                                                                 size_t tab_stride, const float *scales, int G,
+                                                                 int S, const int R, float *acc) {
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    for (int g = 0; g < G; ++g) {
+        int32x4_t i32[4][8];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < 8; ++j) i32[r][j] = vdupq_n_s32(0);
+        for (int s0 = 0; s0 < S; s0 += 128) { /* int16 sums: at most 128 * 254 */
+            const int s1 = S - s0 < 128 ? S : s0 + 128;
+            int16x8_t a16[4][4];
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < 4; ++j) a16[r][j] = vdupq_n_s16(0);
+            for (int s = s0; s < s1; ++s) {
+                const size_t q = (size_t)g * S + s;
+                const uint8x16_t v0 = vld1q_u8(nib + q * 32), v1 = vld1q_u8(nib + q * 32 + 16);
+                const uint8x16_t i0 = vandq_u8(v0, m4), i1 = vandq_u8(v1, m4);
+                const uint8x16_t i2 = vshrq_n_u8(v0, 4), i3 = vshrq_n_u8(v1, 4);
+                for (int r = 0; r < R; ++r) {
+                    const int8x16_t t = vld1q_s8(tables + r * tab_stride + q * 16);
+                    a16[r][0] = vpadalq_s8(a16[r][0], vqtbl1q_s8(t, i0));
+                    a16[r][1] = vpadalq_s8(a16[r][1], vqtbl1q_s8(t, i1));
+                    a16[r][2] = vpadalq_s8(a16[r][2], vqtbl1q_s8(t, i2));
+                    a16[r][3] = vpadalq_s8(a16[r][3], vqtbl1q_s8(t, i3));
+                }
+            }
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < 4; ++j) {
+                    i32[r][2 * j] = vaddw_s16(i32[r][2 * j], vget_low_s16(a16[r][j]));
+                    i32[r][2 * j + 1] = vaddw_high_s16(i32[r][2 * j + 1], a16[r][j]);
+                }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < 8; ++j) {
+                float *a = acc + r * 32 + 4 * j;
+                const float32x4_t f = vcvtq_f32_s32(i32[r][j]);
+                vst1q_f32(a, vaddq_f32(vld1q_f32(a), vmulq_f32(f, vld1q_f32(scales + g * 32 + 4 * j))));
+            }
+    }
+}
+
+static void lut_pair_block_neon(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                                int G, int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 1, acc); break;
+    case 2: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 2, acc); break;
+    case 3: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 3, acc); break;
+    default: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 4, acc); break;
+    }
+}
+
 static void fma_panel_neon(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy,
                            int nc) {
     if (nc < QC_FMA_COLS) {
@@ -107,7 +160,8 @@ static void cb_dot_neon(const uint8_t *nib, const int8_t *cb16, const int8_t *A,
 
 void qc_lut_tables_scalar(const float *av, int64_t Q, int epg, float inv, int8_t *T);
 
-static const qc_isa kNeon = {"neon", lut_block_neon, fma_panel_neon, cb_dot_neon, qc_lut_tables_scalar};
+static const qc_isa kNeon = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
+                             qc_lut_tables_scalar};
 const qc_isa *qc_isa_neon(void) { return &kNeon; }
 #else
 const qc_isa *qc_isa_neon(void) { return 0; }

@@ -19,6 +19,25 @@ static void lut_block_scalar(const uint8_t *nib, const int8_t *tables, size_t ta
     }
 }
 
+static void lut_pair_block_scalar(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                                  int G, int S, int R, float *acc) {
+    for (int r = 0; r < R; ++r) {
+        const int8_t *T = tables + (size_t)r * tab_stride;
+        for (int g = 0; g < G; ++g) {
+            int32_t isum[32] = {0};
+            for (int s = 0; s < S; ++s) {
+                const uint8_t *nb = nib + ((size_t)g * S + s) * 32;
+                const int8_t *t = T + ((size_t)g * S + s) * 16;
+                for (int c = 0; c < 32; ++c) {
+                    const int sh = c < 16 ? 0 : 4, j = 2 * (c % 16);
+                    isum[c] += t[(nb[j] >> sh) & 15] + t[(nb[j + 1] >> sh) & 15];
+                }
+            }
+            for (int c = 0; c < 32; ++c) acc[r * 32 + c] = acc[r * 32 + c] + (float)isum[c] * scales[g * 32 + c];
+        }
+    }
+}
+
 static void fma_panel_scalar(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy,
                              int nc) {
     for (int m = 0; m < M; ++m) {
@@ -66,5 +85,6 @@ void qc_lut_tables_scalar(const float *av, int64_t Q, int epg, float inv, int8_t
     }
 }
 
-static const qc_isa kScalar = {"scalar", lut_block_scalar, fma_panel_scalar, cb_dot_scalar, qc_lut_tables_scalar};
+static const qc_isa kScalar = {"scalar", lut_block_scalar, lut_pair_block_scalar, fma_panel_scalar, cb_dot_scalar,
+                               qc_lut_tables_scalar};
 const qc_isa *qc_isa_scalar(void) { return &kScalar; }

@@ -73,8 +73,17 @@ static void dequant_panel(const qc_matmul *w, int64_t n0, int nc, int64_t k0, in
 }
 
 /* ------------------------------------------------------------------------------ prepacking */
+/* Ternary code (0b01 +1, 0b11 -1, else 0) as two sign bits a, b with w = (a + b) / 2. */
+static inline void ternary_planes(unsigned code, unsigned *a, unsigned *b) {
+    *a = code != 3u;
+    *b = code == 1u;
+}
+
+/* Binary codes: 32 columns per block, each step two 4-element lookups (low / high nibble).
+ * Ternary: each step one 4-element lookup of both sign planes, paired in adjacent bytes. */
 static void prepack_lut(qc_matmul *w) {
-    const int epg = w->kind == QC_TERNARY ? 2 : 4, step_el = 2 * epg;
+    const int pair = w->kind == QC_TERNARY;
+    const int epg = 4, step_el = pair ? 4 : 8;
     w->epg = epg;
     w->glen = w->gs < w->K ? w->gs : w->K;
     w->gsp = round_up(w->glen, step_el);
@@ -94,7 +103,25 @@ static void prepack_lut(qc_matmul *w) {
             for (int64_t k = 0; k < w->K; ++k) codes[k] = (uint8_t)get_code(row, w->row_bytes, k, b);
             const int64_t cb = n / 32, c = n % 32;
             for (int64_t g = 0; g < G; ++g) {
-                w->lscales[((cb * P + p) * G + g) * 32 + c] = w->scales[(p * w->N + n) * G + g];
+                /* x 0.5 (exact): the paired lookups sum to twice the ternary partial sum */
+                w->lscales[((cb * P + p) * G + g) * 32 + c] = w->scales[(p * w->N + n) * G + g] * (pair ? 0.5f : 1.f);
+                if (pair) {
+                    const int sh = c < 16 ? 0 : 4, j0 = 2 * (int)(c % 16);
+                    for (int64_t s = 0; s < S; ++s) {
+                        unsigned na = 0, nb = 0;
+                        for (int j = 0; j < 4; ++j) {
+                            const int64_t off = s * 4 + j, k = g * w->gs + off;
+                            unsigned a = 1, b = 0; /* padding and outlier channels: zero (activation 0 too) */
+                            if (off < w->glen && k < w->K) ternary_planes(codes[k], &a, &b);
+                            na |= a << j;
+                            nb |= b << j;
+                        }
+                        uint8_t *dst = w->nib + (((cb * P + p) * G + g) * S + s) * 32 + j0;
+                        dst[0] |= (uint8_t)(na << sh);
+                        dst[1] |= (uint8_t)(nb << sh);
+                    }
+                    continue;
+                }
                 for (int64_t s = 0; s < S; ++s) {
                     uint8_t byte = 0;
                     for (int h = 0; h < 2; ++h) {
@@ -248,6 +275,23 @@ static void fma_task(void *p, size_t t) {
     epilogue(w, r->A, r->M, r->Y, n_begin, n_end);
 }
 
+/* One row of one block of columns [n0, n0 + nc): y = acc * ts, then the outliers, then the bias
+ * (the reference's order), while the block is in cache. nc is a constant 32 for full blocks, so
+ * the loops vectorize. */
+static inline __attribute__((always_inline)) void finish_block(const qc_matmul *w, const float *a, const float *acc,
+                                                                float ts, float *y, int64_t n0, const int nc) {
+    float v[QC_LUT_COLS];
+    for (int c = 0; c < nc; ++c) v[c] = acc[c] * ts;
+    for (int64_t j = 0; j < w->n_out; ++j) {
+        const float av = a[w->oidx[j]];
+        const float *o = w->ow + j * w->N + n0;
+        for (int c = 0; c < nc; ++c) v[c] = v[c] + av * o[c];
+    }
+    if (w->bias)
+        for (int c = 0; c < nc; ++c) v[c] = v[c] + w->bias[n0 + c];
+    for (int c = 0; c < nc; ++c) y[n0 + c] = v[c];
+}
+
 static void lut_task(void *p, size_t t) {
     const run_ctx *r = (const run_ctx *)p;
     const qc_matmul *w = r->w;
@@ -259,21 +303,26 @@ static void lut_task(void *p, size_t t) {
     for (int64_t cb = cb0; cb < cb1; ++cb) {
         for (int64_t m = 0; m < r->M; m += 4) {
             const int R = (int)(r->M - m < 4 ? r->M - m : 4);
-            memset(acc, 0, sizeof(acc));
-            for (int64_t p = 0; p < P; ++p)
-                w->isa->lut_block(w->nib + ((cb * P + p) * G) * S * 32, r->tables + m * w->Q * 16,
-                                  (size_t)(w->Q * 16), w->lscales + ((cb * P + p) * G) * 32, (int)G, (int)S, R,
-                                  acc);
+            for (int i = 0; i < R * QC_LUT_COLS; i += 8) memset(acc + i, 0, 8 * sizeof(float)); /* no rep stos */
+            if (w->kind == QC_TERNARY)
+                w->isa->lut_pair_block(w->nib + cb * G * S * 32, r->tables + m * w->Q * 16, (size_t)(w->Q * 16),
+                                       w->lscales + cb * G * 32, (int)G, (int)S, R, acc);
+            else
+                for (int64_t p = 0; p < P; ++p)
+                    w->isa->lut_block(w->nib + ((cb * P + p) * G) * S * 32, r->tables + m * w->Q * 16,
+                                      (size_t)(w->Q * 16), w->lscales + ((cb * P + p) * G) * 32, (int)G, (int)S,
+                                      R, acc);
+            const int64_t n0 = cb * QC_LUT_COLS;
             for (int rr = 0; rr < R; ++rr) {
+                const float *a = r->A + (m + rr) * w->K;
                 float *y = r->Y + (m + rr) * w->N;
-                const float ts = r->tscale[m + rr];
-                for (int64_t c = 0; c < QC_LUT_COLS && cb * 32 + c < w->N; ++c)
-                    y[cb * 32 + c] = acc[rr * 32 + c] * ts;
+                if (n0 + QC_LUT_COLS <= w->N)
+                    finish_block(w, a, acc + rr * 32, r->tscale[m + rr], y, n0, QC_LUT_COLS);
+                else
+                    finish_block(w, a, acc + rr * 32, r->tscale[m + rr], y, n0, (int)(w->N - n0));
             }
         }
     }
-    int64_t n1 = cb1 * 32 < w->N ? cb1 * 32 : w->N;
-    if (cb0 * 32 < n1) epilogue(w, r->A, r->M, r->Y, cb0 * 32, n1);
 }
 
 static void cb_task(void *p, size_t t) {

@@ -23,6 +23,13 @@ typedef struct qc_isa {
      * acc[r*32 + c] = acc + (float)isum_g * scales[g][c] for g ascending (mul, then add). */
     void (*lut_block)(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
                       int G, int steps, int R, float *acc);
+    /* Ternary LUT GEMV on one block of 32 columns, the two sign planes of a code paired in one
+     * lookup (w = (a + b) / 2 with a, b in {-1, +1}): step s covers 4 elements and one table.
+     * nib: [G][steps][32] bytes; column c reads bytes 2*(c%16) (plane a) and 2*(c%16)+1 (plane b),
+     * low nibbles for c < 16, high nibbles for c >= 16. tables: [G*steps][16] int8 signed 4-sums.
+     * acc[r*32 + c] = acc + (float)isum_g * scales[g][c], isum = sum_s T[a] + T[b]. */
+    void (*lut_pair_block)(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                           int G, int steps, int R, float *acc);
     /* Y[m*ldy + c] += sum_k A[m*lda + k] * panel[k*16 + c], k ascending, c < nc (<= 16). */
     void (*fma_panel)(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy, int nc);
     /* Codebook int8 dot: sum_k cb[idx(k)] * a[k], k < kp (multiple of 32);
