@@ -40,6 +40,7 @@ import onnx_ir as ir
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import QPass, drop_unused_weights
+from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import RecoveredWeight, output_error, quantize_plain, recover
 from runtime_ops import contract
 
@@ -110,7 +111,11 @@ def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray 
     extra = {key: settings[key] for key in ("ternary_method", "iterations", "seed", "weighted") if key in settings}
     if fmt == "kmeans":
         gs = None
-    if settings["recovery"] == "gptq" and gram is not None:
+    rec = find_on_grid(w, fmt, bits, gs, settings["scale_dtype"], max_outliers=int(settings["n_outliers"])) \
+        if fmt != "kmeans" else None       # trained with the quantizer in the loop: pack it as it is
+    if rec is not None:
+        method = "on-grid (lossless)"
+    elif settings["recovery"] == "gptq" and gram is not None:
         rec: RecoveredWeight = recover(w, gram, fmt, bits, gs, n_outliers=int(settings["n_outliers"]),
                                        act_order=o.act_order, refit=o.refit, damp=o.damp, **extra)
         method = "gptq"
@@ -132,10 +137,10 @@ def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray 
         attrs["bits"] = int(bits)
     deq = contract.dequantize(op_type, packed, scales, **attrs)
     idx = np.asarray(rec.outlier_idx, np.int64)
-    # outlier rows: what the recovery wanted minus what the (possibly fp16-scaled) codes give
-    outlier_w = (rec.dequantized[idx].astype(np.float64) - deq[idx]).astype(np.float16)
+    # outlier rows: every op ignores the packed rows there and adds these float16 rows alone
+    outlier_w = rec.dequantized[idx].astype(np.float16)
     effective = deq.copy()
-    effective[idx] += outlier_w.astype(np.float32)
+    effective[idx] = outlier_w.astype(np.float32)
     return PackedLinear(op_type, attrs, packed, scales, idx, outlier_w.reshape(len(idx), n), effective, method)
 
 
