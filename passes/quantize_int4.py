@@ -48,6 +48,7 @@ import onnx_ir as ir
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import QPass, drop_unused_weights
+from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import output_error, recover
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
 
@@ -268,7 +269,14 @@ class QuantizeInt4(QPass):
         o = self.options
         w = weight_array(lin)
         outliers = None
-        if gram is not None:
+        grid = find_on_grid(w, "int4", 4, block_size, np.dtype(np_dtype).name, symmetric, max_outliers=n_outliers)
+        if grid is not None:                   # trained with the quantizer in the loop: pack it as it is
+            q = Quantized(grid.codes, grid.scales, grid.zero_points, block_size)
+            effective = grid.dequantized
+            if len(grid.outlier_idx):
+                outliers = (grid.outlier_idx, grid.outlier_w)
+            method = "on-grid (lossless)"
+        elif gram is not None:
             rec = recover(w, gram, "int4", 4, block_size, n_outliers=n_outliers, act_order=o.act_order,
                           refit=o.refit, damp=o.damp, symmetric=symmetric)
             q = Quantized(rec.codes, rec.scales.astype(np.float32), rec.zero_points, block_size)
