@@ -50,7 +50,7 @@ class QuantSpec:
         group = settings.get("group_size", settings.get("block_size"))
         scale_dtype = str(settings.get("scale_dtype", "float16" if fmt in ("ternary", "bcq") else "float32"))
         return cls(fmt, settings.get("bits"), None if group is None else int(group), scale_dtype,
-                   bool(settings.get("symmetric", False)), int(settings.get("iterations", 10)), noise)
+                   bool(settings.get("symmetric", fmt == "int4")), int(settings.get("iterations", 10)), noise)
 
     def group(self, k: int) -> int:
         return k if self.group_size is None or self.group_size >= k else int(self.group_size)
@@ -91,6 +91,13 @@ class FakeQuantWeight(nn.Module):
         """bcq: start from given alphas [bits, N, G] (e.g. those of calibrated recovery)."""
         with torch.no_grad():
             self.alphas.copy_(torch.from_numpy(np.asarray(alphas, np.float32)))
+
+    def set_int4(self, scale: np.ndarray, zero_point: np.ndarray | None) -> None:
+        """int4: start from given scales [N, G] and zero points (None: symmetric)."""
+        with torch.no_grad():
+            self.scale.copy_(torch.from_numpy(np.asarray(scale, np.float32)))
+            zp = np.zeros_like(scale) if zero_point is None else zero_point
+            self.zero_point.copy_(torch.from_numpy(np.asarray(zp, np.float32)))
 
     def forward(self) -> torch.Tensor:
         spec, w = self.spec, self.weight

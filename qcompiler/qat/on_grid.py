@@ -159,19 +159,26 @@ def _int4(w: np.ndarray, gs: int, mask: np.ndarray, symmetric: bool, scale_dtype
 
 
 def find_on_grid(w: np.ndarray, fmt: str, bits: int | None = None, group_size: int | None = None,
-                 scale_dtype: str = "float16", symmetric: bool = False, max_outliers: int = 8
-                 ) -> RecoveredWeight | None:
-    """Codes and scales that reproduce `w` [K, N] exactly (outlier rows in float16), or None."""
+                 scale_dtype: str = "float16", symmetric: bool = False, max_outliers: int = 8,
+                 outliers: np.ndarray | None = None) -> RecoveredWeight | None:
+    """Codes and scales that reproduce `w` [K, N] exactly (outlier rows in float16), or None.
+    `outliers` names the float16 rows when they are known; otherwise they are looked for."""
     if fmt not in ON_GRID_FORMATS:
         return None
     w = np.asarray(w, np.float32)
     k, n = w.shape
     gs = resolve_group_size(k, group_size)
     bits = {"ternary": 2, "int4": 4}.get(fmt, int(bits or 2))
-    tried: list[np.ndarray] = [np.zeros(0, np.int64)]
-    cands = outlier_candidates(w, gs, max_outliers) if max_outliers > 0 else tried[0]
-    if len(cands):
-        tried.append(cands)
+    if outliers is not None:
+        tried = [np.asarray(outliers, np.int64)]
+    else:
+        levels = {"ternary": 3, "int4": 16}.get(fmt, 2 ** bits)
+        if len(np.unique(w[:gs, 0])) > levels + max_outliers:           # off the grid: say so cheaply
+            return None
+        tried = [np.zeros(0, np.int64)]
+        cands = outlier_candidates(w, gs, max_outliers) if max_outliers > 0 else tried[0]
+        if len(cands):
+            tried.append(cands)
     for outliers in tried:
         mask = np.ones((k, 1), bool)
         mask[outliers] = False

@@ -1,0 +1,153 @@
+"""Knowledge distillation with the quantizers in the loop (TernaryBERT-style), bounded in steps and time.
+
+loss = sum over layers of MSE(student hidden state, teacher hidden state)      (LayerNorm outputs)
+     + sum over layers of MSE(student attention, teacher attention) * seq_len  (Softmax outputs)
+     + output_weight * mean(1 - cosine(student output, teacher output))       (pooled when masked)
+
+Padding positions (attention_mask == 0) are left out of the hidden-state and pooled terms. The
+teacher is the FP32 graph; the student its fake-quantized copy (qcompiler.qat.onnx_to_torch).
+TernaryBERT distils attention scores before the softmax; the exported graphs add the mask there
+(-inf-like values), so we distil the probabilities and scale their MSE by the sequence length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DistillConfig", "distill", "distill_loss", "output_cosine", "stack_feeds", "pooled"]
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    steps: int = 600                  # optimizer steps (0: no training)
+    max_seconds: float | None = 1200.0  # stop early when the wall time is spent
+    batch_size: int = 8
+    lr: float = 2e-4                  # latent weights and FP parameters (Adam, cosine decay)
+    scale_lr: float = 2e-4            # trainable scales (bcq alphas, int4 scales)
+    warmup: int = 20
+    output_weight: float = 1.0
+    attention_weight: float = 1.0
+    hidden_weight: float = 1.0
+    seed: int = 0
+
+
+def stack_feeds(feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Calibration samples (first axis 1 each, same shapes) -> one tensor per input."""
+    return {k: torch.from_numpy(np.concatenate([f[k] for f in feeds], axis=0)) for k in feeds[0]}
+
+
+def _mask_of(inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    for name, value in inputs.items():
+        if "mask" in name.lower() and value.dim() == 2:
+            return value.to(torch.float32)
+    return None
+
+
+def pooled(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, S, D] with a [B, S] mask -> the mask-mean over S; anything else -> flattened per sample."""
+    if mask is not None and y.dim() == 3 and tuple(y.shape[:2]) == tuple(mask.shape):
+        m = mask[..., None]
+        return (y * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    return y.reshape(y.shape[0], -1) if y.dim() > 0 else y.reshape(1, 1)
+
+
+def output_cosine(student_out, teacher_out, mask) -> torch.Tensor:
+    """Mean over float outputs of the per-sample cosine: [B]."""
+    cos = []
+    for s, t in zip(student_out, teacher_out):
+        if not s.is_floating_point() or s.dim() == 0:
+            continue
+        cos.append(nn.functional.cosine_similarity(pooled(s, mask), pooled(t, mask), dim=-1, eps=1e-12))
+    return torch.stack(cos).mean(dim=0)
+
+
+def _masked_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is not None and s.dim() == 3 and tuple(s.shape[:2]) == tuple(mask.shape):
+        m = mask[..., None]
+        return ((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]).clamp(min=1)
+    return nn.functional.mse_loss(s, t)
+
+
+def distill_loss(student_out, student_taps, teacher_out, teacher_taps, mask, cfg: DistillConfig
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    hidden = sum((_masked_mse(s, t, mask) for s, t in zip(student_taps["hidden"], teacher_taps["hidden"])),
+                 torch.zeros(()))
+    attention = torch.zeros(())
+    for s, t in zip(student_taps["attention"], teacher_taps["attention"]):
+        attention = attention + nn.functional.mse_loss(s, t) * s.shape[-1]
+    out = (1 - output_cosine(student_out, teacher_out, mask)).mean()
+    loss = cfg.hidden_weight * hidden + cfg.attention_weight * attention + cfg.output_weight * out
+    return loss, {"hidden": float(hidden.detach()), "attention": float(attention.detach()), "output": float(out.detach())}
+
+
+def _lr_factor(step: int, cfg: DistillConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    span = max(cfg.steps - cfg.warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup, span) / span))
+
+
+def distill(student: nn.Module, teacher: nn.Module, train: dict[str, torch.Tensor], cfg: DistillConfig,
+            param_groups: list[dict], progress: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Train `student` towards `teacher` on the samples of `train` (one tensor per input, first axis
+    = samples). Stops after cfg.steps steps or cfg.max_seconds. Returns a small history."""
+    n = next(iter(train.values())).shape[0]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(param_groups)
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    student.train()
+    teacher.eval()
+    start = time.perf_counter()
+    losses: list[float] = []
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    for step in range(cfg.steps):
+        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+            break
+        if pos + cfg.batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        batch = {k: v[idx] for k, v in train.items()}
+        mask = _mask_of(batch)
+        with torch.no_grad():
+            t_out = teacher(**batch)
+            t_taps = teacher.taps
+        s_out = student(**batch)
+        loss, parts = distill_loss(s_out, student.taps, t_out, t_taps, mask, cfg)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * _lr_factor(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        if progress is not None:
+            progress(step + 1, cfg.steps, {"loss": float(loss), **parts})
+    student.eval()
+    return {"steps": len(losses), "seconds": round(time.perf_counter() - start, 1),
+            "loss_first": round(losses[0], 6) if losses else None,
+            "loss_last": round(float(np.mean(losses[-10:])), 6) if losses else None}
+
+
+@torch.no_grad()
+def heldout_cosine(student: nn.Module, teacher: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 16
+                   ) -> float:
+    """Mean output cosine (pooled where masked) of the student vs the teacher on `data`."""
+    student.eval()
+    n = next(iter(data.values())).shape[0]
+    cos = []
+    for i in range(0, n, batch_size):
+        batch = {k: v[i:i + batch_size] for k, v in data.items()}
+        cos.append(output_cosine(student(**batch), teacher(**batch), _mask_of(batch)))
+    return float(torch.cat(cos).mean())
+
+
+__all__.append("heldout_cosine")
