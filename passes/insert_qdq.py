@@ -148,6 +148,7 @@ class InsertQDQ(QPass):
                 continue
             self._rewrite(graph, lin)
             done += 1
+            ctx.progress("int8", done, len(ctx.roles.linears))  # a streaming compile spills the new weights here
         self.report("activations", opts.activations)
         if opts.activations == "static":
             self.report("calibration", opts.calibration)

@@ -189,7 +189,9 @@ def session_with_taps(model, taps: list[str], providers=("CPUExecutionProvider",
     """
     import onnxruntime as ort
 
-    proto = model if isinstance(model, onnx.ModelProto) else ir.to_proto(model)
+    from qcompiler.model_io import inline_proto  # external data inlined: a session made from bytes cannot find it
+
+    proto = model if isinstance(model, onnx.ModelProto) else inline_proto(model)
     n_outputs = len(proto.graph.output)
     existing = {o.name for o in proto.graph.output}
     value_types = {}

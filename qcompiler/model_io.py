@@ -3,12 +3,18 @@
 Loading never reads weights eagerly (onnx-ir memory-maps external data), and
 saving goes to a temporary file beside the destination that is renamed into
 place only once complete, so an interrupted run leaves no partial output.
+Temporaries carry the writer's process id; a later run removes those of dead
+processes. `Spill` moves weights made during a compile out of memory as they
+are made (streaming compiles of models larger than memory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +26,10 @@ from qcompiler.errors import ModelLoadError, OutputError
 # Above this serialized size the output keeps its weights in an external data file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 TMP_PREFIX = ".qcompile-tmp-"
+# onnx-ir writes external data through a temporary directory named ".<data file name>.XXXX".
+_TMP_PATTERN = re.compile(r"^\.?" + re.escape(TMP_PREFIX) + r"(\d+)-")
+# Weights made during a streaming compile at least this big go to the spill file at once.
+SPILL_MIN_BYTES = 1 << 20
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
@@ -79,33 +89,138 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def clean_stale_temporaries(directory: str | os.PathLike) -> None:
-    """Remove temporary files that a killed earlier run left in the output directory."""
-    for stale in Path(directory).glob(TMP_PREFIX + "*"):
+    """Remove temporaries that a killed earlier run left in the output directory.
+
+    Names hold the writer's pid (`.qcompile-tmp-<pid>-...`): those of live processes (another
+    compile writing to the same directory) are left alone; names without a pid (older
+    versions) are removed.
+    """
+    directory = Path(directory)
+    for stale in list(directory.glob(TMP_PREFIX + "*")) + list(directory.glob("." + TMP_PREFIX + "*")):
+        match = _TMP_PATTERN.match(stale.name)
+        if match and _pid_alive(int(match.group(1))):
+            continue
         with contextlib.suppress(OSError):
-            stale.unlink()
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
 
 
-def save_model(model: ir.Model, output_path: str | os.PathLike) -> Path:
-    """Write the model atomically; weights go to `<name>.data` when the model is large."""
+def temporary_name(out: Path, suffix: str = "") -> Path:
+    """A temporary path beside `out` owned by this process (see clean_stale_temporaries)."""
+    directory = out.parent if str(out.parent) else Path(".")
+    return directory / f"{TMP_PREFIX}{os.getpid()}-{out.name}{suffix}"
+
+
+class Spill:
+    """The output's external data, written while the compile runs.
+
+    `flush(model)` appends every in-memory initializer of SPILL_MIN_BYTES or more (a packed
+    weight a pass just made) to one temporary data file beside the output and replaces it by an
+    ExternalTensor reading that file, then drops the resident pages of every memory-mapped input
+    weight. Called after each weight a pass quantizes, it keeps the compile's memory to about one
+    weight, whatever the model's size. `save_model` then copies the file into the final data file.
+    """
+
+    def __init__(self, output_path: str | os.PathLike, model: ir.Model) -> None:
+        self.out = Path(output_path)
+        # The input's memory-mapped weights, also after a pass removed them from the graph
+        # (a pass's own records may still reference them, keeping their mappings open).
+        self.sources = [init.const_value for graph in model.graphs() for init in graph.initializers.values()
+                        if isinstance(init.const_value, ir.ExternalTensor)]
+        self.path = temporary_name(self.out, ".spill")
+        self.file = None
+        self.bytes = 0
+        self.tensors = 0
+
+    def flush(self, model: ir.Model) -> None:
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or isinstance(tensor, (ir.ExternalTensor, ir.LazyTensor)):
+                    continue
+                if tensor.nbytes < SPILL_MIN_BYTES:
+                    continue
+                value.const_value = self._write(tensor, value.name)
+        release_mapped_pages(self.sources)
+
+    def _write(self, tensor: ir.TensorProtocol, name: str) -> ir.ExternalTensor:
+        if self.file is None:
+            self.file = open(self.path, "wb")
+        offset = self.file.tell()
+        tensor.tofile(self.file)
+        length = self.file.tell() - offset
+        self.file.flush()
+        self.bytes += length
+        self.tensors += 1
+        return ir.ExternalTensor(self.path.name, offset, length, tensor.dtype, shape=tensor.shape, name=name,
+                                 base_dir=str(self.path.parent))
+
+    def close(self) -> None:
+        """Remove the spill file (after save_model copied it, or on failure)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def release_mapped_pages(tensors) -> None:
+    """Drop the resident pages of memory-mapped weights (they fault back in if read again).
+
+    A file mapping's pages count in the process's RSS once touched; a streaming compile reads
+    every input weight once, so without this its RSS would grow to the model's size.
+    """
+    for tensor in tensors:
+        raw = tensor.raw if isinstance(tensor, ir.ExternalTensor) else None
+        if isinstance(raw, mmap.mmap) and not raw.closed:
+            with contextlib.suppress(OSError, ValueError):
+                raw.madvise(mmap.MADV_DONTNEED)
+
+
+def has_external_data(model: ir.Model) -> bool:
+    return any(isinstance(init.const_value, ir.ExternalTensor)
+               for graph in model.graphs() for init in graph.initializers.values())
+
+
+def save_model(model: ir.Model, output_path: str | os.PathLike, external: bool | None = None) -> Path:
+    """Write the model atomically; weights go to `<name>.data` when the model is large
+    (or `external` is true).
+
+    Tensors are written one at a time (memory-mapped or spilled ones copied in chunks), so
+    saving never holds the weights in memory. The data file is renamed into place before the
+    proto that names it; a failure removes both temporaries.
+    """
     out = Path(output_path)
     directory = out.parent if str(out.parent) else Path(".")
     clean_stale_temporaries(directory)
-    large = _estimated_size(model) > EXTERNAL_DATA_THRESHOLD
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".onnx", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    if external is None:
+        external = _estimated_size(model) > EXTERNAL_DATA_THRESHOLD
+    tmp = temporary_name(out, ".onnx")
     data_name = out.name + ".data"
-    tmp_data = directory / (TMP_PREFIX + data_name)
+    tmp_data = temporary_name(out, ".data")
     try:
-        if large:
+        if external:
             ir.save(model, tmp, external_data=tmp_data.name)
-        else:
-            ir.save(model, tmp)
-        if large:
             # The proto names its data file; rename data first so the pair is consistent.
             _retarget_external_data(tmp, tmp_data.name, data_name)
             os.replace(tmp_data, directory / data_name)
+        else:
+            ir.save(model, tmp)
         os.replace(tmp, out)
     except OSError as exc:
         for leftover in (tmp, tmp_data):
@@ -118,6 +233,22 @@ def save_model(model: ir.Model, output_path: str | os.PathLike) -> Path:
                 leftover.unlink()
         raise
     return out
+
+
+def inline_proto(model: ir.Model):
+    """The model as a ModelProto whose external tensors carry their bytes (for onnxruntime
+    sessions built from bytes, which cannot resolve relative data files)."""
+    proto = ir.to_proto(model)
+    external = {name: init for graph in model.graphs() for name, init in graph.initializers.items()
+                if isinstance(init.const_value, ir.ExternalTensor)}
+    if not external:
+        return proto
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name in external:
+            tensor.raw_data = external[tensor.name].const_value.tobytes()
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+    return proto
 
 
 def _retarget_external_data(proto_path: Path, old_location: str, new_location: str) -> None:

@@ -4,6 +4,12 @@ load -> canonicalize -> analyze -> plan -> calibrate -> transform -> pack -> ver
 
 Packing happens inside the transform passes (they call the quantizers and the op
 contract's packers); everything else is one function call per stage here.
+
+Models whose weights exceed the memory budget (default 2 GB) are streamed: weights stay
+memory-mapped, every packed weight a pass makes is spilled to the output's data file at once
+(model_io.Spill, hooked on the passes' per-weight progress calls), and the resident pages of the
+input's weights are dropped, so memory stays near one weight. Calibration and verification,
+which would run the whole FP32 model in onnxruntime, are skipped then, and the report says so.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from qcompiler.plan import KEEP, make_plan
 from qcompiler.schemes import Scheme, load_scheme
 
 STAGES = ("canonical", "transform", "final")
+# Weights above this many bytes are streamed (no in-memory reference copy, calibration or verification).
+DEFAULT_MEMORY_BUDGET = 2_000_000_000
 
 # Library chatter (e.g. onnxscript's "falling back to the onnx C API" warning) is not for users.
 logging.getLogger("onnxscript").setLevel(logging.ERROR)
@@ -88,10 +96,17 @@ def compile_model(
     verify: bool = True,
     verify_samples: int = 8,
     prune_ffn: float | None = None,
+    recover: str = "calibrated",
+    recover_steps: int | None = None,
     progress: bool = False,
     console: Console | None = None,
+    memory_budget: int | None = None,
 ) -> dict[str, Any]:
-    """Compile one model; returns the report dict (also written to report_path as JSON + .md)."""
+    """Compile one model; returns the report dict (also written to report_path as JSON + .md).
+
+    memory_budget: models whose weights are bigger (bytes; default DEFAULT_MEMORY_BUDGET) are
+    compiled streaming (see the module docstring); 0 streams every model.
+    """
     t0 = time.perf_counter()
     steps = _Steps(progress, console)
     if target not in ("ort", "portable"):
@@ -105,8 +120,12 @@ def compile_model(
     if report_path is not None:
         model_io.check_output_path(model_path, report_path)
 
+    model_io.clean_stale_temporaries(out_path.parent if str(out_path.parent) else Path("."))
     with steps.stage("load"):
         model = model_io.load_model(model_path)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    streaming = not _fits_in_memory(model, budget)
+    external_out = streaming or model_io.has_external_data(model)
     options = CompileOptions(exclude=list(exclude), target=target, calib_path=str(calib) if calib else None,
                              verify=verify)
     ctx = CompileContext(model=model, scheme=scheme_obj, options=options)
@@ -119,13 +138,46 @@ def compile_model(
         passes = [p for p in passes if p.name != PruneFFN.name]
         first = next((i for i, p in enumerate(passes) if p.stage != "canonical"), len(passes))
         passes.insert(first, PruneFFN(ctx, PruneFFNOptions(threshold=float(prune_ffn))))
+    if recover != "calibrated" or recover_steps is not None:   # training-aware recovery (qcompiler.qat)
+        from qcompiler.qat.recover import with_recovery
+
+        passes = with_recovery(passes, ctx, recover, recover_steps, steps.console, progress)
     notes: list[str] = []
     calib_feeds = calibration.load_calibration(calib, model) if calib else None
+    spill = model_io.Spill(out_path, model) if streaming else None
+    try:
+        rep = _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exclude, verify,
+                   verify_samples, notes, spill, streaming, budget, out_path, external_out)
+    finally:
+        if spill is not None:
+            spill.close()
+    rep.update(_build_report(ctx, model_path, out_path, rep.pop("verification"), notes, steps.timings,
+                             time.perf_counter() - t0))
+    if report_path is not None:
+        report_mod.write_json(rep, report_path)
+        md = Path(report_path).with_suffix(".md")
+        md.write_text(report_mod.to_markdown(rep))
+        png = Path(report_path).with_suffix(".png")
+        if report_mod.plot_per_layer(rep, png):
+            rep["plot"] = str(png)
+            report_mod.write_json(rep, report_path)
+    return rep
+
+
+def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exclude, verify, verify_samples,
+         notes, spill, streaming, budget, out_path, external_out) -> dict[str, Any]:
+    """The stages from canonicalize to save; returns {"verification": ...}."""
+    if spill is not None:
+        ctx.progress = lambda label, done, total: spill.flush(model)
+        notes.append(f"streaming compile: weights ({model_io._estimated_size(model) / 1e9:.2f} GB) exceed the "
+                     f"memory budget ({budget / 1e9:.2f} GB); each packed weight was written out as it was made")
 
     with steps.stage("canonicalize"):
         for p in passes:
             if p.stage == "canonical":
                 p(model)
+                if spill is not None:
+                    spill.flush(model)
     with steps.stage("analyze + plan"):
         ctx.roles = analyze(model)
         ctx.plan = make_plan(ctx.roles, scheme_obj, list(exclude))
@@ -135,10 +187,15 @@ def compile_model(
     transform = [p for p in passes if p.stage == "transform"]
     needs_stats = any(getattr(p, "needs_stats", False) for p in transform) and ctx.roles.linears
     needs_gram = any(getattr(p, "needs_gram", False) for p in transform)
-    reference_proto = ir.to_proto(model) if verify and _fits_in_memory(model) else None
+    reference_proto = model_io.inline_proto(model) if verify and not streaming else None
     if calib_feeds and not needs_stats:
         notes.append("calibration data checked but not used: no pass of this scheme needs activation statistics")
-    if needs_stats:
+    if needs_stats and streaming:
+        notes.append("calibration skipped: running the FP32 model in onnxruntime would hold all its weights in "
+                     "memory; weights were quantized without activation statistics (plain rounding, no outlier "
+                     "channels)")
+        ctx.calibration_source = "skipped (streaming compile)"
+    elif needs_stats:
         with steps.stage("calibrate"):
             feeds = calib_feeds
             if feeds is None:
@@ -157,6 +214,8 @@ def compile_model(
     with steps.stage("transform + pack"):
         for p in transform:
             p(model)
+            if spill is not None:
+                spill.flush(model)
     with steps.stage("cleanup"):
         for p in passes:
             if p.stage == "final":
@@ -177,21 +236,11 @@ def compile_model(
         notes.append("verification skipped: model too large to hold a reference copy in memory")
 
     with steps.stage("save"):
-        model_io.save_model(model, out_path)
+        model_io.save_model(model, out_path, external=external_out or None)
         checker = verify_mod.check_model(out_path)
         if checker:
             notes.append(f"onnx.checker full_check: {checker}")
-
-    rep = _build_report(ctx, model_path, out_path, verification, notes, steps.timings, time.perf_counter() - t0)
-    if report_path is not None:
-        report_mod.write_json(rep, report_path)
-        md = Path(report_path).with_suffix(".md")
-        md.write_text(report_mod.to_markdown(rep))
-        png = Path(report_path).with_suffix(".png")
-        if report_mod.plot_per_layer(rep, png):
-            rep["plot"] = str(png)
-            report_mod.write_json(rep, report_path)
-    return rep
+    return {"verification": verification}
 
 
 def _mark_unhandled(ctx: CompileContext, model: ir.Model, notes: list[str]) -> None:
@@ -209,8 +258,8 @@ def _mark_unhandled(ctx: CompileContext, model: ir.Model, notes: list[str]) -> N
         notes.append(f"{count} weight(s) planned as {fmt} were left FP32: no pass of the scheme handles {fmt}")
 
 
-def _fits_in_memory(model: ir.Model) -> bool:
-    return model_io._estimated_size(model) < 2_000_000_000
+def _fits_in_memory(model: ir.Model, budget: int = DEFAULT_MEMORY_BUDGET) -> bool:
+    return model_io._estimated_size(model) < budget
 
 
 def _build_report(ctx: CompileContext, model_path: Path, out_path: Path, verification, notes, timings, seconds) -> dict:
