@@ -310,9 +310,9 @@ class UniqueNames:
         taken.add(candidate)
         return candidate
 
-    def op(self, tape: ir.tape.Tape, op_type: str, inputs, attributes=None, *, name: str) -> ir.Value:
+    def op(self, tape: ir.tape.Tape, op_type: str, inputs, attributes=None, *, name: str, domain: str = "") -> ir.Value:
         """One single-output node named `name`, its output `name`_output_0."""
         name = self.unique(name, node=True)
-        out = tape.op(op_type, inputs, attributes, name=name)
+        out = tape.op(op_type, inputs, attributes, name=name, domain=domain)
         out.name = self.unique(f"{name}_output_0")
         return out

@@ -8,7 +8,18 @@ format is "int8" or "int4" and writes, keeping the Gather's output name::
            u = Concat(Mod(p, 16), BitShift(p, 4, RIGHT), axis=-1)  # [.., D] unsigned codes 0..15
            Mul(Sub(Cast(u, FLOAT), 8), Gather(Cast(Gather(scales[V, G], ids), FLOAT), block_of_column, axis=-1))
 
-so only the gathered rows are ever dequantized. Codes are symmetric (quantize_rows): one scale per
+so only the gathered rows are ever dequantized.
+
+Formats "packed" and "ternary" write one ai.qcompiler PackedGather node instead (runtime_ops: native
+kernel with the library, its ONNX function body without), whose rows may differ in bits, the
+mixed-precision recipe of the extremely-low-bit papers: settings ``row_bits`` (e.g. [8, 4, 2]) and
+``row_fractions`` (e.g. [0.05, 0.35, 0.6], most frequent rows first), ``group_size`` (scales per
+group of columns, default 32) and ``frequency``: "calibration" (token counts of the ids the Gather
+reads, from the calibration data; rows never seen rank by row norm), "norm" (row L2 norm), or the
+path of a counts file (.npy, or text with one count per line, one per row). With synthesized
+calibration (random tokens) frequencies mean nothing, so the row norm is used and the report says
+so. 8/4-bit rows are symmetric blockwise codes, 2-bit rows ternary (TWN per group). "ternary" is
+``row_bits = [2]``. Codes are symmetric (quantize_rows): one scale per
 row for int8, one per block of `block_size` (default 32) along the row for int4 (its clipping
 chosen by least squared error). Scales are float16 unless a scale is outside float16's normal
 range (then float32). The int4 nibble layout (low half of the row in the low nibbles) needs no
@@ -32,12 +43,19 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.analyze import Embedding, _weight_source
-from qcompiler.errors import SchemeError
+from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import QPass
 from qcompiler.passes.insert_qdq import UniqueNames
+from qcompiler.quantizers.ternary import quantize_ternary
 from qcompiler.quantizers.uniform import quantize_rows
+from runtime_ops import contract
 
-__all__ = ["QuantizeEmbeddings", "QuantizeEmbeddingsOptions", "pack_int4_rows", "unpack_int4_rows"]
+__all__ = ["QuantizeEmbeddings", "QuantizeEmbeddingsOptions", "pack_int4_rows", "unpack_int4_rows",
+           "assign_row_bits", "quantize_mixed_rows", "token_counts"]
+
+PACKED_FORMATS = ("packed", "ternary")
+FORMATS = ("int8", "int4", *PACKED_FORMATS)
+PACKED_GROUP_SIZE = 32
 
 _FP16_MIN_NORMAL = 6.104e-05
 _FP16_MAX = 65504.0
@@ -68,6 +86,74 @@ def unpack_int4_rows(packed: np.ndarray, d: int) -> np.ndarray:
     return u[..., :d].astype(np.int8)
 
 
+def assign_row_bits(priority: np.ndarray, row_bits: list[int], row_fractions: list[float]) -> np.ndarray:
+    """Bits of each row: the highest-priority rows get row_bits[0], the next row_bits[1], ...
+
+    row_fractions are the shares of rows per entry (normalised to sum 1); ties keep row order.
+    """
+    v = len(priority)
+    fractions = np.asarray(row_fractions, np.float64)
+    counts = np.floor(np.cumsum(fractions / fractions.sum()) * v + 0.5).astype(np.int64)
+    counts[-1] = v
+    order = np.argsort(-np.asarray(priority, np.float64), kind="stable")
+    bits = np.empty(v, np.uint8)
+    start = 0
+    for b, end in zip(row_bits, counts):
+        bits[order[start:end]] = b
+        start = end
+    return bits
+
+
+def quantize_mixed_rows(table: np.ndarray, row_bits: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Signed values [V, D] (fitting each row's bits) and scales [V, G]: blockwise symmetric codes
+    for 8/4-bit rows, TWN ternary per group for 2-bit rows."""
+    table = np.asarray(table, np.float32)
+    v, d = table.shape
+    g = -(-d // group_size)
+    values = np.zeros((v, d), np.int16)
+    scales = np.zeros((v, g), np.float32)
+    for b in np.unique(row_bits):
+        rows = np.nonzero(row_bits == b)[0]
+        if b == 2:
+            t = quantize_ternary(table[rows].T, group_size)
+            values[rows], scales[rows] = t.codes.T, t.scales
+        else:
+            q = quantize_rows(table[rows], bits=int(b), block_size=group_size, search_clip=b == 4)
+            values[rows], scales[rows] = q.codes, q.scales
+    return values, scales
+
+
+_ID_PASSTHROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+
+
+def token_counts(ids: ir.Value, feeds: list[dict], vocab: int) -> np.ndarray | None:
+    """How often each row is gathered over the calibration feeds, when the ids come (through
+    value-preserving ops) from a graph input; None when they are computed."""
+    while ids.producer() is not None and ids.producer().op_type in _ID_PASSTHROUGH:
+        ids = ids.producer().inputs[0]
+    if ids.producer() is not None or not ids.name:
+        return None
+    counts = np.zeros(vocab, np.int64)
+    for feed in feeds:
+        if ids.name not in feed:
+            return None
+        x = np.asarray(feed[ids.name]).astype(np.int64).ravel()
+        x = np.where(x < 0, x + vocab, x)
+        counts += np.bincount(x[(x >= 0) & (x < vocab)], minlength=vocab)
+    return counts
+
+
+def _read_counts_file(path: str, vocab: int) -> np.ndarray:
+    try:
+        counts = np.load(path) if path.endswith(".npy") else np.loadtxt(path, ndmin=1)
+    except (OSError, ValueError) as e:
+        raise SchemeError(f"embeddings frequency file {path}: {e}") from None
+    counts = np.asarray(counts, np.float64).ravel()
+    if counts.size != vocab:
+        raise SchemeError(f"embeddings frequency file {path}: {counts.size} counts for a table of {vocab} rows")
+    return counts
+
+
 @dataclasses.dataclass
 class _Stored:
     bits: int
@@ -76,6 +162,7 @@ class _Stored:
     d: int
     block_size: int | None
     block_index: ir.Value | None = None   # int4: int64 [D'] block of each column
+    packed: list[ir.Value] | None = None  # PackedGather: table, row_offsets, row_bits, scales
 
 
 class QuantizeEmbeddings(QPass):
@@ -96,7 +183,7 @@ class QuantizeEmbeddings(QPass):
         modified = False
         for table_name, embs in by_table.items():
             wp = ctx.plan.get(table_name)
-            if wp is None or wp.format not in ("int8", "int4"):
+            if wp is None or wp.format not in FORMATS:
                 continue
             table = embs[0].table
             size = int(np.prod([int(d) for d in table.const_value.shape]))
@@ -106,11 +193,14 @@ class QuantizeEmbeddings(QPass):
             if reason:
                 self.report_append("skipped", {"table": table_name, "reason": reason})
                 continue
-            bits = 8 if wp.format == "int8" else 4
-            block = int(wp.settings.get("block_size", self.options.block_size)) if bits == 4 else None
-            if block is not None and block <= 0:
-                raise SchemeError(f"quantize_embeddings: block_size must be positive, got {block}")
-            stored, entry = self._store(graph, table, bits, block)
+            if wp.format in PACKED_FORMATS:
+                stored, entry = self._store_packed(model, table, embs, wp)
+            else:
+                bits = 8 if wp.format == "int8" else 4
+                block = int(wp.settings.get("block_size", self.options.block_size)) if bits == 4 else None
+                if block is not None and block <= 0:
+                    raise SchemeError(f"quantize_embeddings: block_size must be positive, got {block}")
+                stored, entry = self._store(graph, table, bits, block)
             for emb in embs:
                 self._rewrite_gather(graph, emb, stored)
             tied = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
@@ -122,6 +212,8 @@ class QuantizeEmbeddings(QPass):
                 del graph.initializers[table.name]
             self.report_append("tables", entry)
             modified = True
+        if any(n.domain == contract.DOMAIN for n in graph):
+            contract.attach_functions(model)
         return ir.passes.PassResult(model, modified)
 
     @staticmethod
@@ -166,6 +258,88 @@ class QuantizeEmbeddings(QPass):
                  "rel_l2_error": round(err, 6)}
         return stored, entry
 
+    @property
+    def needs_stats(self) -> bool:
+        """Mixed rows ranked by calibration token frequency need the calibration feeds."""
+        ctx = self.ctx
+        if ctx is None or ctx.roles is None:
+            return False
+        return any(ctx.plan.get(e.name) is not None and ctx.plan[e.name].format in PACKED_FORMATS
+                   and ctx.plan[e.name].settings.get("frequency", "calibration") == "calibration"
+                   and len(ctx.plan[e.name].settings.get("row_bits", [2 if ctx.plan[e.name].format == "ternary" else 4])) > 1
+                   for e in ctx.roles.embeddings)
+
+    def _row_priority(self, table: ir.Value, embs: list[Embedding], w: np.ndarray, frequency: str) -> tuple[np.ndarray, str]:
+        norms = np.linalg.norm(w, axis=1)
+        if frequency == "norm":
+            return norms, "row norm"
+        if frequency != "calibration":
+            return _read_counts_file(frequency, w.shape[0]) + norms / (norms.max() + 1e-30), f"counts file {frequency}"
+        ctx = self.ctx
+        if not ctx.calib_feeds:
+            return norms, "row norm (no calibration data)"
+        if ctx.calibration_synthesized:
+            return norms, "row norm (calibration inputs are synthesized random tokens)"
+        counts = 0
+        for emb in embs:
+            c = token_counts(emb.node.inputs[1], ctx.calib_feeds, w.shape[0])
+            if c is None:
+                return norms, "row norm (the Gather's ids are computed, not a model input)"
+            counts = counts + c
+        # seen rows by count; unseen ones (and ties) by norm: norms / (max + eps) < 1
+        return counts + norms / (norms.max() + 1e-30), f"calibration token counts ({int((counts > 0).sum())} rows seen)"
+
+    def _store_packed(self, model: ir.Model, table: ir.Value, embs: list[Embedding], wp) -> tuple[_Stored, dict]:
+        graph = model.graph
+        opset = model.opset_imports.get("", 0)
+        if opset != contract.STANDARD_OPSET:
+            raise UsageError(f"PackedGather's ONNX function body is opset {contract.STANDARD_OPSET}, but the model is "
+                             f"opset {opset}: run canonicalize first (it converts to {contract.STANDARD_OPSET})")
+        s = wp.settings
+        default_bits = [2] if wp.format == "ternary" else [4]
+        row_bits = [int(b) for b in s.get("row_bits", default_bits)]
+        fractions = [float(f) for f in s.get("row_fractions", [1.0] * len(row_bits))]
+        group = int(s.get("group_size", s.get("block_size", PACKED_GROUP_SIZE)))
+        if not row_bits or any(b not in contract.OPS["PackedGather"].allowed_bits for b in row_bits):
+            raise SchemeError(f"embeddings row_bits must be a list of {contract.OPS['PackedGather'].allowed_bits}, got {row_bits}")
+        if wp.format == "ternary" and row_bits != [2]:
+            raise SchemeError("embeddings format 'ternary' is row_bits = [2]; use format 'packed' to mix bits")
+        if len(fractions) != len(row_bits) or min(fractions) < 0 or sum(fractions) <= 0:
+            raise SchemeError(f"embeddings row_fractions must be {len(row_bits)} non-negative shares, got {fractions}")
+        if group <= 0:
+            raise SchemeError(f"embeddings group_size must be positive, got {group}")
+        w = table.const_value.numpy().astype(np.float32)
+        v, d = w.shape
+        group = min(group, d)
+        source = "single width"
+        if len(row_bits) > 1:
+            priority, source = self._row_priority(table, embs, w, str(s.get("frequency", "calibration")))
+            bits = assign_row_bits(priority, row_bits, fractions)
+        else:
+            bits = np.full(v, row_bits[0], np.uint8)
+        values, scales = quantize_mixed_rows(w, bits, group)
+        deq = values.astype(np.float32) * np.repeat(scales, group, axis=1)[:, :d]
+        err = float(np.linalg.norm(deq - w) / max(np.linalg.norm(w), 1e-30))
+        nz = np.abs(scales[scales != 0])
+        fp16 = self.options.scale_dtype == "float16" and (nz.size == 0 or (nz.min() >= _FP16_MIN_NORMAL and nz.max() <= _FP16_MAX))
+        packed, offsets, row_bits_arr, scales = contract.pack_packed_gather(
+            values, bits, scales.astype(np.float16) if fp16 else scales)
+        tag = table.name
+        inputs = [self._initializer(graph, f"{tag}_packed_rows", packed),
+                  self._initializer(graph, f"{tag}_row_offsets", offsets),
+                  self._initializer(graph, f"{tag}_row_bits", row_bits_arr),
+                  self._initializer(graph, f"{tag}_row_scales", np.ascontiguousarray(scales))]
+        stored = _Stored(0, inputs[0], inputs[3], d, group, packed=inputs)
+        before = int(w.size * table.const_value.dtype.itemsize)
+        after = int(sum(x.const_value.nbytes for x in inputs))
+        hist = {int(b): int((bits == b).sum()) for b in row_bits}
+        entry = {"table": table.name, "rows": int(v), "dim": int(d), "bits": "mixed" if len(row_bits) > 1 else row_bits[0],
+                 "op": "PackedGather", "rows_per_bits": hist, "row_ranking": source, "block_size": group,
+                 "scale_dtype": str(scales.dtype), "bytes_before": before, "bytes_after": after,
+                 "bits_per_weight": round(8 * after / max(w.size, 1), 3), "rel_l2_error": round(err, 6)}
+        model.opset_imports.setdefault(contract.DOMAIN, contract.OPSET_VERSION)
+        return stored, entry
+
     def _initializer(self, graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
         name = self._names.unique(name)
         value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.tensor(array).dtype),
@@ -176,6 +350,13 @@ class QuantizeEmbeddings(QPass):
     def _dequantize(self, tape: ir.tape.Tape, stored: _Stored, ids: ir.Value | None, base: str) -> ir.Value:
         """Float rows of the table: gathered at `ids`, or the whole table when ids is None."""
         op = lambda *a, **k: self._names.op(tape, *a, **k)  # noqa: E731
+        if stored.packed is not None:
+            if ids is None:   # the whole table, for a tied head: PackedGather of every row
+                v = stored.packed[1].const_value.shape[0] - 1
+                ids = self._const(tape, f"{base}_all_rows", np.arange(v, dtype=np.int64))
+            attrs = contract.node_attributes("PackedGather", D=stored.d, group_size=stored.block_size)
+            return self._names.op(tape, "PackedGather", [*stored.packed, ids], attrs, name=f"{base}_PackedGather",
+                                  domain=contract.DOMAIN)
         codes, scales = stored.codes, stored.scales
         if ids is not None:
             codes = op("Gather", [codes, ids], {"axis": 0}, name=f"{base}_codes_Gather")

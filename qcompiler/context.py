@@ -34,6 +34,10 @@ class CompileContext:
     # Activation statistics keyed by value name (see qcompiler.calibration.ActivationStats).
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     calibration_source: str = ""
+    calibration_synthesized: bool = False
+    # The calibration feeds (list of {input name: array}), for passes that read inputs directly
+    # (e.g. token frequencies for mixed-precision embedding rows).
+    calib_feeds: list[dict[str, Any]] | None = None
     # Per-pass details for the report: {pass name: {...}}.
     pass_reports: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     progress: Callable[[str, int, int], None] = lambda label, done, total: None

@@ -201,8 +201,10 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
             if feeds is None:
                 feeds = calibration.synthesize_inputs(model, samples=options.calib_samples, seed=options.seed)
                 ctx.calibration_source = f"synthesized ({len(feeds)} samples of random tokens)"
+                ctx.calibration_synthesized = True
             else:
                 ctx.calibration_source = f"{calib} ({len(feeds)} samples)"
+            ctx.calib_feeds = feeds
             taps = sorted({lin.node.inputs[0].name for lin in ctx.roles.linears if ctx.plan[lin.name].format != KEEP})
             for p in transform:
                 taps += [t for t in getattr(p, "extra_taps", lambda: [])() if t not in taps]
