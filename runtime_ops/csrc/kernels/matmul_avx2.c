@@ -153,77 +153,77 @@ static void fma_panel_avx2(int M, const float *A, size_t lda, const float *panel
     }
 }
 
-static inline int32_t hsum_epi32(__m256i acc) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
+/* 8 vectors of int32 partial sums -> their 8 totals, in one vector (hadd tree, then the lanes). */
+static inline __m256i hsum8_epi32(const __m256i *t) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(t[0], t[1]), _mm256_hadd_epi32(t[2], t[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(t[4], t[5]), _mm256_hadd_epi32(t[6], t[7]));
+    /* a: lane 0 = low-half sums of t0..t3, lane 1 = high-half sums; same for b with t4..t7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-static inline __attribute__((always_inline)) void cb_rows(const uint8_t *nib, const int8_t *cb16, const int8_t *a,
-                                                           size_t a_stride, int kp, const int R, int32_t *out) {
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)cb16));
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[4];
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
-    for (int t = 0; t < kp / 32; ++t) {
-        const __m128i v = _mm_loadu_si128((const __m128i *)(nib + 16 * t));
-        const __m256i idx = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
-        const __m256i w = _mm256_shuffle_epi8(cb, idx);
-        const __m256i wabs = _mm256_abs_epi8(w);
-        for (int r = 0; r < R; ++r) {
-            const __m256i av = _mm256_loadu_si256((const __m256i *)(a + r * a_stride + 32 * t));
-            const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, w));
-            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+/* 64 k per half-chunk: low nibbles index k .. k+31, high nibbles k+64 .. k+95 of the 128-k chunk.
+ * |w| (unsigned) x sign(a, w) keeps maddubs' pair sums below 2 * 127 * 127 (no saturation). */
+static inline __attribute__((always_inline)) void cb_rows(const uint8_t *nib0, const int8_t *cb0, int NC,
+                                                           const int8_t *a, size_t a_stride, int kp, const int R,
+                                                           int32_t *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256i part[4][8];
+    for (int c = 0; c < 8; ++c) {
+        __m256i acc[4];
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+        if (c < NC) {
+            const uint8_t *nib = nib0 + (size_t)c * (kp / 2);
+            const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(cb0 + 16 * c)));
+            for (int t = 0; t < kp / 128; ++t)
+                for (int h = 0; h < 2; ++h) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(nib + 64 * t + 32 * h));
+                    const __m256i wl = _mm256_shuffle_epi8(cb, _mm256_and_si256(v, m4));
+                    const __m256i wh = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                    const __m256i al = _mm256_abs_epi8(wl), ah = _mm256_abs_epi8(wh);
+                    for (int r = 0; r < R; ++r) {
+                        const int8_t *ar = a + r * a_stride + 128 * t + 32 * h;
+                        const __m256i pl =
+                            _mm256_maddubs_epi16(al, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)ar), wl));
+                        const __m256i ph = _mm256_maddubs_epi16(
+                            ah, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(ar + 64)), wh));
+                        acc[r] = _mm256_add_epi32(acc[r],
+                                                  _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones)));
+                    }
+                }
         }
+        for (int r = 0; r < R; ++r) part[r][c] = acc[r];
     }
-    for (int r = 0; r < R; ++r) out[r] = hsum_epi32(acc[r]);
+    for (int r = 0; r < R; ++r) _mm256_storeu_si256((__m256i *)(out + 8 * r), hsum8_epi32(part[r]));
 }
 
-static void cb_dot_avx2(const uint8_t *nib, const int8_t *cb16, const int8_t *a, size_t a_stride, int kp, int R,
-                        int32_t *out) {
+static void cb_dot_avx2(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *a,
+                        size_t a_stride, int kp, int R, int32_t *out) {
     switch (R) {
-    case 1: cb_rows(nib, cb16, a, a_stride, kp, 1, out); break;
-    case 2: cb_rows(nib, cb16, a, a_stride, kp, 2, out); break;
-    case 3: cb_rows(nib, cb16, a, a_stride, kp, 3, out); break;
-    default: cb_rows(nib, cb16, a, a_stride, kp, 4, out); break;
+    case 1: cb_rows(nib, cb, NC, a, a_stride, kp, 1, out); break;
+    case 2: cb_rows(nib, cb, NC, a, a_stride, kp, 2, out); break;
+    case 3: cb_rows(nib, cb, NC, a, a_stride, kp, 3, out); break;
+    default: cb_rows(nib, cb, NC, a, a_stride, kp, 4, out); break;
     }
 }
 
-/* Same operations as the scalar tables (mul, mul, add / sequential signed adds; round-to-nearest
- * conversion; clamp), eight entries per vector. */
-static void lut_tables_avx2(const float *av, int64_t Q, int epg, float inv, int8_t *T) {
+/* Same operations as the scalar tables (sequential signed adds; round-to-nearest conversion;
+ * clamp), eight entries per vector. */
+static void lut_tables_avx2(const float *av, int64_t Q, float inv, int8_t *T) {
     const __m256 vinv = _mm256_set1_ps(inv);
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-    __m256 c[4][2];
-    for (int h = 0; h < 2; ++h) {
-        float e[4][8];
-        for (int i = 0; i < 8; ++i) {
-            const int ent = h * 8 + i;
-            static const float tv[4] = {0.f, 1.f, 0.f, -1.f};
-            if (epg == 2) {
-                e[0][i] = tv[ent & 3];
-                e[1][i] = tv[ent >> 2];
-                e[2][i] = e[3][i] = 0.f;
-            } else {
-                for (int j = 0; j < 4; ++j) e[j][i] = (ent >> j) & 1 ? 1.f : -1.f;
-            }
+    __m256 c[4][2]; /* +-1 of element j for entries h*8 .. h*8+7 */
+    for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j) {
+            float e[8];
+            for (int i = 0; i < 8; ++i) e[i] = ((h * 8 + i) >> j) & 1 ? 1.f : -1.f;
+            c[j][h] = _mm256_loadu_ps(e);
         }
-        for (int j = 0; j < 4; ++j) c[j][h] = _mm256_loadu_ps(e[j]);
-    }
     for (int64_t q = 0; q < Q; ++q) {
-        const float *x = av + q * epg;
+        const float *x = av + q * 4;
         __m256i qi[2];
         for (int h = 0; h < 2; ++h) {
-            __m256 v;
-            if (epg == 2) {
-                v = _mm256_add_ps(_mm256_mul_ps(c[0][h], _mm256_set1_ps(x[0])),
-                                  _mm256_mul_ps(c[1][h], _mm256_set1_ps(x[1])));
-            } else {
-                v = _mm256_setzero_ps();
-                for (int j = 0; j < 4; ++j) v = _mm256_add_ps(v, _mm256_mul_ps(c[j][h], _mm256_set1_ps(x[j])));
-            }
+            __m256 v = _mm256_setzero_ps();
+            for (int j = 0; j < 4; ++j) v = _mm256_add_ps(v, _mm256_mul_ps(c[j][h], _mm256_set1_ps(x[j])));
             __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(v, vinv));
             qi[h] = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
         }

@@ -74,64 +74,70 @@ static void lut_pair_block_avx512(const uint8_t *nib, const int8_t *tables, size
     }
 }
 
-static inline __attribute__((always_inline)) void cb_rows512(const uint8_t *nib, const int8_t *cb16,
-                                                              const int8_t *a, size_t a_stride, int kp,
-                                                              const int R, int32_t *out) {
-    const __m512i cb = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)cb16));
-    const __m512i m4 = _mm512_set1_epi8(0x0F), ones = _mm512_set1_epi8(1), bias = _mm512_set1_epi8((char)0x80);
-    const __m512i order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
-    /* two accumulator sets (even/odd 64-k steps) halve the vpdpbusd dependency chains */
-    __m512i acc0[4], acc1[4], ws0 = _mm512_setzero_si512(), ws1 = _mm512_setzero_si512();
-    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_si512();
-#define QC_CB_STEP(T, ACC, WS)                                                                            \
-    do {                                                                                                  \
-        const __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(nib + 16 * (T)))); \
-        const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);  \
-        const __m512i w = _mm512_shuffle_epi8(cb, _mm512_permutex2var_epi64(lo, order, hi));              \
-        WS = _mm512_dpbusd_epi32(WS, ones, w);                                                            \
-        for (int r = 0; r < R; ++r)                                                                       \
-            ACC[r] = _mm512_dpbusd_epi32(                                                                 \
-                ACC[r], _mm512_xor_si512(_mm512_loadu_si512(a + r * a_stride + 32 * (T)), bias), w);     \
-    } while (0)
-    int t = 0;
-    for (; t + 4 <= kp / 32; t += 4) { /* 2 x 64 k; each 64 k = nibbles of chunks t, t+1 */
-        QC_CB_STEP(t, acc0, ws0);
-        QC_CB_STEP(t + 2, acc1, ws1);
-    }
-    if (t + 2 <= kp / 32) {
-        QC_CB_STEP(t, acc0, ws0);
-        t += 2;
-    }
-#undef QC_CB_STEP
-    int32_t tail[4] = {0, 0, 0, 0};
-    if (t < kp / 32) { /* one 32-k chunk left */
-        const __m128i v = _mm_loadu_si128((const __m128i *)(nib + 16 * t));
-        const __m128i m4s = _mm_set1_epi8(0x0F);
-        const __m256i idx = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4s), _mm_and_si128(v, m4s));
-        const __m256i w = _mm256_shuffle_epi8(_mm512_castsi512_si256(cb), idx);
-        const __m256i ws = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), w);
-        for (int r = 0; r < R; ++r) {
-            const __m256i av = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(a + r * a_stride + 32 * t)),
-                                                _mm256_set1_epi8((char)0x80));
-            const __m256i d = _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), av, w),
-                                               _mm256_slli_epi32(ws, 7));
-            __m128i s = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
-            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-            tail[r] = _mm_cvtsi128_si32(s);
-        }
-    }
-    const int32_t corr = _mm512_reduce_add_epi32(_mm512_add_epi32(ws0, ws1)) * 128;
-    for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_epi32(_mm512_add_epi32(acc0[r], acc1[r])) - corr + tail[r];
+/* 8 vectors of int32 partial sums -> their 8 totals (halve to 256 bits, then an hadd tree). */
+static inline __m256i hsum8_512(const __m512i *t) {
+    __m256i h[8];
+    for (int c = 0; c < 8; ++c) h[c] = _mm256_add_epi32(_mm512_castsi512_si256(t[c]), _mm512_extracti64x4_epi64(t[c], 1));
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(h[4], h[5]), _mm256_hadd_epi32(h[6], h[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-static void cb_dot_avx512(const uint8_t *nib, const int8_t *cb16, const int8_t *a, size_t a_stride, int kp, int R,
-                          int32_t *out) {
+/* 128 k per chunk: low nibbles index k .. k+63, high nibbles k+64 .. k+127. Activations are made
+ * unsigned (a + 128, i.e. a ^ 0x80) for vpdpbusd; 128 * wsum removes the offset exactly (int32
+ * arithmetic wraps, so the true sum comes out). */
+static inline __attribute__((always_inline)) void cb_rows512(const uint8_t *nib0, const int8_t *cb0,
+                                                              const int32_t *wsum, int NC, const int8_t *a,
+                                                              size_t a_stride, int kp, const int R, int32_t *out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), bias = _mm512_set1_epi8((char)0x80);
+    __m512i part[4][8];
+    for (int c = 0; c < 8; c += 2) { /* two columns at a time: independent vpdpbusd chains */
+        __m512i acc[2][4];
+        for (int r = 0; r < R; ++r) acc[0][r] = acc[1][r] = _mm512_setzero_si512();
+        if (c < NC) {
+            const int c1 = c + 1 < NC ? c + 1 : c; /* a missing second column repeats the first, discarded */
+            const uint8_t *nib[2] = {nib0 + (size_t)c * (kp / 2), nib0 + (size_t)c1 * (kp / 2)};
+            const __m512i cb[2] = {_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(cb0 + 16 * c))),
+                                   _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(cb0 + 16 * c1)))};
+            for (int t = 0; t < kp / 128; ++t) {
+                __m512i al[4], ah[4];
+                for (int r = 0; r < R; ++r) {
+                    const int8_t *ar = a + r * a_stride + 128 * t;
+                    al[r] = _mm512_xor_si512(_mm512_loadu_si512(ar), bias);
+                    ah[r] = _mm512_xor_si512(_mm512_loadu_si512(ar + 64), bias);
+                }
+                for (int i = 0; i < 2; ++i) {
+                    const __m512i v = _mm512_loadu_si512(nib[i] + 64 * t);
+                    const __m512i wl = _mm512_shuffle_epi8(cb[i], _mm512_and_si512(v, m4));
+                    const __m512i wh = _mm512_shuffle_epi8(cb[i], _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+                    for (int r = 0; r < R; ++r)
+                        acc[i][r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][r], al[r], wl), ah[r], wh);
+                }
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            part[r][c] = acc[0][r];
+            part[r][c + 1] = acc[1][r];
+        }
+    }
+    __m256i off = _mm256_setzero_si256();
+    if (NC == 8) {
+        off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)wsum), 7);
+    } else {
+        int32_t w8[8] = {0};
+        for (int c = 0; c < NC; ++c) w8[c] = wsum[c];
+        off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)w8), 7);
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_si256((__m256i *)(out + 8 * r), _mm256_sub_epi32(hsum8_512(part[r]), off));
+}
+
+static void cb_dot_avx512(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *a,
+                          size_t a_stride, int kp, int R, int32_t *out) {
     switch (R) {
-    case 1: cb_rows512(nib, cb16, a, a_stride, kp, 1, out); break;
-    case 2: cb_rows512(nib, cb16, a, a_stride, kp, 2, out); break;
-    case 3: cb_rows512(nib, cb16, a, a_stride, kp, 3, out); break;
-    default: cb_rows512(nib, cb16, a, a_stride, kp, 4, out); break;
+    case 1: cb_rows512(nib, cb, wsum, NC, a, a_stride, kp, 1, out); break;
+    case 2: cb_rows512(nib, cb, wsum, NC, a, a_stride, kp, 2, out); break;
+    case 3: cb_rows512(nib, cb, wsum, NC, a, a_stride, kp, 3, out); break;
+    default: cb_rows512(nib, cb, wsum, NC, a, a_stride, kp, 4, out); break;
     }
 }
 

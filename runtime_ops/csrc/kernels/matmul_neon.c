@@ -136,29 +136,33 @@ static void fma_panel_neon(int M, const float *A, size_t lda, const float *panel
     }
 }
 
-static void cb_dot_neon(const uint8_t *nib, const int8_t *cb16, const int8_t *A, size_t a_stride, int kp, int R,
-                        int32_t *out) {
+static void cb_dot_neon(const uint8_t *nib0, const int8_t *cb0, const int32_t *wsum, int NC, const int8_t *A,
+                        size_t a_stride, int kp, int R, int32_t *out) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
-    const int8x16_t cb = vld1q_s8(cb16);
-    int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
-    for (int t = 0; t < kp / 32; ++t) {
-        const uint8x16_t v = vld1q_u8(nib + 16 * t);
-        const int8x16_t w0 = vqtbl1q_s8(cb, vandq_u8(v, m4)), w1 = vqtbl1q_s8(cb, vshrq_n_u8(v, 4));
-        for (int r = 0; r < R; ++r) {
-            const int8_t *a = A + (size_t)r * a_stride;
-            const int8x16_t a0 = vld1q_s8(a + 32 * t), a1 = vld1q_s8(a + 32 * t + 16);
-            int16x8_t p0 = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
-            p0 = vmlal_high_s8(p0, w0, a0);
-            int16x8_t p1 = vmull_s8(vget_low_s8(w1), vget_low_s8(a1));
-            p1 = vmlal_high_s8(p1, w1, a1);
-            acc[r] = vpadalq_s16(acc[r], p0);
-            acc[r] = vpadalq_s16(acc[r], p1);
-        }
+    for (int c = 0; c < NC; ++c) {
+        const uint8_t *nib = nib0 + (size_t)c * (kp / 2);
+        const int8x16_t cb = vld1q_s8(cb0 + 16 * c);
+        int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+        for (int t = 0; t < kp / 128; ++t)
+            for (int i = 0; i < 4; ++i) { /* 16 bytes: k = 128t + 16i + j (low), + 64 (high) */
+                const uint8x16_t v = vld1q_u8(nib + 64 * t + 16 * i);
+                const int8x16_t w0 = vqtbl1q_s8(cb, vandq_u8(v, m4)), w1 = vqtbl1q_s8(cb, vshrq_n_u8(v, 4));
+                for (int r = 0; r < R; ++r) {
+                    const int8_t *a = A + (size_t)r * a_stride + 128 * t + 16 * i;
+                    const int8x16_t a0 = vld1q_s8(a), a1 = vld1q_s8(a + 64);
+                    int16x8_t p0 = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
+                    p0 = vmlal_high_s8(p0, w0, a0);
+                    int16x8_t p1 = vmull_s8(vget_low_s8(w1), vget_low_s8(a1));
+                    p1 = vmlal_high_s8(p1, w1, a1);
+                    acc[r] = vpadalq_s16(acc[r], p0);
+                    acc[r] = vpadalq_s16(acc[r], p1);
+                }
+            }
+        for (int r = 0; r < R; ++r) out[r * 8 + c] = vaddvq_s32(acc[r]);
     }
-    for (int r = 0; r < R; ++r) out[r] = vaddvq_s32(acc[r]);
 }
 
-void qc_lut_tables_scalar(const float *av, int64_t Q, int epg, float inv, int8_t *T);
+void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T);
 
 static const qc_isa kNeon = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
                              qc_lut_tables_scalar};

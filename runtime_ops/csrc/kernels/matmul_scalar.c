@@ -51,34 +51,29 @@ static void fma_panel_scalar(int M, const float *A, size_t lda, const float *pan
     }
 }
 
-static void cb_dot_scalar(const uint8_t *nib, const int8_t *cb, const int8_t *A, size_t a_stride, int kp, int R,
-                          int32_t *out) {
-    for (int r = 0; r < R; ++r) {
-        const int8_t *a = A + (size_t)r * a_stride;
-        int32_t s = 0;
-        for (int t = 0; t < kp / 32; ++t)
-            for (int j = 0; j < 16; ++j) {
-                const uint8_t v = nib[t * 16 + j];
-                s += cb[v & 15] * a[32 * t + j] + cb[v >> 4] * a[32 * t + 16 + j];
-            }
-        out[r] = s;
-    }
+static void cb_dot_scalar(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *A,
+                          size_t a_stride, int kp, int R, int32_t *out) {
+    for (int c = 0; c < NC; ++c)
+        for (int r = 0; r < R; ++r) {
+            const int8_t *a = A + (size_t)r * a_stride, *w = cb + 16 * c;
+            const uint8_t *nb = nib + (size_t)c * (kp / 2);
+            int32_t s = 0;
+            for (int t = 0; t < kp / 128; ++t)
+                for (int j = 0; j < 64; ++j) {
+                    const uint8_t v = nb[t * 64 + j];
+                    s += w[v & 15] * a[128 * t + j] + w[v >> 4] * a[128 * t + 64 + j];
+                }
+            out[r * 8 + c] = s;
+        }
 }
 
-static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
-
-void qc_lut_tables_scalar(const float *av, int64_t Q, int epg, float inv, int8_t *T) {
+void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T) {
     for (int64_t q = 0; q < Q; ++q) {
-        const float *x = av + q * epg;
+        const float *x = av + q * 4;
         int8_t *t = T + q * 16;
         for (int i = 0; i < 16; ++i) {
-            float v;
-            if (epg == 2) {
-                v = kTernaryValue[i & 3] * x[0] + kTernaryValue[i >> 2] * x[1];
-            } else {
-                v = 0.f;
-                for (int j = 0; j < 4; ++j) v = v + ((i >> j) & 1 ? x[j] : -x[j]);
-            }
+            float v = 0.f;
+            for (int j = 0; j < 4; ++j) v = v + ((i >> j) & 1 ? x[j] : -x[j]);
             long qv = lrintf(v * inv);
             t[i] = (int8_t)(qv > 127 ? 127 : qv < -127 ? -127 : qv);
         }

@@ -8,7 +8,7 @@
 #include <string.h>
 
 enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2 };
-static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 (as in matmul_scalar.c) */
+static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
 
 struct qc_matmul {
     int kind, bits, level, path;
@@ -29,6 +29,7 @@ struct qc_matmul {
     int64_t kp;
     uint8_t *cbnib;
     int8_t *cbq;
+    int32_t *cbsum;
     float *cbs;
 };
 
@@ -143,18 +144,19 @@ static void prepack_lut(qc_matmul *w) {
 
 static void prepack_codebook(qc_matmul *w) {
     const int64_t E = (int64_t)1 << w->bits;
-    w->kp = round_up(w->K, 32);
+    w->kp = round_up(w->K, QC_CB_KB);
     w->cbnib = (uint8_t *)calloc((size_t)(w->N * (w->kp / 2)), 1);
     w->cbq = (int8_t *)calloc((size_t)(w->N * 16), 1);
+    w->cbsum = (int32_t *)calloc((size_t)w->N, sizeof(int32_t));
     w->cbs = (float *)calloc((size_t)w->N, sizeof(float));
-    if (!w->cbnib || !w->cbq || !w->cbs) return;
+    if (!w->cbnib || !w->cbq || !w->cbsum || !w->cbs) return;
     for (int64_t n = 0; n < w->N; ++n) {
         const uint8_t *row = w->packed + n * w->row_bytes;
         uint8_t *dst = w->cbnib + n * (w->kp / 2);
-        for (int64_t k = 0; k < w->K; ++k) {
+        for (int64_t k = 0; k < w->K; ++k) { /* padding k >= K keeps index 0 (its activation is 0) */
             unsigned c = get_code(row, w->row_bytes, k, w->bits);
-            int64_t t = k / 32, j = k % 32;
-            dst[t * 16 + (j & 15)] |= (uint8_t)(c << (j >= 16 ? 4 : 0));
+            int64_t t = k / QC_CB_KB, j = k % QC_CB_KB;
+            dst[t * 64 + (j & 63)] |= (uint8_t)(c << (j >= 64 ? 4 : 0));
         }
         const float *cb = w->scales + n * E;
         float amax = 0.f;
@@ -165,6 +167,9 @@ static void prepack_codebook(qc_matmul *w) {
             long q = lrintf(cb[e] * inv);
             w->cbq[n * 16 + e] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
         }
+        int32_t sum = 0;
+        for (int64_t i = 0; i < w->kp / 2; ++i) sum += w->cbq[n * 16 + (dst[i] & 15)] + w->cbq[n * 16 + (dst[i] >> 4)];
+        w->cbsum[n] = sum;
     }
 }
 
@@ -203,7 +208,7 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
     w->path = PATH_FMA;
     if (w->level >= 4 && w->kind == QC_CODEBOOK) {
         prepack_codebook(w);
-        if (!w->cbnib || !w->cbq || !w->cbs) { qc_matmul_free(w); return NULL; }
+        if (!w->cbnib || !w->cbq || !w->cbsum || !w->cbs) { qc_matmul_free(w); return NULL; }
         w->path = PATH_CB;
     } else if (w->level >= 4) {
         const int64_t step_el = w->kind == QC_TERNARY ? 4 : 8;
@@ -221,7 +226,7 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
 void qc_matmul_free(qc_matmul *w) {
     if (!w) return;
     free(w->packed); free(w->scales); free(w->is_outlier); free(w->oidx); free(w->ow); free(w->bias);
-    free(w->nib); free(w->lscales); free(w->cbnib); free(w->cbq); free(w->cbs);
+    free(w->nib); free(w->lscales); free(w->cbnib); free(w->cbq); free(w->cbsum); free(w->cbs);
     free(w);
 }
 
@@ -330,14 +335,18 @@ static void cb_task(void *p, size_t t) {
     const qc_matmul *w = r->w;
     int64_t n0 = (int64_t)t * r->cols_per_task, n1 = n0 + r->cols_per_task;
     if (n1 > w->N) n1 = w->N;
-    int32_t s[4];
-    for (int64_t n = n0; n < n1; ++n) {
-        const uint8_t *nib = w->cbnib + n * (w->kp / 2);
+    int32_t s[4 * 8];
+    for (int64_t n = n0; n < n1; n += 8) {
+        const int NC = (int)(n1 - n < 8 ? n1 - n : 8);
         for (int64_t m = 0; m < r->M; m += 4) {
             const int R = (int)(r->M - m < 4 ? r->M - m : 4);
-            w->isa->cb_dot(nib, w->cbq + n * 16, r->aq + m * w->kp, (size_t)w->kp, (int)w->kp, R, s);
-            for (int rr = 0; rr < R; ++rr)
-                r->Y[(m + rr) * w->N + n] = ((float)s[rr] * r->tscale[m + rr]) * w->cbs[n];
+            w->isa->cb_dot(w->cbnib + n * (w->kp / 2), w->cbq + n * 16, w->cbsum + n, NC, r->aq + m * w->kp,
+                           (size_t)w->kp, (int)w->kp, R, s);
+            for (int rr = 0; rr < R; ++rr) {
+                float *y = r->Y + (m + rr) * w->N + n;
+                const float ts = r->tscale[m + rr];
+                for (int c = 0; c < NC; ++c) y[c] = ((float)s[rr * 8 + c] * ts) * w->cbs[n + c];
+            }
         }
     }
     epilogue(w, r->A, r->M, r->Y, n0, n1);
@@ -362,7 +371,7 @@ static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *
     }
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *tscale = amax > 0.f ? amax / 127.f : 0.f;
-    w->isa->lut_tables(av, w->Q, w->epg, inv, T);
+    w->isa->lut_tables(av, w->Q, inv, T);
 }
 
 static void quantize_row_i8(const qc_matmul *w, const float *a, int8_t *q, float *scale) {

@@ -12,7 +12,7 @@ extern "C" {
 #endif
 
 enum { QC_TERNARY = 0, QC_BINARY = 1, QC_CODEBOOK = 2 };
-enum { QC_LUT_COLS = 32, QC_FMA_COLS = 16, QC_FMA_KB = 256 };
+enum { QC_LUT_COLS = 32, QC_FMA_COLS = 16, QC_FMA_KB = 256, QC_CB_KB = 128 };
 
 /* One instruction-set variant: the inner loops. Everything else is common C. */
 typedef struct qc_isa {
@@ -32,14 +32,16 @@ typedef struct qc_isa {
                            int G, int steps, int R, float *acc);
     /* Y[m*ldy + c] += sum_k A[m*lda + k] * panel[k*16 + c], k ascending, c < nc (<= 16). */
     void (*fma_panel)(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy, int nc);
-    /* Codebook int8 dot: sum_k cb[idx(k)] * a[k], k < kp (multiple of 32);
-     * nib: [kp/32][16] bytes, byte j = idx(32t + j) | idx(32t + 16 + j) << 4. */
-    /* R rows (R <= 4) at once: out[r] = sum_k cb[idx(k)] * a[r*a_stride + k]. */
-    void (*cb_dot)(const uint8_t *nib, const int8_t *cb16, const int8_t *a, size_t a_stride, int kp, int R,
-                   int32_t *out);
-    /* Q int8 tables of 16 entries from av[Q*epg] (epg 2: ternary pairs, 4: signed 4-sums):
+    /* Codebook int8 dots of NC (<= 8) columns and R (<= 4) rows:
+     * out[r*8 + c] = sum_k cb[c][idx_c(k)] * a[r*a_stride + k], k < kp (a multiple of QC_CB_KB).
+     * Column c: nibbles at nib + c*(kp/2), [kp/128][64] bytes, byte j = idx(128t + j) | idx(128t + 64 + j) << 4;
+     * centroids cb + 16c; wsum[c] = sum_k cb[c][idx_c(k)] over all kp (for kernels that offset
+     * activations to unsigned). */
+    void (*cb_dot)(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *a,
+                   size_t a_stride, int kp, int R, int32_t *out);
+    /* Q int8 tables of 16 signed 4-sums from av[Q*4] (entry i: sum_j (bit j of i ? x_j : -x_j)):
      * T[q][i] = clamp(lrintf(v * inv), -127, 127), v computed in the scalar code's order. */
-    void (*lut_tables)(const float *av, int64_t Q, int epg, float inv, int8_t *T);
+    void (*lut_tables)(const float *av, int64_t Q, float inv, int8_t *T);
 } qc_isa;
 
 const qc_isa *qc_isa_scalar(void);
