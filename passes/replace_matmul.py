@@ -246,6 +246,7 @@ class ReplaceMatMul(QPass):
                     entry_err["output_rel_error"] = round(float(
                         output_error(w, p.effective, H) / max(output_error(w, np.zeros_like(w), H), 1e-30)), 5)
                 p.errors = entry_err
+                p.effective = p.packed = None  # the initializers hold the bytes; a streaming compile spills them
             p = packed[key]
             form = self._rewrite(graph, lin, p, int(s["accuracy_level"]))
             k, n = p.attrs["K"], p.attrs["N"]
