@@ -44,33 +44,93 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 /* ---------------------------------------------------------------- dequantization (fma path) */
-static inline float weight_at(const qc_matmul *w, int64_t n, int64_t k) {
-    const int64_t g = k / w->gs;
-    if (w->is_outlier[k]) return 0.f; /* packed rows of outlier channels are ignored */
-    switch (w->kind) {
-    case QC_TERNARY: {
-        unsigned c = get_code(w->packed + n * w->row_bytes, w->row_bytes, k, 2);
-        return w->scales[n * w->G + g] * kTernaryValue[c];
-    }
-    case QC_BINARY: {
-        float v = 0.f;
+/* Codes of column n for elements [k0, k0 + kb), k0 a multiple of 8, one combined code per element:
+ * ternary / codebook the b-bit code, binary codes bit i = the sign bit of plane i. */
+static void column_codes(const qc_matmul *w, int64_t n, int64_t k0, int kb, uint8_t *codes) {
+    if (w->kind == QC_BINARY) {
+        memset(codes, 0, (size_t)kb);
         for (int64_t i = 0; i < w->n_planes; ++i) {
-            unsigned bit = get_code(w->packed + (i * w->N + n) * w->row_bytes, w->row_bytes, k, 1);
-            v = v + w->scales[(i * w->N + n) * w->G + g] * (bit ? 1.f : -1.f);
+            const uint8_t *row = w->packed + (i * w->N + n) * w->row_bytes + k0 / 8;
+            int kk = 0;
+            for (; kk + 8 <= kb; kk += 8) {
+                const unsigned v = row[kk >> 3];
+                for (int j = 0; j < 8; ++j) codes[kk + j] |= (uint8_t)(((v >> j) & 1u) << i);
+            }
+            for (; kk < kb; ++kk) codes[kk] |= (uint8_t)(((row[kk >> 3] >> (kk & 7)) & 1u) << i);
         }
-        return v;
+        return;
     }
-    default: {
-        unsigned c = get_code(w->packed + n * w->row_bytes, w->row_bytes, k, w->bits);
-        return w->scales[n * ((int64_t)1 << w->bits) + c];
-    }
+    const int b = w->kind == QC_TERNARY ? 2 : w->bits;
+    const uint8_t *row = w->packed + n * w->row_bytes;
+    if (b == 2) { /* whole bytes first: no code straddles a byte */
+        const uint8_t *r = row + k0 / 4;
+        int kk = 0;
+        for (; kk + 4 <= kb; kk += 4) {
+            const unsigned v = r[kk >> 2];
+            codes[kk] = (uint8_t)(v & 3u);
+            codes[kk + 1] = (uint8_t)((v >> 2) & 3u);
+            codes[kk + 2] = (uint8_t)((v >> 4) & 3u);
+            codes[kk + 3] = (uint8_t)(v >> 6);
+        }
+        for (; kk < kb; ++kk) codes[kk] = (uint8_t)((r[kk >> 2] >> ((kk & 3) * 2)) & 3u);
+    } else if (b == 4) {
+        const uint8_t *r = row + k0 / 2;
+        int kk = 0;
+        for (; kk + 2 <= kb; kk += 2) {
+            const unsigned v = r[kk >> 1];
+            codes[kk] = (uint8_t)(v & 15u);
+            codes[kk + 1] = (uint8_t)(v >> 4);
+        }
+        if (kk < kb) codes[kk] = (uint8_t)(r[kk >> 1] & 15u);
+    } else {
+        for (int kk = 0; kk < kb; ++kk) codes[kk] = (uint8_t)get_code(row, w->row_bytes, k0 + kk, b);
     }
 }
 
+/* The weight value of every code of column n in group g, computed as the reference does. */
+static void value_table(const qc_matmul *w, int64_t n, int64_t g, float *vt) {
+    switch (w->kind) {
+    case QC_TERNARY: {
+        const float s = w->scales[n * w->G + g];
+        for (int c = 0; c < 4; ++c) vt[c] = s * kTernaryValue[c];
+        break;
+    }
+    case QC_BINARY:
+        for (int code = 0; code < (1 << w->n_planes); ++code) {
+            float v = 0.f;
+            for (int64_t i = 0; i < w->n_planes; ++i)
+                v = v + w->scales[(i * w->N + n) * w->G + g] * ((code >> i) & 1 ? 1.f : -1.f);
+            vt[code] = v;
+        }
+        break;
+    default:
+        for (int e = 0; e < (1 << w->bits); ++e) vt[e] = w->scales[(n << w->bits) + e];
+    }
+}
+
+/* panel[kk][c] = W[k0 + kk, n0 + c] (0 for c >= nc and for outlier channels). */
 static void dequant_panel(const qc_matmul *w, int64_t n0, int nc, int64_t k0, int kb, float *panel) {
-    for (int c = 0; c < QC_FMA_COLS; ++c)
-        for (int kk = 0; kk < kb; ++kk)
-            panel[kk * QC_FMA_COLS + c] = c < nc ? weight_at(w, n0 + c, k0 + kk) : 0.f;
+    uint8_t codes[QC_FMA_KB];
+    float vt[16];
+    for (int c = 0; c < QC_FMA_COLS; ++c) {
+        if (c >= nc) {
+            for (int kk = 0; kk < kb; ++kk) panel[kk * QC_FMA_COLS + c] = 0.f;
+            continue;
+        }
+        column_codes(w, n0 + c, k0, kb, codes);
+        for (int kk = 0; kk < kb;) {
+            const int64_t g = (k0 + kk) / w->gs;
+            const int64_t g_end = (g + 1) * w->gs - k0;
+            const int end = g_end < kb ? (int)g_end : kb;
+            value_table(w, n0 + c, g, vt);
+            for (; kk < end; ++kk) panel[kk * QC_FMA_COLS + c] = vt[codes[kk]];
+        }
+    }
+    for (int64_t j = 0; j < w->n_out; ++j) { /* packed rows of outlier channels are ignored */
+        const int64_t k = w->oidx[j];
+        if (k >= k0 && k < k0 + kb)
+            for (int c = 0; c < QC_FMA_COLS; ++c) panel[(k - k0) * QC_FMA_COLS + c] = 0.f;
+    }
 }
 
 /* ------------------------------------------------------------------------------ prepacking */
