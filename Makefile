@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all setup test demo clean
+.PHONY: all setup test demo mt-model clean
 
 all: setup
 
@@ -25,6 +25,10 @@ test: setup
 
 demo: setup
 	$(PY) -m qcompiler.demo
+
+# The English -> French MT model (trained on one thread, about 5 minutes; cached under ~/.cache/qcompiler/models).
+mt-model: setup
+	$(PY) -m models.mt.train
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

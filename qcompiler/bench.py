@@ -32,9 +32,11 @@ class Variant:
     error: str = ""
     metrics: dict = dataclasses.field(default_factory=dict)
     latency_ms: float | None = None
+    decoder_path: str | None = None  # task mt: `path` is the encoder
 
 
-def _session(path: str, threads: int = 1):
+def session(path: str, threads: int = 1):
+    """An onnxruntime session on one file, batch-1 style (threads intra-op), our op library registered."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -162,7 +164,7 @@ def run_bench(model: str, schemes: list[str], samples: list[dict], task: str = "
             continue
         try:
             v.size = model_io.file_size(v.path)
-            sess = _session(v.path)
+            sess = session(v.path)
             with console.status(f"evaluating {v.name} on {len(samples)} samples ..."):
                 outs, v.metrics = _evaluate(task, sess, samples, reference)
             if reference is None:
@@ -233,16 +235,25 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in result["variants"]:
-        if v["error"]:
-            continue
-        color = {"fp32": "black", "onnxruntime": "#d62728", "qcompiler": "#1f77b4"}[v["kind"]]
-        ax.scatter(v["size"] / 1e6, v["metrics"].get("cosine_mean", 0), color=color, s=40)
-        ax.annotate(v["name"].replace("qcompiler ", ""), (v["size"] / 1e6, v["metrics"].get("cosine_mean", 0)),
-                    fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("size on disk (MB)")
-    ax.set_ylabel("cosine vs FP32 (mean)")
+    mt = result["task"] == "mt"
+    metric, label = ("bleu", "BLEU on the held-out set") if mt else ("cosine_mean", "cosine vs FP32 (mean)")
+    fig, axes = plt.subplots(1, 2 if mt else 1, figsize=(12 if mt else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
+    colors = {"fp32": "black", "onnxruntime": "#d62728", "qcompiler": "#1f77b4"}
+    ok = [v for v in result["variants"] if not v["error"] and v["metrics"]]
+    for i, v in enumerate(ok):  # labels staggered: variants of equal accuracy sit on one line
+        ax.scatter(v["size"] / 1e6, v["metrics"].get(metric, 0), color=colors[v["kind"]], s=40)
+        ax.annotate(v["name"].replace("qcompiler ", ""), (v["size"] / 1e6, v["metrics"].get(metric, 0)),
+                    fontsize=8, xytext=(4, 4 - 10 * (i % 3)), textcoords="offset points")
+    ax.set_xlabel("size on disk (MB)" + (", encoder + decoder" if mt else ""))
+    ax.set_ylabel(label)
+    if mt:  # second panel: decoding speed of every variant
+        bx = axes[0][1]
+        bx.barh([v["name"].replace("qcompiler ", "") for v in ok], [v["metrics"]["tokens_per_s"] for v in ok],
+                color=[colors[v["kind"]] for v in ok])
+        bx.invert_yaxis()
+        bx.set_xlabel("tokens/s, batch 1, one thread")
+        bx.grid(alpha=0.3, axis="x")
     ax.set_title(f"{Path(result['model']).name}: size vs accuracy (black FP32, red onnxruntime, blue qcompiler)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()

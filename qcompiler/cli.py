@@ -64,15 +64,22 @@ def cli(ctx: click.Context, list_schemes: bool) -> None:
               help="ort: onnxruntime contrib ops allowed (MatMulNBits); portable: standard ONNX only.")
 @click.option("--prune-ffn", type=float, default=None, metavar="C",
               help="Remove FFN hidden units whose calibrated max activation is below C x std of all units' maxima.")
+@click.option("--recover", type=click.Choice(["calibrated", "distill"]), default="calibrated", show_default=True,
+              help="distill: also train the quantized weights against the original on the calibration inputs "
+                   "(torch, quantizers in the loop) and keep whichever is better on held-out samples.")
+@click.option("--recover-steps", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Distillation steps (default 600, at most 20 minutes); 0 = calibrated recovery.")
 @click.option("--no-verify", is_flag=True, help="Skip running the compiled model beside the original.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display or summary.")
-def compile_command(model, scheme, output, report_path, calib, exclude, target, prune_ffn, no_verify, quiet) -> None:
+def compile_command(model, scheme, output, report_path, calib, exclude, target, prune_ffn, recover, recover_steps,
+                    no_verify, quiet) -> None:
     """Compile MODEL with a scheme and print a summary."""
     from qcompiler.pipeline import compile_model
     from qcompiler.report import print_summary
 
     rep = compile_model(model, scheme=scheme, output=output, report_path=report_path, calib=calib,
                         exclude=list(exclude), target=target, verify=not no_verify, prune_ffn=prune_ffn,
+                        recover=recover, recover_steps=recover_steps,
                         progress=not quiet,
                         console=_console)
     if not quiet:
@@ -81,22 +88,36 @@ def compile_command(model, scheme, output, report_path, calib, exclude, target, 
 
 
 @cli.command("bench")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--schemes", default="int8,int4", show_default=True, help="Comma-separated schemes to compile and compare.")
-@click.option("--task", type=click.Choice(["embeddings", "logits"]), default="embeddings", show_default=True)
-@click.option("--data", type=click.Path(dir_okay=False), help="Evaluation inputs (.npz, first axis = samples).")
-@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration inputs for the schemes (.npz).")
+@click.option("--task", type=click.Choice(["embeddings", "logits", "mt"]), default="embeddings", show_default=True,
+              help="mt: MODEL is a translation model directory (encoder.onnx, decoder.onnx, tokenizer.model) or its encoder.onnx.")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Evaluation inputs: .npz (first axis = samples); for --task mt held-out pairs, source<TAB>reference per line (default: test.tsv beside the model).")
+@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration inputs for the schemes (.npz); mt reads calib_encoder.npz / calib_decoder.npz beside the model.")
 @click.option("--out", "out_dir", default="bench-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--repeats", default=40, show_default=True, help="Interleaved latency rounds.")
+@click.option("--sentences", type=click.IntRange(min=1), help="mt: translate only the first N held-out pairs.")
+@click.option("--beam", default=1, show_default=True, type=click.IntRange(min=1), help="mt: beam width (1 = greedy).")
 @click.option("--no-baselines", is_flag=True, help="Skip onnxruntime's own quantizers.")
-def bench_command(model, schemes, task, data, calib, out_dir, repeats, no_baselines) -> None:
+def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences, beam, no_baselines) -> None:
     """Compile MODEL with each scheme and compare with FP32 and onnxruntime's quantizers."""
     from qcompiler.bench import load_samples, print_table, run_bench
 
-    samples = load_samples(data, model)
-    result = run_bench(model, [s for s in schemes.split(",") if s], samples, task=task, calib=calib,
-                       out_dir=out_dir, repeats=repeats, baselines=not no_baselines, console=_console)
-    print_table(result)
+    scheme_list = [s for s in schemes.split(",") if s]
+    if task == "mt":
+        from qcompiler import bench_mt
+
+        if calib:
+            raise click.UsageError("--task mt calibrates from calib_encoder.npz / calib_decoder.npz beside the model, not --calib")
+        result = bench_mt.run_mt_bench(bench_mt.locate(model, data), scheme_list, out_dir=out_dir, sentences=sentences,
+                                       beam=beam, baselines=not no_baselines, console=_console)
+        bench_mt.print_table(result)
+    else:
+        samples = load_samples(data, model)
+        result = run_bench(model, scheme_list, samples, task=task, calib=calib,
+                           out_dir=out_dir, repeats=repeats, baselines=not no_baselines, console=_console)
+        print_table(result)
     for kind, path in result["files"].items():
         click.echo(f"{kind}: {path}")
 
