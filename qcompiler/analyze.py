@@ -281,13 +281,18 @@ def analyze(model: ir.Model) -> RoleMap:
             if reaches_output:
                 lin.role = "lm_head"
 
-    layer = -1
+    # A layer starts at the first attention after an FFN: a decoder layer's cross-attention
+    # (a second attn_q before the FFN) stays in its layer.
+    has_ffn = any(lin.role in ("ffn_up", "ffn_down") for lin in linears)
+    layer, ffn_seen = -1, True
     for node in graph:  # graph iteration is topological after canonicalize
         lin = by_node.get(id(node))
         if lin is None:
             continue
-        if lin.role in ("attn_q", "attn_qkv"):
+        if lin.role in ("attn_q", "attn_qkv") and (ffn_seen or not has_ffn):
             layer += 1
+            ffn_seen = False
+        ffn_seen = ffn_seen or lin.role in ("ffn_up", "ffn_down")
         lin.layer = max(layer, 0) if layer >= 0 or lin.role != "lm_head" else None
     for lin in linears:
         if lin.role == "lm_head":
