@@ -206,30 +206,27 @@ static void cb_dot_avx2(const uint8_t *nib, const int8_t *cb, const int32_t *wsu
     }
 }
 
-/* Same operations as the scalar tables (sequential signed adds; round-to-nearest conversion;
- * clamp), eight entries per vector. */
+/* Same operations as the scalar tables: the pair sums p01[e] = +-x0 +-x1 and p23[e] = +-x2 +-x3 in
+ * one vector, entry i = p01[i & 3] + p23[i >> 2], round to nearest, saturate, clamp at -127. */
 static void lut_tables_avx2(const float *av, int64_t Q, float inv, int8_t *T) {
     const __m256 vinv = _mm256_set1_ps(inv);
-    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
-    __m256 c[4][2]; /* +-1 of element j for entries h*8 .. h*8+7 */
-    for (int h = 0; h < 2; ++h)
-        for (int j = 0; j < 4; ++j) {
-            float e[8];
-            for (int i = 0; i < 8; ++i) e[i] = ((h * 8 + i) >> j) & 1 ? 1.f : -1.f;
-            c[j][h] = _mm256_loadu_ps(e);
-        }
+    const __m256 ca = _mm256_setr_ps(-1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f);
+    const __m256 cb = _mm256_setr_ps(-1.f, -1.f, 1.f, 1.f, -1.f, -1.f, 1.f, 1.f);
+    const __m256i ia = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), ib = _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3);
+    const __m256i ilo = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
+    const __m256i i0 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), i1 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);
+    const __m128i m127 = _mm_set1_epi8(-127);
     for (int64_t q = 0; q < Q; ++q) {
-        const float *x = av + q * 4;
-        __m256i qi[2];
-        for (int h = 0; h < 2; ++h) {
-            __m256 v = _mm256_setzero_ps();
-            for (int j = 0; j < 4; ++j) v = _mm256_add_ps(v, _mm256_mul_ps(c[j][h], _mm256_set1_ps(x[j])));
-            __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(v, vinv));
-            qi[h] = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
-        }
-        const __m256i p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8);
+        const __m256 x = _mm256_castps128_ps256(_mm_loadu_ps(av + q * 4));
+        const __m256 p = _mm256_add_ps(_mm256_mul_ps(_mm256_permutevar8x32_ps(x, ia), ca),
+                                       _mm256_mul_ps(_mm256_permutevar8x32_ps(x, ib), cb)); /* p01 | p23 */
+        const __m256 lo = _mm256_permutevar8x32_ps(p, ilo);
+        const __m256 v0 = _mm256_add_ps(lo, _mm256_permutevar8x32_ps(p, i0));
+        const __m256 v1 = _mm256_add_ps(lo, _mm256_permutevar8x32_ps(p, i1));
+        const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vinv)), q1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vinv));
+        const __m256i p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
         const __m128i p8 = _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
-        _mm_storeu_si128((__m128i *)(T + q * 16), p8);
+        _mm_storeu_si128((__m128i *)(T + q * 16), _mm_max_epi8(p8, m127));
     }
 }
 

@@ -72,9 +72,9 @@ void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T) {
         const float *x = av + q * 4;
         int8_t *t = T + q * 16;
         for (int i = 0; i < 16; ++i) {
-            float v = 0.f;
-            for (int j = 0; j < 4; ++j) v = v + ((i >> j) & 1 ? x[j] : -x[j]);
-            long qv = lrintf(v * inv);
+            const float lo = (i & 1 ? x[0] : -x[0]) + (i & 2 ? x[1] : -x[1]);
+            const float hi = (i & 4 ? x[2] : -x[2]) + (i & 8 ? x[3] : -x[3]);
+            long qv = lrintf((lo + hi) * inv);
             t[i] = (int8_t)(qv > 127 ? 127 : qv < -127 ? -127 : qv);
         }
     }

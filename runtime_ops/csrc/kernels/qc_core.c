@@ -414,21 +414,34 @@ static void cb_task(void *p, size_t t) {
 
 /* Per-row int8 tables of activation partial sums (ternary pairs / signed 4-sums). */
 static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *T, float *tscale) {
-    for (int64_t g = 0; g < w->G; ++g) {
+    for (int64_t g = 0; g < w->G; ++g) { /* groups padded to whole steps with zeros */
         float *dst = av + g * w->gsp;
-        const int64_t k0 = g * w->gs;
-        for (int64_t off = 0; off < w->gsp; ++off) {
-            const int64_t k = k0 + off;
-            dst[off] = (off < w->glen && k < w->K && !w->is_outlier[k]) ? a[k] : 0.f;
+        const int64_t k0 = g * w->gs, len = w->K - k0 < w->glen ? w->K - k0 : w->glen;
+        memcpy(dst, a + k0, (size_t)len * sizeof(float));
+        for (int64_t off = len; off < w->gsp; ++off) dst[off] = 0.f;
+    }
+    for (int64_t j = 0; j < w->n_out; ++j) { /* outlier channels are computed in fp32 */
+        const int64_t k = w->oidx[j], g = k / w->gs;
+        av[g * w->gsp + (k - g * w->gs)] = 0.f;
+    }
+    /* the largest 4-sum of |x|: every table entry is within it (up to rounding); max is exact in any
+     * order, so four independent maxima (no dependency chain) */
+    float m4[4] = {0.f, 0.f, 0.f, 0.f};
+    int64_t q = 0;
+    for (; q + 4 <= w->Q; q += 4)
+        for (int u = 0; u < 4; ++u) {
+            const float *x = av + (q + u) * 4;
+            const float s = (fabsf(x[0]) + fabsf(x[1])) + (fabsf(x[2]) + fabsf(x[3]));
+            m4[u] = s > m4[u] ? s : m4[u];
         }
+    for (; q < w->Q; ++q) {
+        const float *x = av + q * 4;
+        const float s = (fabsf(x[0]) + fabsf(x[1])) + (fabsf(x[2]) + fabsf(x[3]));
+        m4[0] = s > m4[0] ? s : m4[0];
     }
-    float amax = 0.f;
-    for (int64_t q = 0; q < w->Q; ++q) {
-        const float *x = av + q * w->epg;
-        float s = 0.f;
-        for (int j = 0; j < w->epg; ++j) s = s + fabsf(x[j]);
-        amax = s > amax ? s : amax;
-    }
+    float amax = m4[0] > m4[1] ? m4[0] : m4[1];
+    amax = amax > m4[2] ? amax : m4[2];
+    amax = amax > m4[3] ? amax : m4[3];
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *tscale = amax > 0.f ? amax / 127.f : 0.f;
     w->isa->lut_tables(av, w->Q, inv, T);

@@ -39,8 +39,8 @@ typedef struct qc_isa {
      * activations to unsigned). */
     void (*cb_dot)(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *a,
                    size_t a_stride, int kp, int R, int32_t *out);
-    /* Q int8 tables of 16 signed 4-sums from av[Q*4] (entry i: sum_j (bit j of i ? x_j : -x_j)):
-     * T[q][i] = clamp(lrintf(v * inv), -127, 127), v computed in the scalar code's order. */
+    /* Q int8 tables of 16 signed 4-sums from av[Q*4]: with s_j = (bit j of i ? x_j : -x_j),
+     * v = (s_0 + s_1) + (s_2 + s_3), T[q][i] = clamp(lrintf(v * inv), -127, 127). */
     void (*lut_tables)(const float *av, int64_t Q, float inv, int8_t *T);
 } qc_isa;
 
