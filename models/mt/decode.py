@@ -65,14 +65,16 @@ class OnnxTranslator:
         return prefix[1:]
 
     def beam(self, src_ids: list[int], width: int = 4, length_penalty: float = 1.0) -> list[int]:
-        """Beam search: beams are the batch axis; finished hypotheses scored by logprob / len**penalty."""
+        """Beam search (beams are the batch axis). A hypothesis ending in EOS among the step's top
+        `width` candidates is finished, scored by logprob / (tokens incl. EOS) ** length_penalty;
+        search ends when `width` are finished and no open beam scores better (as in HF generate)."""
         if width <= 1:
             return self.greedy(src_ids)
         mask, cross = self.encode(src_ids)
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         past = self.empty_past(1)
         finished: list[tuple[float, list[int]]] = []
-        for _ in range(self.max_len):
+        for step in range(1, self.max_len + 1):
             k = len(beams)
             ids = np.array([[b[-1] if b else BOS] for b, _ in beams], np.int64)
             rep = {n: np.repeat(v[:1], k, axis=0) for n, v in cross.items()}
@@ -80,27 +82,26 @@ class OnnxTranslator:
             logp = logits - logits.max(1, keepdims=True)
             logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
             scores = np.array([s for _, s in beams])[:, None] + logp
-            order = np.argsort(scores, axis=None)[::-1]
             next_beams, rows = [], []
-            for flat in order:
+            for rank, flat in enumerate(np.argsort(scores, axis=None)[::-1][: 2 * width]):
                 row, tok = divmod(int(flat), scores.shape[1])
-                seq = beams[row][0]
+                seq, score = beams[row][0], float(scores[row, tok])
                 if tok == EOS:
-                    finished.append((float(scores[row, tok]) / max(len(seq), 1) ** length_penalty, seq))
-                else:
-                    next_beams.append((seq + [tok], float(scores[row, tok])))
+                    if rank < width:
+                        finished.append((score / (len(seq) + 1) ** length_penalty, seq))
+                elif len(next_beams) < width:
+                    next_beams.append((seq + [tok], score))
                     rows.append(row)
-                if len(next_beams) == width or len(finished) >= width:
+            if not next_beams:
+                break
+            if len(finished) >= width:
+                best_open = max(sc for _, sc in next_beams) / (step + 1) ** length_penalty
+                if sorted(f[0] for f in finished)[-width] >= best_open:
                     break
-            if len(finished) >= width or not next_beams:
-                break
-            best_open = max(s / max(len(b), 1) ** length_penalty for b, s in next_beams)
-            if finished and max(f[0] for f in finished) >= best_open:
-                break
             beams = next_beams
             past = {n: v[rows] for n, v in past.items()}
         if not finished:
-            finished = [(s / max(len(b), 1) ** length_penalty, b) for b, s in beams]
+            finished = [(sc / (len(b) + 1) ** length_penalty, b) for b, sc in beams]
         return max(finished, key=lambda f: f[0])[1]
 
     def translate(self, src_ids: list[int], beam: int = 1) -> list[int]:
