@@ -117,13 +117,34 @@ static void dequant_panel(const qc_matmul *w, int64_t n0, int nc, int64_t k0, in
             for (int kk = 0; kk < kb; ++kk) panel[kk * QC_FMA_COLS + c] = 0.f;
             continue;
         }
-        column_codes(w, n0 + c, k0, kb, codes);
+        const int b = w->kind == QC_TERNARY ? 2 : w->kind == QC_CODEBOOK ? w->bits : 0;
+        if (b != 2 && b != 4) column_codes(w, n0 + c, k0, kb, codes);
+        const uint8_t *row = w->packed + (n0 + c) * w->row_bytes + k0 * b / 8;
+        float *pc = panel + c;
         for (int kk = 0; kk < kb;) {
             const int64_t g = (k0 + kk) / w->gs;
             const int64_t g_end = (g + 1) * w->gs - k0;
             const int end = g_end < kb ? (int)g_end : kb;
             value_table(w, n0 + c, g, vt);
-            for (; kk < end; ++kk) panel[kk * QC_FMA_COLS + c] = vt[codes[kk]];
+            if (b == 2) { /* whole bytes straight from the packed row */
+                for (; kk + 4 <= end && (kk & 3) == 0; kk += 4) {
+                    const unsigned v = row[kk >> 2];
+                    pc[kk * QC_FMA_COLS] = vt[v & 3u];
+                    pc[(kk + 1) * QC_FMA_COLS] = vt[(v >> 2) & 3u];
+                    pc[(kk + 2) * QC_FMA_COLS] = vt[(v >> 4) & 3u];
+                    pc[(kk + 3) * QC_FMA_COLS] = vt[v >> 6];
+                }
+                for (; kk < end; ++kk) pc[kk * QC_FMA_COLS] = vt[(row[kk >> 2] >> ((kk & 3) * 2)) & 3u];
+            } else if (b == 4) {
+                for (; kk + 2 <= end && (kk & 1) == 0; kk += 2) {
+                    const unsigned v = row[kk >> 1];
+                    pc[kk * QC_FMA_COLS] = vt[v & 15u];
+                    pc[(kk + 1) * QC_FMA_COLS] = vt[v >> 4];
+                }
+                for (; kk < end; ++kk) pc[kk * QC_FMA_COLS] = vt[(row[kk >> 1] >> ((kk & 1) * 4)) & 15u];
+            } else {
+                for (; kk < end; ++kk) pc[kk * QC_FMA_COLS] = vt[codes[kk]];
+            }
         }
     }
     for (int64_t j = 0; j < w->n_out; ++j) { /* packed rows of outlier channels are ignored */
