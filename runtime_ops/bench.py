@@ -7,6 +7,7 @@ Single-op models, timed through session.run, all columns interleaved in one run,
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -140,6 +141,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     names = ["fp32", "nbits4", "nbits2", "ternary", "bcq2", "cb4"]
     print(f"onnxruntime {ort.__version__}; times in us (median, session.run); ratios: x faster than nbits4 / fp32")
+    print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
     header = f"{'KxN':>10} {'M':>3} {'thr':>3} {'mode':>4} " + " ".join(f"{n:>8}" for n in names)
     header += "  tern/nb4 bcq2/nb4 cb4/nb4 tern/fp32 bcq2/fp32"
     print(header)
@@ -160,12 +162,13 @@ def main(argv=None) -> None:
                     print(line, flush=True)
             del sessions
     if len(threads) > 1 and 1 in threads:
-        print("\n2 threads vs 1 thread (x faster), warm:")
+        print("\nmore threads vs 1 thread (x faster), same mode:")
         for (K, N, M, t, mode), r in results.items():
-            if t == 1 or mode != "warm":
+            if t == 1:
                 continue
             r1 = results[(K, N, M, 1, mode)]
-            print(f"{K}x{N:<5} M={M:<3} t={t} " + " ".join(f"{n}={r1[n] / r[n]:.2f}" for n in names))
+            print(f"{K}x{N:<5} M={M:<3} t={t} {mode:>4} " + " ".join(f"{n}={r1[n] / r[n]:.2f}" for n in names))
+    print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":

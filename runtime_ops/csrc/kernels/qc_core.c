@@ -14,7 +14,7 @@ struct qc_matmul {
     int kind, bits, level, path;
     int64_t K, N, gs, G, row_bytes, n_planes;
     const qc_isa *isa;
-    uint8_t *packed;   /* copy of the contract bytes (fma path) */
+    uint8_t *packed;   /* copy of the contract bytes (fma path only; freed after prepacking) */
     float *scales;     /* fp32 scales / alphas / codebook */
     int64_t n_out;
     int64_t *oidx;
@@ -300,6 +300,10 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
             if (!w->nib || !w->lscales) { qc_matmul_free(w); return NULL; }
             w->path = PATH_LUT;
         }
+    }
+    if (w->path != PATH_FMA) { /* only the fma path reads the contract bytes: keep one copy of the weights */
+        free(w->packed);
+        w->packed = NULL;
     }
     return w;
 }
