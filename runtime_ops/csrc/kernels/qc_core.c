@@ -44,6 +44,16 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 /* ---------------------------------------------------------------- dequantization (fma path) */
+/* kSpread[v]: bit j of the byte v moved to bit 0 of byte j (eight 1-bit codes -> eight bytes, read
+ * little-endian as on x86-64 and aarch64). */
+#define QC_S1(v) ((uint64_t)((v) & 1) | (uint64_t)((v) >> 1 & 1) << 8 | (uint64_t)((v) >> 2 & 1) << 16 | \
+                  (uint64_t)((v) >> 3 & 1) << 24 | (uint64_t)((v) >> 4 & 1) << 32 | (uint64_t)((v) >> 5 & 1) << 40 | \
+                  (uint64_t)((v) >> 6 & 1) << 48 | (uint64_t)((v) >> 7 & 1) << 56)
+#define QC_R2(n) QC_S1(n), QC_S1(n + 1), QC_S1(n + 2), QC_S1(n + 3)
+#define QC_R4(n) QC_R2(n), QC_R2(n + 4), QC_R2(n + 8), QC_R2(n + 12)
+#define QC_R6(n) QC_R4(n), QC_R4(n + 16), QC_R4(n + 32), QC_R4(n + 48)
+static const uint64_t kSpread[256] = {QC_R6(0), QC_R6(64), QC_R6(128), QC_R6(192)};
+
 /* Codes of column n for elements [k0, k0 + kb), k0 a multiple of 8, one combined code per element:
  * ternary / codebook the b-bit code, binary codes bit i = the sign bit of plane i. */
 static void column_codes(const qc_matmul *w, int64_t n, int64_t k0, int kb, uint8_t *codes) {
@@ -52,9 +62,11 @@ static void column_codes(const qc_matmul *w, int64_t n, int64_t k0, int kb, uint
         for (int64_t i = 0; i < w->n_planes; ++i) {
             const uint8_t *row = w->packed + (i * w->N + n) * w->row_bytes + k0 / 8;
             int kk = 0;
-            for (; kk + 8 <= kb; kk += 8) {
-                const unsigned v = row[kk >> 3];
-                for (int j = 0; j < 8; ++j) codes[kk + j] |= (uint8_t)(((v >> j) & 1u) << i);
+            for (; kk + 8 <= kb; kk += 8) { /* eight codes at once, byte j = code of element kk + j */
+                uint64_t c8;
+                memcpy(&c8, codes + kk, 8);
+                c8 |= kSpread[row[kk >> 3]] << i;
+                memcpy(codes + kk, &c8, 8);
             }
             for (; kk < kb; ++kk) codes[kk] |= (uint8_t)(((row[kk >> 3] >> (kk & 7)) & 1u) << i);
         }
