@@ -168,7 +168,8 @@ int main(void) {
     printf("isa chosen: %s\n", qc_isa_get()->name);
     static const int64_t shapes[][4] = {
         {1, 64, 32, 64}, {3, 70, 45, 16}, {5, 200, 33, 200}, {2, 37, 11, 8}, {4, 256, 64, 32},
-        {1, 600, 40, 600}, {6, 96, 70, 48}, {1, 1, 1, 1}, {2, 9, 3, 4}};
+        {1, 600, 40, 600}, {6, 96, 70, 48}, {1, 1, 1, 1}, {2, 9, 3, 4},
+        {2, 2100, 40, 2100}}; /* > 128 lookup steps per group: the int16 sums are flushed mid-group */
     const int ns = (int)(sizeof shapes / sizeof shapes[0]);
     for (int s = 0; s < ns; ++s) {
         const int64_t M = shapes[s][0], K = shapes[s][1], N = shapes[s][2], gs = shapes[s][3];
