@@ -128,9 +128,9 @@ def distill(student: nn.Module, teacher: nn.Module, train: dict[str, torch.Tenso
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step + 1, cfg.steps, {"loss": float(loss), **parts})
+            progress(step + 1, cfg.steps, {"loss": losses[-1], **parts})
     student.eval()
     return {"steps": len(losses), "seconds": round(time.perf_counter() - start, 1),
             "loss_first": round(losses[0], 6) if losses else None,

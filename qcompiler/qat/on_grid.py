@@ -136,8 +136,9 @@ def _int4(w: np.ndarray, gs: int, mask: np.ndarray, symmetric: bool, scale_dtype
     smallest = np.where(np.isfinite(smallest), smallest, 1.0).astype(np.float32)
     done = np.zeros(smallest.shape, bool)
     scale, zp, steps = np.ones_like(smallest), np.zeros_like(smallest), np.zeros_like(blocks)
-    for m in range(1, hi - lo + 1):                                      # the smallest level is usually +-1
-        s_m = (smallest / np.float32(m)).astype(np.float32)
+    signs = (1, -1) if symmetric else (1,)                               # symmetric full range: a scale may be < 0
+    for m, sign in ((m, sign) for m in range(1, hi - lo + 1) for sign in signs):   # smallest level: usually +-1
+        s_m = (sign * smallest / np.float32(m)).astype(np.float32)
         st = np.rint(blocks / s_m[:, None, :])
         kmin = np.where(valid, st, np.inf).min(axis=1)
         kmax = np.where(valid, st, -np.inf).max(axis=1)

@@ -262,7 +262,10 @@ class OnnxModule(nn.Module):
                 where = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
                 raise UnsupportedOp(f"ONNX-to-torch: op {where}{node.op_type} (node {node.name or '?'}) is not "
                                     f"supported (supported: {', '.join(SUPPORTED_OPS)})")
-        self.graph = graph
+        # a snapshot: the module keeps computing this graph even after passes rewrite the model
+        self._program = [(node, list(node.inputs), list(node.outputs)) for node in graph]
+        self._initializers = list(graph.initializers.values())
+        self._graph_inputs, self._graph_outputs = list(graph.inputs), list(graph.outputs)
         self._weight_names = {k: f"w{i}" for i, k in enumerate(weights or {})}
         self.weights = nn.ModuleDict({self._weight_names[k]: m for k, m in (weights or {}).items()})
         self._transposed = dict(transposed or {})
@@ -279,28 +282,28 @@ class OnnxModule(nn.Module):
 
     def forward(self, **inputs: torch.Tensor) -> list[torch.Tensor]:
         env: dict[int, torch.Tensor] = {}
-        names = {v.name: v for v in self.graph.initializers.values()}
-        for name, value in names.items():
+        for value in self._initializers:
+            name = value.name
             if name in self._weight_names:
                 w = self.weights[self._weight_names[name]]()
                 env[id(value)] = w.T if self._transposed.get(name) else w
             elif name in self._consts:
                 env[id(value)] = self._consts[name]
-        for v in self.graph.inputs:
+        for v in self._graph_inputs:
             if v.name not in inputs:
                 raise UnsupportedOp(f"ONNX-to-torch: missing input {v.name}")
             env[id(v)] = torch.as_tensor(inputs[v.name])
         hidden, attention = [], []
-        for node in self.graph:
-            args = [None if v is None else env[id(v)] for v in node.inputs]
+        for node, node_inputs, node_outputs in self._program:
+            args = [None if v is None else env[id(v)] for v in node_inputs]
             out = OPS[node.op_type](node, *args)
             outs = out if isinstance(out, tuple) else (out,)
-            for value, tensor in zip(node.outputs, outs):
+            for value, tensor in zip(node_outputs, outs):
                 env[id(value)] = tensor
             if node.op_type in _HIDDEN_OPS:
                 hidden.append(outs[0])
             elif node.op_type == "Softmax":
                 attention.append(outs[0])
         self.taps = {"hidden": hidden, "attention": attention}
-        return [env[id(v)] for v in self.graph.outputs]
+        return [env[id(v)] for v in self._graph_outputs]
 

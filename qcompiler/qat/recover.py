@@ -172,7 +172,7 @@ def _split(feeds: list[dict[str, np.ndarray]], heldout: int):
     return feeds[:-h], feeds[-h:], f"last {h} of {n} calibration samples"
 
 
-def _write_back(model: ir.Model, quantized, fp) -> None:
+def write_back(model: ir.Model, quantized, fp) -> None:
     for name, (lin, fq) in quantized.items():
         eff = fq.effective()
         array = eff.T if lin.transposed else eff
@@ -235,7 +235,7 @@ def recover_with_distillation(ctx, model: ir.Model, feeds: list[dict[str, np.nda
     entry.update(history)
     entry["heldout_cosine_distilled"] = round(cos_qat, 5)
     if cos_qat > cos_cal:
-        _write_back(model, quantized, fp)
+        write_back(model, quantized, fp)
         entry["chosen"] = "distill"
     else:
         entry["chosen"] = "calibrated"
