@@ -29,6 +29,8 @@ def to_markdown(report: dict) -> str:
     lines.append(f"| size before | {_mb(report['size_before'])} |")
     lines.append(f"| size after | {_mb(report.get('size_after'))} |")
     lines.append(f"| calibration | {report.get('calibration') or '-'} |")
+    if (report.get("passes") or {}).get("recover"):
+        lines.append(f"| recovery | {recovery_text(report['passes']['recover'])} |")
     lines.append(f"| time | {report['seconds_total']:.1f} s |")
     ver = report.get("verification") or {}
     for name, o in (ver.get("outputs") or {}).items():
@@ -47,6 +49,14 @@ def to_markdown(report: dict) -> str:
     for name, details in report.get("passes", {}).items():
         lines.append(f"- **{name}**: " + ", ".join(f"{k}: {_short(v)}" for k, v in details.items()))
     return "\n".join(lines) + "\n"
+
+
+def recovery_text(rec: dict) -> str:
+    """One line for `--recover distill`: which model was kept and the held-out figures behind it."""
+    text = f"{rec.get('chosen')} kept (held-out cosine calibrated {rec.get('heldout_cosine_calibrated')}"
+    if "heldout_cosine_distilled" in rec:
+        text += f", distilled {rec['heldout_cosine_distilled']} after {rec.get('steps')} steps in {rec.get('seconds')} s"
+    return text + ")"
 
 
 def _short(value) -> str:
@@ -102,6 +112,8 @@ def print_summary(report: dict, console: Console | None = None) -> None:
             bits.append(f"{name}: cosine {o['cosine_mean']:.4f} (min {o['cosine_min']:.4f})")
     if ver.get("worst_layer"):
         bits.append(f"worst layer {ver['worst_layer']['value']} rel L2 {ver['worst_layer']['rel_l2']:.4f}")
+    if (report.get("passes") or {}).get("recover"):
+        bits.append(f"recovery: {recovery_text(report['passes']['recover'])}")
     bits.append(f"{report['seconds_total']:.1f} s")
     console.print("  ".join(bits), soft_wrap=True)
     for note in report.get("notes", []):
