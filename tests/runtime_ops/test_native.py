@@ -101,6 +101,15 @@ def test_library_without_function_and_nonconstant_weights():
     assert (np.abs(got_plain - ref) <= tol).all()
 
 
+@pytest.mark.parametrize("op,bits", [("TernaryMatMul", None), ("BinaryCodeMatMul", 2), ("CodebookMatMul", 3)])
+def test_level4_weights_as_graph_inputs_equal_initializers(op, bits):
+    """Weights fed at run time are prepacked per call; the result is the prepacked-once one, bit for bit."""
+    case = matmul_case(op, 300, 70, 100, 5, bits=bits, n_out=2, level=4, seed=21)
+    got_const = _session(case.model()).run(None, case.feed())[0]
+    got_inputs = _session(case.model(weights_as_inputs=True)).run(None, dict(case.inputs))[0]
+    assert np.array_equal(got_const, got_inputs)
+
+
 @pytest.mark.parametrize("level", [0, 4])
 def test_threads_do_not_change_results(level):
     case = matmul_case("TernaryMatMul", 512, 300, 128, 7, n_out=2, level=level)
