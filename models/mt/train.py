@@ -41,7 +41,7 @@ class BuildConfig:
     heads: int = 4
     ffn: int = 512
     layers: int = 3
-    train_seconds: float = 480.0  # a safety box: on an idle machine the step budget ends first (~4.5 min)
+    train_seconds: float = 900.0  # a safety box: the step budget ends first (~4.5 min on an idle machine)
     max_steps: int = 400
     batch_tokens: int = 3000
     lr: float = 2e-3
@@ -226,7 +226,7 @@ def main(argv=None) -> None:
         print("python -m models.mt.train: error: --seconds must be > 0, --steps and --threads >= 1", file=sys.stderr)
         sys.exit(2)
     cfg = dataclasses.replace(BuildConfig(), train_seconds=a.seconds, max_steps=a.steps, threads=a.threads)
-    path = build(cfg, a.cache)
+    path = build(cfg, a.cache, log=lambda *args: print(*args, flush=True))
     meta = json.loads((path / "meta.json").read_text())
     m = meta["fp32_greedy"]
     print(f"{path}\n  {meta['parameters'] / 1e6:.2f} M parameters, {meta['training']['steps']} steps; "
