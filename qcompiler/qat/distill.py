@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DistillConfig", "distill", "distill_loss", "output_cosine", "stack_feeds", "pooled"]
+__all__ = ["DistillConfig", "distill", "distill_loss", "output_cosine", "stack_feeds", "pooled", "trim_padding"]
 
 
 @dataclasses.dataclass
@@ -66,6 +66,20 @@ def output_cosine(student_out, teacher_out, mask) -> torch.Tensor:
             continue
         cos.append(nn.functional.cosine_similarity(pooled(s, mask), pooled(t, mask), dim=-1, eps=1e-12))
     return torch.stack(cos).mean(dim=0)
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the trailing positions that every sample of the batch pads (right padding): the same
+    result for the kept positions, less work (calibration samples are padded to the longest one)."""
+    mask = _mask_of(batch)
+    if mask is None:
+        return batch
+    used = torch.nonzero(mask.sum(dim=0) > 0)
+    length = int(used.max()) + 1 if len(used) else 1
+    seq = mask.shape[1]
+    if length == seq:
+        return batch
+    return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == seq else v for k, v in batch.items()}
 
 
 def _masked_mse(s: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -116,7 +130,7 @@ def distill(student: nn.Module, teacher: nn.Module, train: dict[str, torch.Tenso
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        batch = {k: v[idx] for k, v in train.items()}
+        batch = trim_padding({k: v[idx] for k, v in train.items()})
         mask = _mask_of(batch)
         with torch.no_grad():
             t_out = teacher(**batch)
@@ -145,7 +159,7 @@ def heldout_cosine(student: nn.Module, teacher: nn.Module, data: dict[str, torch
     n = next(iter(data.values())).shape[0]
     cos = []
     for i in range(0, n, batch_size):
-        batch = {k: v[i:i + batch_size] for k, v in data.items()}
+        batch = trim_padding({k: v[i:i + batch_size] for k, v in data.items()})
         cos.append(output_cosine(student(**batch), teacher(**batch), _mask_of(batch)))
     return float(torch.cat(cos).mean())
 
