@@ -230,7 +230,36 @@ static void lut_tables_avx2(const float *av, int64_t Q, float inv, int8_t *T) {
     }
 }
 
-static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2};
+/* fp32 tables of 8 entries: vpermps looks up 8 columns at once; no rounding beyond fp32 sums. */
+static void flut_block_avx2(const uint8_t *idx, const float *tables, size_t tab_stride, const float *scales, int G,
+                            int S, int paired, int R, float *acc) {
+    const size_t step_bytes = paired ? 64 : 32;
+    for (int r = 0; r < R; ++r) {
+        const float *T0 = tables + r * tab_stride;
+        for (int g = 0; g < G; ++g) {
+            __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            const uint8_t *ib = idx + (size_t)g * S * step_bytes;
+            const float *tq = T0 + (size_t)g * S * 8;
+            for (int st = 0; st < S; ++st, ib += step_bytes, tq += 8) {
+                const __m256 t = _mm256_loadu_ps(tq);
+                for (int j = 0; j < 4; ++j) {
+                    __m256 v = _mm256_permutevar8x32_ps(t, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 8 * j))));
+                    if (paired)
+                        v = _mm256_add_ps(v, _mm256_permutevar8x32_ps(
+                                                 t, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 32 + 8 * j)))));
+                    s[j] = _mm256_add_ps(s[j], v);
+                }
+            }
+            for (int j = 0; j < 4; ++j) {
+                float *a = acc + r * 32 + 8 * j;
+                _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(s[j], _mm256_loadu_ps(scales + g * 32 + 8 * j))));
+            }
+        }
+    }
+}
+
+static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2,
+                             flut_block_avx2};
 const qc_isa *qc_isa_avx2(void) {
     return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? &kAvx2 : 0;
 }

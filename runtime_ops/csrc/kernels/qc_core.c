@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2 };
+enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2, PATH_FLUT = 3 };
 static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
 
 struct qc_matmul {
@@ -235,6 +235,49 @@ static void prepack_lut(qc_matmul *w) {
     free(codes);
 }
 
+/* Level 0 through fp32 tables: 3-element steps, a byte (3-bit index) per column and plane; ternary
+ * as two paired sign planes (plane a bytes 0-31, plane b bytes 32-63 of a step). */
+static void prepack_flut(qc_matmul *w) {
+    const int pair = w->kind == QC_TERNARY, step_bytes = pair ? 64 : 32;
+    w->epg = 3;
+    w->glen = w->gs < w->K ? w->gs : w->K;
+    w->gsp = round_up(w->glen, 3);
+    w->steps = (int)(w->gsp / 3);
+    w->Kv = w->G * w->gsp;
+    w->Q = w->Kv / 3;
+    w->ncb = ceil_div(w->N, QC_LUT_COLS);
+    const int64_t P = w->n_planes, G = w->G, S = w->steps;
+    w->nib = (uint8_t *)calloc((size_t)(w->ncb * P * G * S * step_bytes), 1);
+    w->lscales = (float *)calloc((size_t)(w->ncb * P * G * 32), sizeof(float));
+    uint8_t *codes = (uint8_t *)malloc((size_t)w->K + 1);
+    if (!w->nib || !w->lscales || !codes) { free(codes); return; }
+    for (int64_t p = 0; p < P; ++p)
+        for (int64_t n = 0; n < w->N; ++n) {
+            const uint8_t *row = w->packed + (p * w->N + n) * w->row_bytes;
+            for (int64_t k = 0; k < w->K; ++k) codes[k] = (uint8_t)get_code(row, w->row_bytes, k, pair ? 2 : 1);
+            const int64_t cb = n / 32, c = n % 32;
+            for (int64_t g = 0; g < G; ++g) {
+                w->lscales[((cb * P + p) * G + g) * 32 + c] = w->scales[(p * w->N + n) * G + g] * (pair ? 0.5f : 1.f);
+                for (int64_t s = 0; s < S; ++s) {
+                    unsigned ia = 0, ib = 0;
+                    for (int j = 0; j < 3; ++j) {
+                        const int64_t off = s * 3 + j, k = g * w->gs + off;
+                        const int valid = off < w->glen && k < w->K; /* padding: activation 0 */
+                        unsigned a = 1, b = 0;
+                        if (pair && valid) ternary_planes(codes[k], &a, &b);
+                        if (!pair) a = valid ? codes[k] : 0u;
+                        ia |= a << j;
+                        ib |= b << j;
+                    }
+                    uint8_t *dst = w->nib + (((cb * P + p) * G + g) * S + s) * step_bytes;
+                    dst[c] = (uint8_t)ia;
+                    if (pair) dst[32 + c] = (uint8_t)ib;
+                }
+            }
+        }
+    free(codes);
+}
+
 static void prepack_codebook(qc_matmul *w) {
     const int64_t E = (int64_t)1 << w->bits;
     w->kp = round_up(w->K, QC_CB_KB);
@@ -312,6 +355,13 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
             if (!w->nib || !w->lscales) { qc_matmul_free(w); return NULL; }
             w->path = PATH_LUT;
         }
+    } else if (w->kind != QC_CODEBOOK && w->isa->flut_block) {
+        const int64_t glen = w->gs < w->K ? w->gs : w->K;
+        if (w->G * round_up(glen, 3) * 3 <= w->K * 4 + 9) { /* padding waste at most ~1/3 */
+            prepack_flut(w);
+            if (!w->nib || !w->lscales) { qc_matmul_free(w); return NULL; }
+            w->path = PATH_FLUT;
+        }
     }
     if (w->path != PATH_FMA) { /* only the fma path reads the contract bytes: keep one copy of the weights */
         free(w->packed);
@@ -328,7 +378,7 @@ void qc_matmul_free(qc_matmul *w) {
 }
 
 const char *qc_matmul_path(const qc_matmul *w) {
-    return w->path == PATH_LUT ? "lut" : w->path == PATH_CB ? "cb_i8" : "fma";
+    return w->path == PATH_LUT ? "lut" : w->path == PATH_CB ? "cb_i8" : w->path == PATH_FLUT ? "lut_f32" : "fma";
 }
 
 /* ------------------------------------------------------------------------------- the runs */
@@ -339,6 +389,7 @@ typedef struct run_ctx {
     float *Y;
     int64_t cols_per_task;
     const int8_t *tables;   /* lut: [M][Q][16] */
+    const float *ftables;   /* lut_f32: [M][Q][8] */
     const float *tscale;    /* lut: [M]; cb: activation scales */
     const int8_t *aq;       /* cb: [M][kp] */
 } run_ctx;
@@ -406,7 +457,13 @@ static void lut_task(void *p, size_t t) {
         for (int64_t m = 0; m < r->M; m += 4) {
             const int R = (int)(r->M - m < 4 ? r->M - m : 4);
             for (int i = 0; i < R * QC_LUT_COLS; i += 8) memset(acc + i, 0, 8 * sizeof(float)); /* no rep stos */
-            if (w->kind == QC_TERNARY)
+            if (w->path == PATH_FLUT)
+                for (int64_t p = 0; p < P; ++p)
+                    w->isa->flut_block(w->nib + ((cb * P + p) * G) * S * (P == 1 && w->kind == QC_TERNARY ? 64 : 32),
+                                       r->ftables + m * w->Q * 8, (size_t)(w->Q * 8),
+                                       w->lscales + ((cb * P + p) * G) * 32, (int)G, (int)S, w->kind == QC_TERNARY, R,
+                                       acc);
+            else if (w->kind == QC_TERNARY)
                 w->isa->lut_pair_block(w->nib + cb * G * S * 32, r->tables + m * w->Q * 16, (size_t)(w->Q * 16),
                                        w->lscales + cb * G * 32, (int)G, (int)S, R, acc);
             else
@@ -449,8 +506,8 @@ static void cb_task(void *p, size_t t) {
     epilogue(w, r->A, r->M, r->Y, n0, n1);
 }
 
-/* Per-row int8 tables of activation partial sums (ternary pairs / signed 4-sums). */
-static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *T, float *tscale) {
+/* av: the row's activations by group, each padded with zeros to whole steps; outlier channels 0. */
+static void gather_activations(const qc_matmul *w, const float *a, float *av) {
     for (int64_t g = 0; g < w->G; ++g) { /* groups padded to whole steps with zeros */
         float *dst = av + g * w->gsp;
         const int64_t k0 = g * w->gs, len = w->K - k0 < w->glen ? w->K - k0 : w->glen;
@@ -461,6 +518,21 @@ static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *
         const int64_t k = w->oidx[j], g = k / w->gs;
         av[g * w->gsp + (k - g * w->gs)] = 0.f;
     }
+}
+
+/* fp32 tables of the 8 signed 3-sums: entry e = ((+-x0) + (+-x1)) + (+-x2), sign j from bit j of e. */
+static void build_ftables(const qc_matmul *w, const float *a, float *av, float *T) {
+    gather_activations(w, a, av);
+    for (int64_t q = 0; q < w->Q; ++q) {
+        const float *x = av + q * 3;
+        for (int e = 0; e < 8; ++e)
+            T[q * 8 + e] = ((e & 1 ? x[0] : -x[0]) + (e & 2 ? x[1] : -x[1])) + (e & 4 ? x[2] : -x[2]);
+    }
+}
+
+/* Per-row int8 tables of activation partial sums (signed 4-sums) and their scale. */
+static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *T, float *tscale) {
+    gather_activations(w, a, av);
     /* the largest 4-sum of |x|: every table entry is within it (up to rounding); max is exact in any
      * order, so four independent maxima (no dependency chain) */
     float m4[4] = {0.f, 0.f, 0.f, 0.f};
@@ -506,7 +578,7 @@ static void run_parallel(qc_parallel_fn par, void *host, qc_task_fn fn, void *ct
 
 int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
     if (M <= 0 || w->N <= 0) return 0;
-    run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL};
+    run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL, NULL};
     if (w->path == PATH_LUT) {
         int8_t *T = (int8_t *)malloc((size_t)(M * w->Q * 16));
         float *ts = (float *)malloc((size_t)M * sizeof(float));
@@ -518,6 +590,20 @@ int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_pa
         r.cols_per_task = 64;
         run_parallel(par, host, lut_task, &r, (size_t)ceil_div(w->ncb, 2));
         free(T); free(ts);
+    } else if (w->path == PATH_FLUT) {
+        float *T = (float *)malloc((size_t)(M * w->Q * 8) * sizeof(float));
+        float *ones = (float *)malloc((size_t)M * sizeof(float));
+        float *av = (float *)malloc((size_t)w->Kv * sizeof(float));
+        if (!T || !ones || !av) { free(T); free(ones); free(av); return -1; }
+        for (int64_t m = 0; m < M; ++m) {
+            build_ftables(w, A + m * w->K, av, T + m * w->Q * 8);
+            ones[m] = 1.f; /* the epilogue's table scale: none (x 1 is exact) */
+        }
+        free(av);
+        r.ftables = T; r.tscale = ones;
+        r.cols_per_task = 64;
+        run_parallel(par, host, lut_task, &r, (size_t)ceil_div(w->ncb, 2));
+        free(T); free(ones);
     } else if (w->path == PATH_CB) {
         int8_t *aq = (int8_t *)malloc((size_t)(M * w->kp));
         float *as = (float *)malloc((size_t)M * sizeof(float));

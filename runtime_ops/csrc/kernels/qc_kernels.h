@@ -42,6 +42,13 @@ typedef struct qc_isa {
     /* Q int8 tables of 16 signed 4-sums from av[Q*4]: with s_j = (bit j of i ? x_j : -x_j),
      * v = (s_0 + s_1) + (s_2 + s_3), T[q][i] = clamp(lrintf(v * inv), -127, 127). */
     void (*lut_tables)(const float *av, int64_t Q, float inv, int8_t *T);
+    /* accuracy_level 0 for ternary / binary codes on one block of 32 columns: fp32 tables of the 8
+     * signed 3-sums of activations (tables: [G*steps][8]), one byte (3-bit index) per column and
+     * plane per 3-element step (idx: [G][steps][32 * planes], plane a then plane b when paired).
+     * acc[r*32 + c] += gsum_g[c] * scales[g][c], gsum = sum_s T[a] (+ T[b] when paired).
+     * NULL when the ISA has none (the fma path serves level 0). */
+    void (*flut_block)(const uint8_t *idx, const float *tables, size_t tab_stride, const float *scales, int G,
+                       int steps, int paired, int R, float *acc);
 } qc_isa;
 
 const qc_isa *qc_isa_scalar(void);
