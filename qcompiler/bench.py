@@ -245,7 +245,11 @@ def plot(result: dict, path: Path) -> None:
         ax.scatter(v["size"] / 1e6, v["metrics"].get(metric, 0), color=colors[v["kind"]], s=40)
         ax.annotate(v["name"].replace("qcompiler ", ""), (v["size"] / 1e6, v["metrics"].get(metric, 0)),
                     fontsize=8, xytext=(4, 4 - 10 * (i % 3)), textcoords="offset points")
-    ax.set_xlabel("size on disk (MB)" + (", encoder + decoder" if mt else ""))
+    ax.set_xscale("log")  # the low-bit variants crowd together on a linear axis
+    plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
+    ax.set_xlabel("size on disk (MB, log scale)" + (", encoder + decoder" if mt else ""))
     ax.set_ylabel(label)
     if mt:  # second panel: decoding speed of every variant
         bx = axes[0][1]

@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--schemes", default=",".join(s for s in DEMO_SCHEMES if s in builtin_scheme_names()))
     parser.add_argument("--parts", default="minilm,mt", help="which demos to run: minilm, mt or both")
-    parser.add_argument("--mt-sentences", type=int, default=500, help="held-out pairs the MT bench translates")
+    parser.add_argument("--mt-sentences", type=int, default=300, help="held-out pairs the MT bench translates")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = Console(width=max(120, Console().width))
