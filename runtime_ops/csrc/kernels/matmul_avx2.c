@@ -230,32 +230,60 @@ static void lut_tables_avx2(const float *av, int64_t Q, float inv, int8_t *T) {
     }
 }
 
-/* fp32 tables of 8 entries: vpermps looks up 8 columns at once; no rounding beyond fp32 sums. */
-static void flut_block_avx2(const uint8_t *idx, const float *tables, size_t tab_stride, const float *scales, int G,
-                            int S, int paired, int R, float *acc) {
+/* fp32 tables of 8 entries: vpermps looks up 8 columns at once; no rounding beyond fp32 sums.
+ * J groups of 8 columns (J * R independent sums) per pass share the index decode of a step. */
+static inline __attribute__((always_inline)) void flut_rows(const uint8_t *idx, const float *tables,
+                                                             size_t tab_stride, const float *scales, int G, int S,
+                                                             const int paired, const int R, float *acc) {
+    enum { J_MAX = 4 };
+    const int J = R == 1 ? 4 : 2;
     const size_t step_bytes = paired ? 64 : 32;
-    for (int r = 0; r < R; ++r) {
-        const float *T0 = tables + r * tab_stride;
+    for (int j0 = 0; j0 < 4; j0 += J)
         for (int g = 0; g < G; ++g) {
-            __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            const uint8_t *ib = idx + (size_t)g * S * step_bytes;
-            const float *tq = T0 + (size_t)g * S * 8;
+            __m256 s[4][J_MAX];
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < J; ++j) s[r][j] = _mm256_setzero_ps();
+            const uint8_t *ib = idx + (size_t)g * S * step_bytes + 8 * j0;
+            const float *tq = tables + (size_t)g * S * 8;
             for (int st = 0; st < S; ++st, ib += step_bytes, tq += 8) {
-                const __m256 t = _mm256_loadu_ps(tq);
-                for (int j = 0; j < 4; ++j) {
-                    __m256 v = _mm256_permutevar8x32_ps(t, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 8 * j))));
-                    if (paired)
-                        v = _mm256_add_ps(v, _mm256_permutevar8x32_ps(
-                                                 t, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 32 + 8 * j)))));
-                    s[j] = _mm256_add_ps(s[j], v);
+                __m256i ia[J_MAX], ibb[J_MAX];
+                for (int j = 0; j < J; ++j) {
+                    ia[j] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 8 * j)));
+                    ibb[j] = paired ? _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ib + 32 + 8 * j))) : ia[j];
+                }
+                for (int r = 0; r < R; ++r) {
+                    const __m256 t = _mm256_loadu_ps(tq + r * tab_stride);
+                    for (int j = 0; j < J; ++j) {
+                        __m256 v = _mm256_permutevar8x32_ps(t, ia[j]);
+                        if (paired) v = _mm256_add_ps(v, _mm256_permutevar8x32_ps(t, ibb[j]));
+                        s[r][j] = _mm256_add_ps(s[r][j], v);
+                    }
                 }
             }
-            for (int j = 0; j < 4; ++j) {
-                float *a = acc + r * 32 + 8 * j;
-                _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(s[j], _mm256_loadu_ps(scales + g * 32 + 8 * j))));
+            for (int j = 0; j < J; ++j) {
+                const __m256 sc = _mm256_loadu_ps(scales + g * 32 + 8 * (j0 + j));
+                for (int r = 0; r < R; ++r) {
+                    float *a = acc + r * 32 + 8 * (j0 + j);
+                    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_mul_ps(s[r][j], sc)));
+                }
             }
         }
+}
+
+static void flut_block_avx2(const uint8_t *idx, const float *tables, size_t tab_stride, const float *scales, int G,
+                            int S, int paired, int R, float *acc) {
+#define QC_FLUT(P, RR) flut_rows(idx, tables, tab_stride, scales, G, S, P, RR, acc)
+    switch ((paired ? 4 : 0) + (R < 1 ? 1 : R > 4 ? 4 : R) - 1) {
+    case 0: QC_FLUT(0, 1); break;
+    case 1: QC_FLUT(0, 2); break;
+    case 2: QC_FLUT(0, 3); break;
+    case 3: QC_FLUT(0, 4); break;
+    case 4: QC_FLUT(1, 1); break;
+    case 5: QC_FLUT(1, 2); break;
+    case 6: QC_FLUT(1, 3); break;
+    default: QC_FLUT(1, 4); break;
     }
+#undef QC_FLUT
 }
 
 static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2,
