@@ -27,13 +27,12 @@ from qcompiler.schemes import load_scheme
 # student's arithmetic, up to summation order.
 SCHEME = """name = "{fmt}_exact"
 summary = "test: {fmt} weights, fp32 activations, fp32 embeddings"
-passes = ["canonicalize", "fold_layernorm", "replace_matmul", "cleanup"]
+passes = ["canonicalize", "fold_layernorm", "{pass_name}", "cleanup"]
 [weights]
 format = "{fmt}"
-{extra}
 recovery = "gptq"
 n_outliers = 2
-accuracy_level = 0
+{extra}
 """
 
 
@@ -62,11 +61,15 @@ def test_zero_steps_equals_calibrated_recovery(tiny_bert, calib, tmp_path):
         assert np.array_equal(ia[name], ib[name]), name
 
 
-@pytest.mark.parametrize("fmt, extra", [("ternary", ""), ("bcq", "bits = 2\ngroup_size = 32")], ids=["ternary", "bcq2"])
-def test_compiled_model_is_the_trained_student(tiny_bert, calib, tmp_path, fmt, extra):
+@pytest.mark.parametrize("fmt, pass_name, extra", [
+    ("ternary", "replace_matmul", "accuracy_level = 0"),
+    ("bcq", "replace_matmul", "bits = 2\ngroup_size = 32\naccuracy_level = 0"),
+    ("int4", "quantize_int4", "block_size = 32\nsymmetric = false\n[options.quantize_int4]\naccuracy_level = 0"),
+], ids=["ternary", "bcq2", "int4"])
+def test_compiled_model_is_the_trained_student(tiny_bert, calib, tmp_path, fmt, pass_name, extra):
     torch.manual_seed(0)
     scheme_path = tmp_path / "scheme.toml"
-    scheme_path.write_text(SCHEME.format(fmt=fmt, extra=extra))
+    scheme_path.write_text(SCHEME.format(fmt=fmt, pass_name=pass_name, extra=extra))
     scheme = load_scheme(str(scheme_path))
     model = model_io.load_model(tiny_bert)
     ctx = CompileContext(model=model, scheme=scheme, options=CompileOptions(calib_path=str(calib)))
@@ -92,7 +95,7 @@ def test_compiled_model_is_the_trained_student(tiny_bert, calib, tmp_path, fmt, 
     for p in passes:
         if p.stage != "canonical":
             p(model)
-    methods = {e["method"] for e in ctx.pass_reports["replace_matmul"]["linears"]}
+    methods = {e["method"] for e in ctx.pass_reports[pass_name]["linears"]}
     assert methods == {"on-grid (lossless)"}
     out = tmp_path / "compiled.onnx"
     model_io.save_model(model, out)
