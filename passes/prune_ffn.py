@@ -115,11 +115,13 @@ class PruneFFN(QPass):
         stats = self.ctx.stats.get(name)
         if stats is None:
             return
-        stats.channel_absmax = stats.channel_absmax[keep]
-        stats.channel_sumsq = stats.channel_sumsq[keep]
-        stats.samples = np.ascontiguousarray(stats.samples[:, keep])
-        if stats.gram is not None:
-            stats.gram = np.ascontiguousarray(stats.gram[np.ix_(keep, keep)])
+        # a new object: the calibration cache (shared by the compiles of a bench) keeps the original
+        self.ctx.stats[name] = dataclasses.replace(
+            stats,
+            channel_absmax=stats.channel_absmax[keep],
+            channel_sumsq=stats.channel_sumsq[keep],
+            samples=np.ascontiguousarray(stats.samples[:, keep]),
+            gram=None if stats.gram is None else np.ascontiguousarray(stats.gram[np.ix_(keep, keep)]))
 
     @staticmethod
     def _slice(up: Linear, down: Linear, keep: np.ndarray, path_values: list[ir.Value]) -> None:

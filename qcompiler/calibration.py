@@ -237,7 +237,7 @@ def collect_stats(
     if key is not None and key in _STATS_CACHE:
         if progress:
             progress(len(feeds), len(feeds))
-        return _STATS_CACHE[key]
+        return dict(_STATS_CACHE[key])   # a pass may replace entries (prune_ffn): not in the cache
     session = session_with_taps(model, taps)
     out_names = [o.name for o in session.get_outputs()]
     wanted = [n for n in out_names if n in set(taps)]
@@ -273,6 +273,7 @@ def collect_stats(
     if key is not None:
         _STATS_CACHE.clear()  # keep one entry: bounded memory, enough for a bench of several schemes
         _STATS_CACHE[key] = stats
+        return dict(stats)
     return stats
 
 

@@ -71,3 +71,13 @@ def test_graph_without_ffn_left_alone(make_ctx):
     model = ir.from_proto(proto)
     ctx = make_ctx(model)
     assert not PruneFFN(ctx, PruneFFNOptions(threshold=5.0))(model).modified
+
+
+def test_repeated_compiles_share_calibration_but_not_pruned_stats(tiny_bert, tmp_path):
+    """A bench compiles several variants on one calibration cache: pruning in one compile must
+    not slice the cached statistics the next compile reads (regression: IndexError 1535 vs 1536)."""
+    from qcompiler.pipeline import compile_model
+
+    for i, c in enumerate((0.5, 0.7)):
+        rep = compile_model(tiny_bert, "int8", tmp_path / f"p{i}.onnx", verify=False, prune_ffn=c)
+        assert rep["passes"]["prune_ffn"]["removed_fraction"] > 0
