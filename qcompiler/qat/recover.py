@@ -248,9 +248,13 @@ def recover_with_distillation(ctx, model: ir.Model, feeds: list[dict[str, np.nda
 
 @dataclasses.dataclass
 class DistillRecoveryOptions:
+    """A scheme may set these in [options.recover]; --recover-steps overrides `steps`."""
+
     steps: int = DEFAULT_STEPS
     max_seconds: float | None = DEFAULT_SECONDS
-    noise: float = 0.0
+    noise: float = 0.0          # MDNQ-style noise rate on the quantized weights while training
+    lr: float = 2e-4
+    batch_size: int = 8
 
 
 class DistillRecovery(QPass):
@@ -261,9 +265,8 @@ class DistillRecovery(QPass):
     stage = "transform"
     Options = DistillRecoveryOptions
 
-    def __init__(self, ctx=None, options=None, console: Console | None = None, show: bool = False):
-        super().__init__(ctx, options)
-        self.console, self.show = console, show
+    console: Console | None = None
+    show = False
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from qcompiler import calibration, model_io
@@ -274,8 +277,9 @@ class DistillRecovery(QPass):
             self.report("reason", "model over 2 GB: distillation in torch would hold it in memory several times")
             return ir.passes.PassResult(model, False)
         feeds = calibration.load_calibration(ctx.options.calib_path, model) if ctx.options.calib_path else None
-        entry = recover_with_distillation(ctx, model, feeds, RecoverOptions(steps=o.steps, max_seconds=o.max_seconds,
-                                                                            noise=o.noise), self.console, self.show)
+        options = RecoverOptions(steps=o.steps, max_seconds=o.max_seconds, noise=o.noise, lr=o.lr,
+                                 batch_size=o.batch_size)
+        entry = recover_with_distillation(ctx, model, feeds, options, self.console, self.show)
         for key, value in entry.items():
             self.report(key, value)
         return ir.passes.PassResult(model, entry.get("chosen") == "distill")
@@ -293,7 +297,10 @@ def with_recovery(passes: list, ctx, mode: str, steps: int | None, console: Cons
         if steps:
             raise UsageError("--recover-steps needs --recover distill")
         return passes
-    step = DistillRecovery(ctx, DistillRecoveryOptions(steps=DEFAULT_STEPS if steps is None else int(steps)),
-                           console, show)
+    values = ctx.scheme.pass_options(DistillRecovery.name)      # a scheme's [options.recover]: steps, noise, ...
+    if steps is not None:
+        values["steps"] = int(steps)
+    step = DistillRecovery.from_dict(ctx, values)
+    step.console, step.show = console, show
     first = next((i for i, p in enumerate(passes) if p.stage == "transform" and p.name != "prune_ffn"), len(passes))
     return [*passes[:first], step, *passes[first:]]
