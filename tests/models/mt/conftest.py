@@ -15,3 +15,8 @@ TINY = BuildConfig(train_size=3000, test_size=60, vocab_size=300, d_model=64, he
 def tiny_mt():
     """The tiny model's directory (encoder.onnx, decoder.onnx, tokenizer.model, test.tsv, calib_*.npz)."""
     return build(TINY, log=lambda *_: None, eval_sentences=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_mt_config():
+    return TINY

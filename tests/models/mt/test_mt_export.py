@@ -6,16 +6,15 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qcompiler.analyze import analyze
-from tests.models.mt.conftest import TINY
 
 
-def test_decoder_signature(tiny_mt):
+def test_decoder_signature(tiny_mt, tiny_mt_config):
     import onnx
 
     m = onnx.load(tiny_mt / "decoder.onnx", load_external_data=False)
     inputs = [i.name for i in m.graph.input]
     outputs = [o.name for o in m.graph.output]
-    n = TINY.layers
+    n = tiny_mt_config.layers
     assert inputs[:2] == ["input_ids", "encoder_attention_mask"]
     assert sum(name.startswith("cross_") for name in inputs) == 2 * n
     assert sum(name.startswith("past_") for name in inputs) == 2 * n
@@ -23,9 +22,9 @@ def test_decoder_signature(tiny_mt):
     assert m.opset_import[0].version == 17
 
 
-def test_decoder_roles_and_layers(tiny_mt):
+def test_decoder_roles_and_layers(tiny_mt, tiny_mt_config):
     roles = analyze(ir.load(tiny_mt / "decoder.onnx"))
-    n = TINY.layers
+    n = tiny_mt_config.layers
     counts = roles.by_role()
     assert counts["attn_q"] == 2 * n and counts["attn_out"] == 2 * n  # self + cross attention
     assert counts["attn_k"] == n and counts["attn_v"] == n           # cross K/V come from the encoder
@@ -39,7 +38,7 @@ def test_decoder_roles_and_layers(tiny_mt):
                for r in per_layer.values())
 
 
-def test_encoder_holds_the_cross_projections(tiny_mt):
+def test_encoder_holds_the_cross_projections(tiny_mt, tiny_mt_config):
     roles = analyze(ir.load(tiny_mt / "encoder.onnx"))
-    assert roles.num_layers == TINY.layers
-    assert roles.by_role()["linear"] == 2 * TINY.layers  # cross key/value projections, one pair per decoder layer
+    assert roles.num_layers == tiny_mt_config.layers
+    assert roles.by_role()["linear"] == 2 * tiny_mt_config.layers  # cross key/value projections, one pair per decoder layer
