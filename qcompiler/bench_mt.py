@@ -190,12 +190,12 @@ def _row(v: dict) -> list[str]:
     m = v["metrics"]
     ratio = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
     return [v["name"], f"{v['size'] / 1e6:.2f} MB", f"{m['bleu']:.2f}", f"{m['chrf']:.2f}", f"{m['exact_match']:.3f}",
-            f"{m['tokens_per_s']:.0f}", f"{v['latency_ms']:.2f} ms", ratio(v["tokens_per_s_vs_fp32"]),
+            f"{m['tokens_per_s']:.0f}", f"{v['latency_ms']:.2f}", ratio(v["tokens_per_s_vs_fp32"]),
             ratio(v["tokens_per_s_vs_ort_int8"]), f"{v['compile_seconds']:.1f} s"]
 
 
-COLUMNS = ["variant", "size (enc+dec)", "BLEU", "chrF", "exact", "tokens/s", "latency/sentence", "tok/s vs FP32",
-           "tok/s vs ort int8", "compile"]
+COLUMNS = ["variant", "size enc+dec", "BLEU", "chrF", "exact", "tokens/s", "ms/sentence", "tok/s vs FP32",
+           "vs ort int8", "compile"]
 
 
 def to_markdown(result: dict) -> str:
@@ -218,7 +218,7 @@ def print_table(result: dict, console=None) -> None:
     console = console or Console(width=140)
     table = Table(title=f"{Path(result['model']).name} (mt, {result['samples']} held-out sentences, batch 1, one thread)")
     for col in COLUMNS:
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=col == "variant")
     for v in result["variants"]:
         if v["error"] or not v["metrics"]:
             table.add_row(v["name"], "[red]failed[/red]", v["error"][:70], *[""] * (len(COLUMNS) - 3))
