@@ -71,8 +71,13 @@ def our_model(op, K, N, rng, bits=None, level=4, group_size=None):
     return C.make_model(op, {**w, **common}, K=K, N=N, group_size=gs, bits=bits, accuracy_level=level)
 
 
-def columns(K, N, rng, group_size=None):
-    return {
+def columns(K, N, rng, group_size=None, level0=False):
+    extra = {}
+    if level0:  # the fp32-activation path of the same formats
+        extra = {"tern_l0": our_model("TernaryMatMul", K, N, rng, level=0, group_size=group_size),
+                 "bcq2_l0": our_model("BinaryCodeMatMul", K, N, rng, bits=2, level=0, group_size=group_size),
+                 "cb4_l0": our_model("CodebookMatMul", K, N, rng, bits=4, level=0)}
+    return extra | {
         "fp32": fp32_model(K, N, rng),
         "nbits4": matmul_nbits_model(K, N, 4, rng),
         "nbits2": matmul_nbits_model(K, N, 2, rng),
@@ -131,6 +136,7 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=float, default=0.6, help="seconds per (shape, M, threads, mode) cell")
     ap.add_argument("--group-size", type=int, default=None, help="group size of our ops (default: per channel)")
     ap.add_argument("--quick", action="store_true", help="768x3072 and 2048x2048, M=1,32, warm only")
+    ap.add_argument("--level0", action="store_true", help="also our ops at accuracy_level 0 (fp32 activations)")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.M, args.modes, args.budget = "768x3072,2048x2048", "1,32", "warm", 0.4
@@ -139,7 +145,8 @@ def main(argv=None) -> None:
     threads = [int(t) for t in args.threads.split(",")]
     modes = args.modes.split(",")
     rng = np.random.default_rng(0)
-    names = ["fp32", "nbits4", "nbits2", "ternary", "bcq2", "cb4"]
+    names = ["fp32", "nbits4", "nbits2", "ternary", "bcq2", "cb4"] + (
+        ["tern_l0", "bcq2_l0", "cb4_l0"] if args.level0 else [])
     print(f"onnxruntime {ort.__version__}; times in us (median, session.run); ratios: x faster than nbits4 / fp32")
     print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
     header = f"{'KxN':>10} {'M':>3} {'thr':>3} {'mode':>4} " + " ".join(f"{n:>8}" for n in names)
@@ -147,7 +154,7 @@ def main(argv=None) -> None:
     print(header)
     results = {}
     for K, N in shapes:
-        models = columns(K, N, rng, args.group_size)
+        models = columns(K, N, rng, args.group_size, args.level0)
         for t in threads:
             sessions = {n: session(models[n], t) for n in names}
             for M in Ms:

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2, PATH_FLUT = 3 };
+enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2, PATH_FLUT = 3, PATH_CBF = 4 };
 static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
 
 struct qc_matmul {
@@ -355,6 +355,10 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
             if (!w->nib || !w->lscales) { qc_matmul_free(w); return NULL; }
             w->path = PATH_LUT;
         }
+    } else if (w->kind == QC_CODEBOOK && w->isa->cbf_dot && w->bits == 4) {
+        prepack_codebook(w);
+        if (!w->cbnib || !w->cbq || !w->cbsum || !w->cbs) { qc_matmul_free(w); return NULL; }
+        w->path = PATH_CBF;
     } else if (w->kind != QC_CODEBOOK && w->isa->flut_block) {
         const int64_t glen = w->gs < w->K ? w->gs : w->K;
         if (w->G * round_up(glen, 3) * 3 <= w->K * 4 + 9) { /* padding waste at most ~1/3 */
@@ -378,7 +382,8 @@ void qc_matmul_free(qc_matmul *w) {
 }
 
 const char *qc_matmul_path(const qc_matmul *w) {
-    return w->path == PATH_LUT ? "lut" : w->path == PATH_CB ? "cb_i8" : w->path == PATH_FLUT ? "lut_f32" : "fma";
+    return w->path == PATH_LUT ? "lut" : w->path == PATH_CB ? "cb_i8" : w->path == PATH_FLUT ? "lut_f32"
+                                                                                     : w->path == PATH_CBF ? "cb_f32" : "fma";
 }
 
 /* ------------------------------------------------------------------------------- the runs */
@@ -392,6 +397,7 @@ typedef struct run_ctx {
     const float *ftables;   /* lut_f32: [M][Q][8] */
     const float *tscale;    /* lut: [M]; cb: activation scales */
     const int8_t *aq;       /* cb: [M][kp] */
+    const float *ap;        /* cb_f32: [M][kp] zero-padded activations, outlier channels 0 */
 } run_ctx;
 
 /* Outliers then bias on columns [n0, n1), in the reference's order. */
@@ -556,6 +562,25 @@ static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *
     w->isa->lut_tables(av, w->Q, inv, T);
 }
 
+static void cbf_task(void *p, size_t t) {
+    const run_ctx *r = (const run_ctx *)p;
+    const qc_matmul *w = r->w;
+    int64_t n0 = (int64_t)t * r->cols_per_task, n1 = n0 + r->cols_per_task;
+    if (n1 > w->N) n1 = w->N;
+    float s[4 * 8];
+    for (int64_t n = n0; n < n1; n += 8) {
+        const int NC = (int)(n1 - n < 8 ? n1 - n : 8);
+        for (int64_t m = 0; m < r->M; m += 4) {
+            const int R = (int)(r->M - m < 4 ? r->M - m : 4);
+            w->isa->cbf_dot(w->cbnib + n * (w->kp / 2), w->scales + n * 16, NC, r->ap + m * w->kp, (size_t)w->kp,
+                            (int)w->kp, R, s);
+            for (int rr = 0; rr < R; ++rr)
+                for (int c = 0; c < NC; ++c) r->Y[(m + rr) * w->N + n + c] = s[rr * 8 + c];
+        }
+    }
+    epilogue(w, r->A, r->M, r->Y, n0, n1);
+}
+
 static void quantize_row_i8(const qc_matmul *w, const float *a, int8_t *q, float *scale) {
     float amax = 0.f;
     for (int64_t k = 0; k < w->K; ++k)
@@ -578,7 +603,7 @@ static void run_parallel(qc_parallel_fn par, void *host, qc_task_fn fn, void *ct
 
 int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
     if (M <= 0 || w->N <= 0) return 0;
-    run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL, NULL};
+    run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL, NULL, NULL};
     if (w->path == PATH_LUT) {
         int8_t *T = (int8_t *)malloc((size_t)(M * w->Q * 16));
         float *ts = (float *)malloc((size_t)M * sizeof(float));
@@ -604,6 +629,19 @@ int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_pa
         r.cols_per_task = 64;
         run_parallel(par, host, lut_task, &r, (size_t)ceil_div(w->ncb, 2));
         free(T); free(ones);
+    } else if (w->path == PATH_CBF) {
+        float *ap = (float *)malloc((size_t)(M * w->kp) * sizeof(float));
+        if (!ap) return -1;
+        for (int64_t m = 0; m < M; ++m) {
+            float *d = ap + m * w->kp;
+            memcpy(d, A + m * w->K, (size_t)w->K * sizeof(float));
+            for (int64_t k = w->K; k < w->kp; ++k) d[k] = 0.f;
+            for (int64_t j = 0; j < w->n_out; ++j) d[w->oidx[j]] = 0.f;
+        }
+        r.ap = ap;
+        r.cols_per_task = 32;
+        run_parallel(par, host, cbf_task, &r, (size_t)ceil_div(w->N, 32));
+        free(ap);
     } else if (w->path == PATH_CB) {
         int8_t *aq = (int8_t *)malloc((size_t)(M * w->kp));
         float *as = (float *)malloc((size_t)M * sizeof(float));

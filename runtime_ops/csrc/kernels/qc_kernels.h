@@ -49,6 +49,11 @@ typedef struct qc_isa {
      * NULL when the ISA has none (the fma path serves level 0). */
     void (*flut_block)(const uint8_t *idx, const float *tables, size_t tab_stride, const float *scales, int G,
                        int steps, int paired, int R, float *acc);
+    /* accuracy_level 0 codebook dots in fp32, layout as cb_dot: out[r*8 + c] = sum_k cb[c][idx_c(k)] *
+     * a[r*a_stride + k] with fp32 centroids cb (16 per column) and fp32 activations zero-padded to
+     * kp. NULL when the ISA has none (the fma path serves level 0). */
+    void (*cbf_dot)(const uint8_t *nib, const float *cb, int NC, const float *a, size_t a_stride, int kp, int R,
+                    float *out);
 } qc_isa;
 
 const qc_isa *qc_isa_scalar(void);
