@@ -150,7 +150,8 @@ class QuantLinear(nn.Module):
 
 
 class QuantEmbedding(nn.Module):
-    """Drop-in for nn.Embedding with row-wise fake-quantized rows (ternary, int8 or int4 blocks)."""
+    """Drop-in for nn.Embedding with row-wise fake-quantized rows: ternary (TWN per row), int8 (absmax
+    per row) or int4 (symmetric blocks along the row, the int4 pass's block quantizer for the init)."""
 
     def __init__(self, weight: torch.Tensor, spec: QuantSpec, padding_idx: int | None = None):
         super().__init__()

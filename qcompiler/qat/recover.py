@@ -36,9 +36,8 @@ from qcompiler.qat.modules import FakeQuantWeight, QuantSpec
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.qat.onnx_to_torch import OnnxModule
 
-__all__ = ["RECOVER_MODES", "DEFAULT_STEPS", "DEFAULT_SECONDS", "RecoverOptions", "recover_with_distillation", "with_recovery",
-           "DistillRecovery",
-           "build_student"]
+__all__ = ["RECOVER_MODES", "DEFAULT_STEPS", "DEFAULT_SECONDS", "RecoverOptions", "DistillRecovery",
+           "recover_with_distillation", "with_recovery", "build_student", "write_back"]
 
 RECOVER_MODES = ("calibrated", "distill")
 DEFAULT_STEPS = 600
@@ -105,7 +104,8 @@ def _calibrated(ctx, lin: Linear, fmt: str, settings: dict, gram) -> tuple[np.nd
 
 
 def _embedding_tables(ctx) -> dict[str, np.ndarray]:
-    """The tables quantize_embeddings writes, dequantized (frozen in the student)."""
+    """The int8 / int4 tables quantize_embeddings writes, dequantized (frozen in the student). Other
+    embedding formats (PackedGather rows) stay FP32 in the student: a small mismatch, not an error."""
     from qcompiler.quantizers.uniform import quantize_rows
 
     out = {}
