@@ -45,10 +45,34 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         model = ir.load(path)
     except Exception as exc:  # protobuf gives many exception types for bad bytes
         raise ModelLoadError(f"not a readable ONNX model: {path} ({_first_line(exc)})") from None
+    try:
+        # Structure, opsets, node schemas and strict type/shape inference (a weight of the wrong
+        # dtype or rank for its op); reads the proto, not the external data.
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ModelLoadError(f"not a valid ONNX model: {path} ({_first_line(exc)})") from None
     if not model.graph.outputs:
         raise ModelLoadError(f"ONNX model has no graph outputs: {path}")
     _check_external_data(model, path)
+    _check_initializer_sizes(model)
     return model
+
+
+def _check_initializer_sizes(model: ir.Model) -> None:
+    """An initializer whose bytes do not match its dtype and shape is a broken file, not ours to guess."""
+    for graph in model.graphs():
+        for init in graph.initializers.values():
+            tensor = init.const_value
+            proto = getattr(tensor, "raw", None)
+            if not isinstance(proto, onnx.TensorProto) or not proto.HasField("raw_data"):
+                continue
+            try:
+                expected = tensor.nbytes
+            except Exception:
+                raise ModelLoadError(f"initializer {init.name} has an unsupported dtype ({proto.data_type})") from None
+            if len(proto.raw_data) != expected:
+                raise ModelLoadError(f"initializer {init.name} holds {len(proto.raw_data)} bytes but its dtype and "
+                                     f"shape {list(proto.dims)} need {expected}")
 
 
 def _check_external_data(model: ir.Model, path: Path) -> None:
@@ -59,7 +83,10 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
             location = Path(tensor.base_dir or path.parent) / tensor.location
             if not location.exists():
                 raise ModelLoadError(f"external data file missing: {location} (needed by {init.name})")
-            needed = (tensor.offset or 0) + (tensor.length or 0)
+            if tensor.length is not None and tensor.length != tensor.nbytes:
+                raise ModelLoadError(f"external tensor {init.name} has length {tensor.length} but its dtype and "
+                                     f"shape need {tensor.nbytes} bytes")
+            needed = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
             if location.stat().st_size < needed:
                 raise ModelLoadError(
                     f"external data file too short: {location} has {location.stat().st_size} bytes, "
@@ -155,7 +182,10 @@ class Spill:
                     continue
                 if tensor.nbytes < SPILL_MIN_BYTES:
                     continue
-                value.const_value = self._write(tensor, value.name)
+                try:
+                    value.const_value = self._write(tensor, value.name)
+                except OSError as exc:
+                    raise OutputError(f"cannot write {self.out}: {exc.strerror or exc}") from None
         release_mapped_pages(self.sources)
 
     def _write(self, tensor: ir.TensorProtocol, name: str) -> ir.ExternalTensor:
@@ -213,24 +243,32 @@ def save_model(model: ir.Model, output_path: str | os.PathLike, external: bool |
     tmp = temporary_name(out, ".onnx")
     data_name = out.name + ".data"
     tmp_data = temporary_name(out, ".data")
+    backup = temporary_name(out, ".previous")
+    state = {"data_replaced": False}
     try:
         if external:
             ir.save(model, tmp, external_data=tmp_data.name)
-            # The proto names its data file; rename data first so the pair is consistent.
             _retarget_external_data(tmp, tmp_data.name, data_name)
+            # Two files cannot be replaced at once: the old proto moves away first, so a kill in
+            # between leaves no model at the destination rather than an old proto reading new data.
+            if out.exists():
+                os.replace(out, backup)
             os.replace(tmp_data, directory / data_name)
+            state["data_replaced"] = True
         else:
             ir.save(model, tmp)
         os.replace(tmp, out)
-    except OSError as exc:
+        with contextlib.suppress(OSError):
+            backup.unlink()
+    except BaseException as exc:
         for leftover in (tmp, tmp_data):
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        for leftover in (tmp, tmp_data):
+        if backup.exists() and not out.exists() and not state["data_replaced"]:
             with contextlib.suppress(OSError):
-                leftover.unlink()
+                os.replace(backup, out)   # the previous model and its data file are intact: put it back
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
         raise
     return out
 

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from qcompiler import calibration, model_io, report as report_mod, verify as verify_mod
 from qcompiler.analyze import analyze
 from qcompiler.context import CompileContext, CompileOptions
-from qcompiler.errors import QCompilerError, SchemeError, UsageError
+from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError
 from qcompiler.plan import KEEP, make_plan
 from qcompiler.schemes import Scheme, load_scheme
 
@@ -38,6 +38,8 @@ DEFAULT_MEMORY_BUDGET = 2_000_000_000
 
 # Library chatter (e.g. onnxscript's "falling back to the onnx C API" warning) is not for users.
 logging.getLogger("onnxscript").setLevel(logging.ERROR)
+# onnx-ir logs a failed (optional) shape inference with its traceback; the pass goes on without it.
+logging.getLogger("onnx_ir").setLevel(logging.ERROR)
 
 
 def default_output_path(model_path: str | os.PathLike, scheme_name: str) -> Path:
@@ -209,7 +211,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
             for p in transform:
                 taps += [t for t in getattr(p, "extra_taps", lambda: [])() if t not in taps]
             gram_for = set(taps) if needs_gram else set()
-            with steps.bar("calibrating", len(feeds)) as bar:
+            with steps.bar("calibrating", len(feeds)) as bar, _input_model_errors():
                 ctx.stats = calibration.collect_stats(model, feeds, taps, gram_for=gram_for, seed=options.seed,
                                                       progress=bar)
 
@@ -233,7 +235,12 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
                 vfeeds = calibration.synthesize_inputs(model, samples=verify_samples, seed=options.seed + 1)
             layer_names = [lin.output.name for lin in ctx.roles.linears]
             with steps.bar("verifying", len(vfeeds)) as bar:
-                verification = verify_mod.verify(reference_proto, model, vfeeds, layer_names, progress=bar)
+                try:
+                    verification = verify_mod.verify(reference_proto, model, vfeeds, layer_names, progress=bar)
+                except Exception:
+                    with _input_model_errors():  # the input itself does not load: the user's model, not our bug
+                        verify_mod.make_session(reference_proto)
+                    raise
     elif verify:
         notes.append("verification skipped: model too large to hold a reference copy in memory")
 
@@ -243,6 +250,21 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
         if checker:
             notes.append(f"onnx.checker full_check: {checker}")
     return {"verification": verification}
+
+
+@contextlib.contextmanager
+def _input_model_errors():
+    """onnxruntime refusing the FP32 input (an opset it lacks, types its kernels do not take) is a
+    problem of the input model: a ModelLoadError (exit 2), not an internal error."""
+    try:
+        yield
+    except QCompilerError:
+        raise
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        text = str(exc).strip().splitlines()
+        raise ModelLoadError(f"onnxruntime cannot run the input model: {text[0][:200] if text else type(exc).__name__}") from None
 
 
 def _mark_unhandled(ctx: CompileContext, model: ir.Model, notes: list[str]) -> None:
