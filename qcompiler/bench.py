@@ -33,6 +33,7 @@ class Variant:
     metrics: dict = dataclasses.field(default_factory=dict)
     latency_ms: float | None = None
     decoder_path: str | None = None  # task mt: `path` is the encoder
+    layers: dict = dataclasses.field(default_factory=dict)  # task mt: {part: {linear output: rel L2 vs FP32}}
 
 
 def session(path: str, threads: int = 1):
@@ -237,7 +238,7 @@ def plot(result: dict, path: Path) -> None:
 
     mt = result["task"] == "mt"
     metric, label = ("bleu", "BLEU on the held-out set") if mt else ("cosine_mean", "cosine vs FP32 (mean)")
-    fig, axes = plt.subplots(1, 2 if mt else 1, figsize=(12 if mt else 7, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, 3 if mt else 1, figsize=(17 if mt else 7, 4.5), squeeze=False)
     ax = axes[0][0]
     colors = {"fp32": "black", "onnxruntime": "#d62728", "qcompiler": "#1f77b4"}
     ok = [v for v in result["variants"] if not v["error"] and v["metrics"]]
@@ -258,13 +259,33 @@ def plot(result: dict, path: Path) -> None:
         bx.invert_yaxis()
         bx.set_xlabel("tokens/s, batch 1, one thread")
         bx.grid(alpha=0.3, axis="x")
-    ax.set_title(f"{Path(result['model']).name}: size vs accuracy (black FP32, red onnxruntime, blue qcompiler)", fontsize=9)
+        _plot_layer_errors(axes[0][2], ok)
+    ax.set_title(f"{Path(result['model']).name}: size vs accuracy\n(black FP32, red onnxruntime, blue qcompiler)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name("." + path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _plot_layer_errors(ax, variants) -> None:
+    """Per scheme: mean relative L2 error of the linears' outputs, bars from the best to the worst layer."""
+    rows = [(v["name"].replace("qcompiler ", ""), [e for part in v.get("layers", {}).values() for e in part.values()])
+            for v in variants]
+    rows = [(name, np.asarray(errs)) for name, errs in rows if errs]
+    if not rows:
+        ax.set_axis_off()
+        return
+    means = [e.mean() for _, e in rows]
+    lo = [m - e.min() for m, (_, e) in zip(means, rows)]
+    hi = [e.max() - m for m, (_, e) in zip(means, rows)]
+    ax.bar([n for n, _ in rows], means, yerr=[lo, hi], capsize=4, color="#1f77b4")
+    ax.set_yscale("log")
+    ax.set_ylabel("rel. L2 error per linear vs FP32")
+    ax.set_title("per-layer error: mean, bars min..max (encoder + decoder)", fontsize=9)
+    ax.tick_params(axis="x", labelsize=8, rotation=30)
+    ax.grid(alpha=0.3, axis="y")
 
 
 def load_samples(data: str | None, model: str, n: int = 64) -> list[dict]:

@@ -3,7 +3,9 @@ FP32 and onnxruntime's own quantizers, in one run.
 
 Each variant quantizes BOTH files (the schemes with qcompiler.pipeline.compile_model and the
 model's own calibration inputs; the onnxruntime baselines with quantize_dynamic / MatMulNBits).
-Accuracy: BLEU and chrF (sacrebleu) of greedy (or beam) translations of the held-out set. Speed:
+Accuracy: BLEU and chrF (sacrebleu) of greedy (or beam) translations of the held-out set, and per
+qcompiler scheme the relative L2 error of every linear's output vs FP32 on 8 calibration samples
+(the pipeline's verification, not counted in the compile time). Speed:
 batch 1, one thread; every sentence is translated by every variant in turn (the order rotating per
 sentence), so the machine's noise hits all variants alike; tokens/s = generated tokens (EOS
 included) / decoding time, latency = mean time per sentence. Size = encoder + decoder on disk.
@@ -84,19 +86,22 @@ def _compile_variants(mt: MTModel, schemes, out_dir: Path, baselines: bool, cons
         paths = {part: str(out_dir / f"{part}.{tag}.onnx") for part in ("encoder", "decoder")}
         v = Variant(name, paths["encoder"], kind, decoder_path=paths["decoder"])
         console.print(f"[bold]compiling[/bold] {name} (encoder + decoder)")
-        t = time.perf_counter()
+        t, verify_seconds = time.perf_counter(), 0.0
         try:
             for part, src in (("encoder", mt.encoder), ("decoder", mt.decoder)):
                 if kind == "onnxruntime":
                     how(src, paths[part])
                 else:
-                    compile_model(src, scheme=how, output=paths[part], calib=mt.calib(part), verify=False,
-                                  progress=True, console=console)
+                    rep = compile_model(src, scheme=how, output=paths[part], calib=mt.calib(part), verify=True,
+                                        progress=True, console=console)
+                    verification = rep.get("verification") or {}
+                    v.layers[part] = verification.get("per_layer_rel_l2", {})
+                    verify_seconds += rep.get("seconds", {}).get("verify", 0.0)
         except Exception as exc:
             v.error = _error(exc)
             if os.environ.get("QCOMPILE_DEBUG"):
                 traceback.print_exc()
-        v.compile_seconds = time.perf_counter() - t
+        v.compile_seconds = time.perf_counter() - t - verify_seconds
         variants.append(v)
     return variants
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from qcompiler.cli import main
@@ -30,6 +31,11 @@ def test_bench_mt_compiles_both_files_and_reports_every_variant(tiny_mt, tmp_pat
             assert v["metrics"][key] >= 0
         assert v["size"] > 0 and v["latency_ms"] > 0 and v["tokens_per_s_vs_fp32"] > 0 and v["tokens_per_s_vs_ort_int8"] > 0
     assert rows["qcompiler int8"]["size"] < rows["fp32"]["size"]
+    for name in ("qcompiler int8", "qcompiler ternary"):  # per-layer errors of both files, from verification
+        layers = rows[name]["layers"]
+        assert set(layers) == {"encoder", "decoder"} and all(layers[p] for p in layers)
+        assert all(np.isfinite(e) and e >= 0 for part in layers.values() for e in part.values())
+    assert max(e for part in rows["qcompiler int8"]["layers"].values() for e in part.values()) < 0.1  # int8: ~1e-2
     assert rows["fp32"]["tokens_per_s_vs_fp32"] == 1.0
     assert (out / "mt.bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "mt.bench.md").read_text()
