@@ -249,7 +249,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log")  # the low-bit variants crowd together on a linear axis
     plain = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}")
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}" if f"{x:.0e}"[0] in "25" else ""))
     ax.set_xlabel("size on disk (MB, log scale)" + (", encoder + decoder" if mt else ""))
     ax.set_ylabel(label)
     if mt:  # second panel: decoding speed of every variant
