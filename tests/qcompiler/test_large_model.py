@@ -1,63 +1,83 @@
-"""A model over 2 GB (external data) loads lazily, compiles and saves with its weights in `<name>.data`.
+"""A 2.4 GB model (external data, 36 MatMuls 4096 x 4096) loads lazily, saves with its weights in
+`<name>.data`, and compiles streaming in bounded memory.
 
-Protobuf cannot hold more than 2 GB, so this is the path real LLM-sized exports take. The
-weights are written straight to the data file (never all in memory); the scheme only
-cleans up, so the test measures the I/O path, not quantization speed.
-"""
+Protobuf cannot hold more than 2 GB, so this is the path real LLM-sized exports take. Each compile
+runs in a subprocess so its peak RSS (os.wait4's ru_maxrss of that child) is its own. Bound: peak
+RSS at most 0.25x the model, the issue's target; measured 0.40 GB for int8 (0.17x) and well below
+that for the copy, so the bound fails only if weights pile up in memory again (one 64 MB weight
+plus its quantizer's temporaries is what streaming may hold)."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
+from models.large_synthetic import chain_bytes, write_chain
 from qcompiler import model_io
 
-DIM = 8192
-LAYERS = 9  # 9 * 8192 * 8192 * 4 bytes = 2.4 GB
+LAYERS, DIM = 36, 4096
+RSS_BOUND = 0.25
 
 
-def _write_big_chain(path):
-    data_name = path.name + ".data"
-    nodes, inits = [], []
-    with open(path.parent / data_name, "wb") as f:
-        for i in range(LAYERS):
-            w = np.full((DIM, DIM), 1.0 / DIM, np.float32)
-            w[:, 0] = i
-            offset = f.tell()
-            f.write(w.tobytes())
-            t = onnx.TensorProto(name=f"W{i}", data_type=onnx.TensorProto.FLOAT, dims=[DIM, DIM])
-            t.data_location = onnx.TensorProto.EXTERNAL
-            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(w.nbytes))):
-                t.external_data.add(key=k, value=v)
-            inits.append(t)
-            nodes.append(helper.make_node("MatMul", [f"h{i}", f"W{i}"], [f"h{i + 1}"], name=f"layer{i}"))
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("h0", 1, [1, DIM])],
-                              [helper.make_tensor_value_info(f"h{LAYERS}", 1, [1, DIM])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+def _compile_in_child(src, out, scheme: str) -> int:
+    """Compile in a subprocess; returns its peak RSS in bytes (fails on a non-zero exit)."""
+    code = ("import sys; from qcompiler.pipeline import compile_model; from qcompiler.schemes import Scheme; "
+            "s = sys.argv[3]; s = Scheme('copy', 'cleanup only', ['cleanup'], {}, {}, {}, {}, 'test') "
+            "if s == 'copy' else s; compile_model(sys.argv[1], scheme=s, output=sys.argv[2], verify=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out), scheme], stderr=subprocess.PIPE)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    assert proc.returncode == 0, err
+    return rusage.ru_maxrss * 1024
+
+
+@pytest.fixture(scope="module")
+def big_chain(tmp_path_factory):
+    d = tmp_path_factory.mktemp("big")
+    if shutil.disk_usage(d).free < 8e9:
+        pytest.skip("needs 8 GB of free disk for a 2.4 GB model and its copy")
+    src = write_chain(d / "big.onnx", layers=LAYERS, dim=DIM)
+    yield src
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_over_2gb_loads_and_saves_with_external_data(tmp_path):
-    import shutil
-
-    if shutil.disk_usage(tmp_path).free < 8e9:
-        pytest.skip("needs 8 GB of free disk for a 2.4 GB model and its copy")
-    from qcompiler.pipeline import compile_model
-    from qcompiler.schemes import Scheme
-
-    src = tmp_path / "big.onnx"
-    _write_big_chain(src)
+def test_over_2gb_loads_and_saves_with_external_data(big_chain):
+    src = big_chain
     assert model_io.file_size(src) > 2**31
-    scheme = Scheme("copy", "cleanup only", ["cleanup"], {}, {}, {}, {}, "test")
-    out = tmp_path / "big.out.onnx"
-    report = compile_model(src, scheme=scheme, output=out, verify=False)
-    assert (tmp_path / "big.out.onnx.data").exists()
-    assert report["size_after"] > 2**31
+    out = src.with_name("big.copy.onnx")
+    peak = _compile_in_child(src, out, "copy")
+    assert peak < RSS_BOUND * chain_bytes(LAYERS, DIM), f"peak RSS {peak / 1e9:.2f} GB"
+    assert (src.parent / "big.copy.onnx.data").exists()
+    assert model_io.file_size(out) > 2**31
     proto = onnx.load(str(out), load_external_data=False)
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     # Spot-check one weight's bytes through a memory map, not by loading 2.4 GB.
+    w_in = model_io.load_model(src).graph.initializers["W5"].const_value.numpy()
+    w_out = model_io.load_model(out).graph.initializers["W5"].const_value.numpy()
+    assert np.array_equal(w_in[::97], w_out[::97])
+    out.unlink()
+    (src.parent / "big.copy.onnx.data").unlink()
+
+
+@pytest.mark.slow
+def test_streaming_int8_compile_in_bounded_memory(big_chain):
+    src = big_chain
+    out = src.with_name("big.int8.onnx")
+    peak = _compile_in_child(src, out, "int8")
+    assert peak < RSS_BOUND * chain_bytes(LAYERS, DIM), f"peak RSS {peak / 1e9:.2f} GB"
+    # 36 int8 weights (1 byte each) + their scales, in the data file beside the output
+    assert model_io.file_size(out) > LAYERS * DIM * DIM
+    proto = onnx.load(str(out), load_external_data=False)
+    assert sum(n.op_type == "MatMulInteger" for n in proto.graph.node) == LAYERS
     loaded = model_io.load_model(out)
-    w5 = loaded.graph.initializers["W5"].const_value.numpy()
-    assert w5[3, 0] == 5 and w5[3, 1] == np.float32(1.0 / DIM)
+    q = loaded.graph.initializers["W7_quantized"].const_value.numpy()
+    assert q.dtype == np.int8 and q.shape == (DIM, DIM) and np.abs(q).max() == 127
