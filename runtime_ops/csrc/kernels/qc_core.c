@@ -20,12 +20,12 @@ struct qc_matmul {
     int64_t *oidx;
     float *ow, *bias;
     uint8_t *is_outlier; /* [K] */
-    /* lut path */
-    int epg, steps;
-    int64_t glen, gsp, Kv, Q, ncb;
-    uint8_t *nib;
-    float *lscales;
-    /* codebook int8 path */
+    /* table paths (lut: int8 tables of 4-element sums; lut_f32: fp32 tables of 3-element sums) */
+    int epg, steps;                /* elements per table, lookup steps per group */
+    int64_t glen, gsp, Kv, Q, ncb; /* group length, padded length, K padded, tables per row, blocks */
+    uint8_t *nib;                  /* prepacked indices */
+    float *lscales;                /* [block][plane][group][32] scales (x 0.5 for paired planes) */
+    /* codebook paths (cb_i8, cb_f32) */
     int64_t kp;
     uint8_t *cbnib;
     int8_t *cbq;
