@@ -2,7 +2,8 @@
 
 For each size it writes a chain of N MatMuls dim x dim with external data
 (models.large_synthetic), then runs each tool in its own subprocess, one at a time, and takes
-the child's wall time and peak RSS (os.wait4: that child's ru_maxrss). qcompiler runs
+the child's wall time and peak RSS (the child's VmHWM, which it prints as it exits: ru_maxrss would
+also count the parent's pages the child holds between fork and exec). qcompiler runs
 streaming (memory_budget 0) at every size, so the sizes are comparable; onnxruntime's
 quantize_dynamic (int8 per channel) and MatMulNBits quantizer (4-bit, block 32, symmetric)
 are the baselines for the same formats. Outputs are deleted after each run.
@@ -64,13 +65,26 @@ def _child(tool: str, src: str, dst: str) -> None:
         q.model.save_model_to_file(dst, use_external_data_format=True)
     else:
         raise SystemExit(f"unknown tool {tool}")
+    print(f"VmHWM {peak_rss_of_this_process()}")
+
+
+def peak_rss_of_this_process() -> int:
+    """Peak resident bytes of this process image (VmHWM; reset by exec, unlike ru_maxrss)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_tool(tool: str, src: Path, dst: Path, timeout: float) -> dict:
     """One tool in a subprocess: wall seconds, peak RSS bytes, output bytes, return code."""
     cmd = [sys.executable, "-m", "qcompiler.bench_scale", "--child", tool, str(src), str(dst)]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out_log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=out_log, stderr=subprocess.PIPE)
     deadline = start + timeout
     status = rusage = None
     while True:
@@ -91,7 +105,11 @@ def run_tool(tool: str, src: Path, dst: Path, timeout: float) -> dict:
     for p in dst.parent.glob(dst.name + "*"):
         out_bytes += p.stat().st_size
     rc = None if status is None else os.waitstatus_to_exitcode(status)
-    return {"tool": tool, "wall_s": round(wall, 2), "peak_rss": rusage.ru_maxrss * 1024, "out_bytes": out_bytes,
+    out_log.seek(0)
+    hwm = [line.split()[1] for line in out_log.read().decode(errors="replace").splitlines() if line.startswith("VmHWM ")]
+    out_log.close()
+    peak = int(hwm[-1]) if hwm else rusage.ru_maxrss * 1024
+    return {"tool": tool, "wall_s": round(wall, 2), "peak_rss": peak, "out_bytes": out_bytes,
             "rc": rc, "error": (err[-1][:200] if err and rc != 0 else "") if rc is not None else f"timeout {timeout}s"}
 
 
