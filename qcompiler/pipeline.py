@@ -210,7 +210,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
             taps = sorted({lin.node.inputs[0].name for lin in ctx.roles.linears if ctx.plan[lin.name].format != KEEP})
             for p in transform:
                 taps += [t for t in getattr(p, "extra_taps", lambda: [])() if t not in taps]
-            gram_for = set(taps) if needs_gram else set()
+            gram_for = _grams_within_budget(model, taps, budget // 4, notes) if needs_gram else set()
             with steps.bar("calibrating", len(feeds)) as bar, _input_model_errors():
                 ctx.stats = calibration.collect_stats(model, feeds, taps, gram_for=gram_for, seed=options.seed,
                                                       progress=bar)
@@ -250,6 +250,34 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
         if checker:
             notes.append(f"onnx.checker full_check: {checker}")
     return {"verification": verification}
+
+
+def _grams_within_budget(model: ir.Model, taps: list[str], budget: int, notes: list[str]) -> set[str]:
+    """The taps whose Gram matrices (C x C float64 each) fit in `budget` bytes together, in order.
+
+    Recovery needs one per linear input; a model with many wide layers would otherwise hold
+    them all at once (36 inputs of 4096 channels: 4.8 GB). Linears past the budget get plain
+    rounding, and the report says how many."""
+    channels = {}
+    for node in model.graph.all_nodes():
+        for v in node.outputs:
+            if v.name in taps and v.shape is not None and len(v.shape) and isinstance(v.shape[-1], int):
+                channels[v.name] = v.shape[-1]
+    for v in model.graph.inputs:
+        if v.name in taps and v.shape is not None and len(v.shape) and isinstance(v.shape[-1], int):
+            channels[v.name] = v.shape[-1]
+    chosen, used = set(), 0
+    for tap in taps:
+        need = 8 * channels.get(tap, 0) ** 2
+        if used + need > budget:
+            continue
+        chosen.add(tap)
+        used += need
+    skipped = len(taps) - len(chosen)
+    if skipped:
+        notes.append(f"recovery statistics kept for {len(chosen)} of {len(taps)} linear inputs: the Gram matrices of "
+                     f"all would exceed {budget / 1e9:.2f} GB (a quarter of the memory budget); the others use plain rounding")
+    return chosen
 
 
 @contextlib.contextmanager
