@@ -16,7 +16,7 @@ from rich.console import Console
 
 from qcompiler.schemes import builtin_scheme_names
 
-DEMO_SCHEMES = ["int8", "int4", "ternary", "bcq2", "bcq3", "kmeans4"]
+DEMO_SCHEMES = ["int8", "int4", "ternary", "bcq2", "bcq3", "kmeans4", "mixed"]
 
 
 def calibration_npz(path: Path, n: int = 256) -> Path:
