@@ -299,7 +299,7 @@ def _cache_key(model: ir.Model, feeds, taps, gram_for, max_rows, seed):
     except Exception:
         return None
     return (h.hexdigest(), tuple(sorted(taps)), tuple(sorted(gram_for)), max_rows, seed,
-            tuple(n.op_type for n in model.graph))
+            tuple(n.op_type for n in model.graph), tuple(sorted(model.opset_imports.items())))
 
 
 def _stack_batches(feeds, batch_size: int):

@@ -53,6 +53,20 @@ def cli(ctx: click.Context, list_schemes: bool) -> None:
         click.echo(ctx.get_help())
 
 
+def _parse_size(text: str) -> int:
+    """'512M', '2G', '1.5G', '1000000' -> bytes; anything else is a usage error."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(number)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 512M, 2G)", param_hint="--memory-budget") from None
+    if value < 0:
+        raise click.BadParameter(f"{text!r} is negative", param_hint="--memory-budget")
+    return int(value * units[unit])
+
+
 @cli.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--scheme", "-s", default="int8", show_default=True, help="Built-in scheme name or a .toml file.")
@@ -69,10 +83,13 @@ def cli(ctx: click.Context, list_schemes: bool) -> None:
                    "(torch, quantizers in the loop) and keep whichever is better on held-out samples.")
 @click.option("--recover-steps", type=click.IntRange(min=0), default=None, metavar="N",
               help="Distillation steps (default 600, at most 20 minutes); 0 = calibrated recovery.")
+@click.option("--memory-budget", type=str, default=None, metavar="SIZE",
+              help="Stream models whose weights exceed SIZE (e.g. 512M, 2G; default 2G): one weight in memory "
+                   "at a time, written out as it is packed (no calibration or verification then).")
 @click.option("--no-verify", is_flag=True, help="Skip running the compiled model beside the original.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display or summary.")
 def compile_command(model, scheme, output, report_path, calib, exclude, target, prune_ffn, recover, recover_steps,
-                    no_verify, quiet) -> None:
+                    memory_budget, no_verify, quiet) -> None:
     """Compile MODEL with a scheme and print a summary."""
     from qcompiler.pipeline import compile_model
     from qcompiler.report import print_summary
@@ -80,6 +97,7 @@ def compile_command(model, scheme, output, report_path, calib, exclude, target, 
     rep = compile_model(model, scheme=scheme, output=output, report_path=report_path, calib=calib,
                         exclude=list(exclude), target=target, verify=not no_verify, prune_ffn=prune_ffn,
                         recover=recover, recover_steps=recover_steps,
+                        memory_budget=_parse_size(memory_budget) if memory_budget is not None else None,
                         progress=not quiet,
                         console=_console)
     if not quiet:

@@ -1,6 +1,6 @@
 # runtime_ops: the native op library. Included by the top-level Makefile.
 #   make native     incremental build of runtime_ops/_lib/libqcompiler_ops.so (fetches headers)
-#   make asan       build with -fsanitize=address,undefined; run the C harness and the glue tests
+#   make asan       build with -fsanitize=address,undefined; run the C harness, the glue and corrupt-input tests
 #   make neon-test  cross-compile the NEON kernels (aarch64 gcc) and test them under qemu-user
 ORT_HEADERS_DIR ?= $(HOME)/.cache/qcompiler/onnxruntime-headers-1.21
 RT_BUILD := build/runtime_ops
@@ -34,7 +34,8 @@ asan: $(RT_HEADER_STAMP) | rt-cmake
 	QCOMPILER_OPS_LIB=$(CURDIR)/$(RT_ASAN_BUILD)/libqcompiler_ops.so \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	QCOMPILER_ASAN=1 $(PY) -m pytest -q -p no:cacheprovider tests/runtime_ops/test_glue.py
+	QCOMPILER_ASAN=1 $(PY) -m pytest -q -p no:cacheprovider tests/runtime_ops/test_glue.py \
+		tests/runtime_ops/test_corrupt_inputs.py
 
 neon-test:
 	bash runtime_ops/neon_test.sh build/neon

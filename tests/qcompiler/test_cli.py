@@ -163,3 +163,18 @@ def test_list_schemes_one_line_each():
     assert len(lines) == len(builtin_scheme_names())
     for line, name in zip(lines, builtin_scheme_names()):
         assert line.split()[0] == name and len(line.split()) > 1
+
+
+def test_memory_budget_streams_or_refuses_bad_sizes(tiny_bert, tmp_path, capsys):
+    import json
+
+    out, report = tmp_path / "s.onnx", tmp_path / "s.json"
+    code, _, err = _run([str(tiny_bert), "--scheme", "int8", "-o", str(out), "--report", str(report),
+                         "--memory-budget", "0", "-q"], capsys)
+    assert code == 0, err
+    assert any("streaming compile" in n for n in json.loads(report.read_text())["notes"])
+    for bad in ("2X", "-1G", "lots"):
+        code, _, err = _run([str(tiny_bert), "-o", str(tmp_path / "b.onnx"), "--memory-budget", bad], capsys)
+        assert code == 2
+        _one_line_error(err)
+        assert "--memory-budget" in err
