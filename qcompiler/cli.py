@@ -82,7 +82,7 @@ def _parse_size(text: str) -> int:
               help="distill: also train the quantized weights against the original on the calibration inputs "
                    "(torch, quantizers in the loop) and keep whichever is better on held-out samples.")
 @click.option("--recover-steps", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Distillation steps (default 600, at most 20 minutes); 0 = calibrated recovery.")
+              help="Distillation steps (default 1200, at most 20 minutes); 0 = calibrated recovery.")
 @click.option("--memory-budget", type=str, default=None, metavar="SIZE",
               help="Stream models whose weights exceed SIZE (e.g. 512M, 2G; default 2G): one weight in memory "
                    "at a time, written out as it is packed (no calibration or verification then).")

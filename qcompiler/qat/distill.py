@@ -26,7 +26,7 @@ __all__ = ["DistillConfig", "distill", "distill_loss", "output_cosine", "stack_f
 
 @dataclasses.dataclass
 class DistillConfig:
-    steps: int = 600                  # optimizer steps (0: no training)
+    steps: int = 1200                 # optimizer steps (0: no training)
     max_seconds: float | None = 1200.0  # stop early when the wall time is spent
     batch_size: int = 8
     lr: float = 2e-4                  # latent weights and FP parameters (Adam, cosine decay)

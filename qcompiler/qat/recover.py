@@ -40,7 +40,7 @@ __all__ = ["RECOVER_MODES", "DEFAULT_STEPS", "DEFAULT_SECONDS", "RecoverOptions"
            "recover_with_distillation", "with_recovery", "build_student", "write_back"]
 
 RECOVER_MODES = ("calibrated", "distill")
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 1200       # MiniLM, 2 threads: 1200 steps in 544 s, ternary cosine 0.952 (600 steps: 0.933)
 DEFAULT_SECONDS = 1200.0   # 20 minutes of training at most, whatever the step count
 TRAINABLE_FORMATS = ("ternary", "bcq", "int4")
 
