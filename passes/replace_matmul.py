@@ -127,21 +127,54 @@ def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray 
     sd = np.float16 if settings["scale_dtype"] == "float16" else np.float32
     group_size = int(rec.group_size) if fmt != "kmeans" else k
     if fmt == "ternary":
-        packed, scales = contract.pack_ternary(rec.codes.T, rec.scales.astype(sd))
+        packed, scales = _pack_by_columns(contract.pack_ternary, rec.codes.T, rec.scales.astype(sd), 0)
     elif fmt == "bcq":
-        packed, scales = contract.pack_binary_code(np.transpose(rec.codes, (0, 2, 1)), rec.scales.astype(sd))
+        packed, scales = _pack_by_columns(contract.pack_binary_code, np.transpose(rec.codes, (0, 2, 1)),
+                                          rec.scales.astype(sd), 1)
     else:
-        packed, scales = contract.pack_codebook(rec.codes.T, rec.scales.astype(sd), bits)
+        packed, scales = _pack_by_columns(lambda c, sc: contract.pack_codebook(c, sc, bits), rec.codes.T,
+                                          rec.scales.astype(sd), 0)
     attrs = {"K": k, "N": n, "group_size": group_size}
     if bits is not None:
         attrs["bits"] = int(bits)
-    deq = contract.dequantize(op_type, packed, scales, **attrs)
+    deq = _dequantize_by_columns(op_type, packed, scales, attrs)
     idx = np.asarray(rec.outlier_idx, np.int64)
     # outlier rows: every op ignores the packed rows there and adds these float16 rows alone
     outlier_w = rec.dequantized[idx].astype(np.float16)
-    effective = deq.copy()
+    effective = deq                      # deq is not used past this point: no copy
     effective[idx] = outlier_w.astype(np.float32)
     return PackedLinear(op_type, attrs, packed, scales, idx, outlier_w.reshape(len(idx), n), effective, method)
+
+
+DEQUANT_COLUMNS = 256   # output channels decoded at a time (the contract's unpacking widens codes)
+
+
+def _pack_by_columns(pack, codes: np.ndarray, scales: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """A contract packer applied DEQUANT_COLUMNS output channels at a time (axis = the N axis of
+    codes and scales): the layouts are per output channel, so the bytes are the same as one call,
+    and the packer's widened temporaries stay a slice's worth."""
+    n = codes.shape[axis]
+    packed, out_scales = [], []
+    for start in range(0, n, DEQUANT_COLUMNS):
+        cols = np.arange(start, min(n, start + DEQUANT_COLUMNS))
+        p, sc = pack(np.take(codes, cols, axis=axis), np.take(scales, cols, axis=axis))
+        packed.append(p)
+        out_scales.append(sc)
+    return np.concatenate(packed, axis=axis), np.concatenate(out_scales, axis=axis)
+
+
+def _dequantize_by_columns(op_type: str, packed: np.ndarray, scales: np.ndarray, attrs: dict) -> np.ndarray:
+    """contract.dequantize, DEQUANT_COLUMNS output channels at a time: every packed layout is
+    per output channel, so slices decode independently and the unpacking's temporaries stay a
+    slice's worth (a 4096x4096 weight: 0.4-0.7 GB at once -> a few tens of MB)."""
+    k, n = attrs["K"], attrs["N"]
+    axis = 1 if op_type == "BinaryCodeMatMul" else 0       # [bits, N, ...] or [N, ...]
+    out = np.empty((k, n), np.float32)
+    for start in range(0, n, DEQUANT_COLUMNS):
+        end = min(n, start + DEQUANT_COLUMNS)
+        take = lambda a: np.take(a, np.arange(start, end), axis=axis)  # noqa: E731
+        out[:, start:end] = contract.dequantize(op_type, take(packed), take(scales), **{**attrs, "N": end - start})
+    return out
 
 
 def _node_name(lin: Linear, op_type: str, taken: set[str]) -> str:
