@@ -28,9 +28,11 @@ class RecoveredWeight:
     codes: ternary int8 [K, N] in {-1, 0, 1}; bcq int8 [bits, K, N] of +-1; kmeans uint8 [K, N];
     int4 uint8 [K, N] in [0, 15] with zero_points, or int8 in [-7, 7] when symmetric.
     scales: ternary [N, G]; bcq alphas [bits, N, G]; kmeans codebook [N, 2^bits]; int4 [N, G].
-    The op computes X @ dequant(codes) + X[:, outlier_idx] @ outlier_w. Outlier rows hold the code
-    of 0 where the format has one (ternary, int4); for bcq / kmeans they hold the nearest code to 0
-    and outlier_w is the correction on top of it. `dequantized` is that whole effective weight.
+    Here X @ dequant(codes) + X[:, outlier_idx] @ outlier_w = X @ dequantized: outlier rows hold
+    the code of 0 where the format has one (ternary, int4: outlier_w is then the whole row); for
+    bcq / kmeans they hold the nearest code to 0 and outlier_w is the correction on top of it.
+    The ai.qcompiler ops read the packed rows of outlier channels as zero, so their outlier
+    weights must be the whole rows, `dequantized[outlier_idx]` (what replace_matmul writes).
     """
 
     fmt: str
