@@ -70,7 +70,8 @@ def output_cosine(student_out, teacher_out, mask) -> torch.Tensor:
 
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the trailing positions that every sample of the batch pads (right padding): the same
-    result for the kept positions, less work (calibration samples are padded to the longest one)."""
+    result for the kept positions, less work (calibration samples are padded to the longest one).
+    Only when every input is [B, seq, ...] (an encoder's ids/masks); otherwise the batch as is."""
     mask = _mask_of(batch)
     if mask is None:
         return batch
@@ -78,6 +79,10 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     length = int(used.max()) + 1 if len(used) else 1
     seq = mask.shape[1]
     if length == seq:
+        return batch
+    if any(v.dim() < 2 or v.shape[1] != seq for v in batch.values()):
+        # e.g. a decoder: a source mask beside cross-attention keys [B, H, S, d] and new tokens
+        # [B, T]: the padded axis is not axis 1 everywhere, so trimming could break the shapes
         return batch
     return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == seq else v for k, v in batch.items()}
 

@@ -43,3 +43,18 @@ def test_distillation_lowers_the_loss(tiny_bert_dir):
                       [{"params": params, "lr": 2e-3}])
     assert history["steps"] == 25
     assert history["loss_last"] < 0.8 * history["loss_first"]
+
+
+def test_trim_padding_leaves_decoder_style_batches_alone():
+    """A source mask beside inputs whose padded axis is not axis 1 (cross-attention keys
+    [B, H, S, d]) must not be trimmed: that broke --recover distill on the MT decoder."""
+    import torch
+
+    from qcompiler.qat.distill import trim_padding
+
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.int64)
+    enc = {"input_ids": torch.ones(2, 4, dtype=torch.int64), "attention_mask": mask}
+    assert trim_padding(enc)["input_ids"].shape == (2, 2)          # encoder-style: trimmed
+    dec = {"src_mask": mask, "cross_key": torch.zeros(2, 3, 4, 8), "input_ids": torch.ones(2, 1, dtype=torch.int64)}
+    out = trim_padding(dec)
+    assert out["src_mask"].shape == (2, 4) and out["cross_key"].shape == (2, 3, 4, 8)
