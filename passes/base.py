@@ -49,6 +49,32 @@ class QPass(ir.passes.InPlacePass):
             self.ctx.append(self.name, key, value)
 
 
+def planned_linears(ctx: Any, formats) -> list:
+    """(linear, plan) of every linear planned in one of `formats`, except tied LM heads (the
+    weight is an embedding table: quantize_embeddings owns it)."""
+    if ctx is None or ctx.roles is None or ctx.plan is None:
+        return []
+    tables = {id(e.table) for e in ctx.roles.embeddings}
+    out = []
+    for lin in ctx.roles.linears:
+        plan = ctx.plan.get(lin.name)
+        if plan is None or plan.format not in formats or plan.role == "embedding" or id(lin.weight) in tables:
+            continue
+        out.append((lin, plan))
+    return out
+
+
+def consumer_grams(linears, stats: dict) -> dict:
+    """{weight name: X^T X summed over every linear reading it} for the given linears (those
+    that asked for recovery); a shared weight is recovered on all its consumers' inputs."""
+    grams: dict = {}
+    for lin in linears:
+        st = stats.get(lin.node.inputs[0].name)
+        if st is not None and getattr(st, "gram", None) is not None:
+            grams[lin.name] = grams.get(lin.name, 0) + st.gram
+    return grams
+
+
 def drop_unused_weights(graph: ir.Graph, linears) -> None:
     """Remove the FP32 weights and biases of rewritten linears (and Transposes of them) that
     no node reads any more; a weight still read elsewhere stays."""

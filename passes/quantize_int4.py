@@ -49,7 +49,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass, drop_unused_weights
+from qcompiler.passes.base import QPass, consumer_grams, drop_unused_weights, planned_linears
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import output_error, recover
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
@@ -208,17 +208,7 @@ class QuantizeInt4(QPass):
     Options = QuantizeInt4Options
 
     def _mine(self) -> list:
-        ctx = self.ctx
-        if ctx is None or ctx.roles is None or ctx.plan is None:
-            return []
-        tables = {id(e.table) for e in ctx.roles.embeddings}
-        out = []
-        for lin in ctx.roles.linears:
-            plan = ctx.plan.get(lin.name)
-            if plan is None or plan.format != FORMAT or plan.role == "embedding" or id(lin.weight) in tables:
-                continue
-            out.append((lin, plan))
-        return out
+        return planned_linears(self.ctx, (FORMAT,))
 
     @property
     def needs_stats(self) -> bool:  # read by the pipeline after the plan is made
@@ -249,11 +239,7 @@ class QuantizeInt4(QPass):
 
         graph = model.graph
         stats = ctx.stats or {}
-        grams: dict[str, np.ndarray] = {}      # a shared weight: the sum of its consumers' Gram matrices
-        for lin, plan in todo:
-            st = stats.get(lin.node.inputs[0].name)
-            if _recovery(lin.name, plan.settings) == "gptq" and st is not None and getattr(st, "gram", None) is not None:
-                grams[lin.name] = grams.get(lin.name, 0) + st.gram
+        grams = consumer_grams([lin for lin, plan in todo if _recovery(lin.name, plan.settings) == "gptq"], stats)
         packed: dict[tuple, _Packed] = {}
         before = after = 0
         for i, (lin, plan) in enumerate(todo):

@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass, drop_unused_weights
+from qcompiler.passes.base import QPass, consumer_grams, drop_unused_weights, planned_linears
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import RecoveredWeight, output_error, quantize_plain, recover
 from runtime_ops import contract
@@ -195,18 +195,8 @@ class ReplaceMatMul(QPass):
     stage = "transform"
     Options = ReplaceMatMulOptions
 
-    def _mine(self):
-        ctx = self.ctx
-        if ctx is None or ctx.roles is None or ctx.plan is None:
-            return []
-        tables = {id(e.table) for e in ctx.roles.embeddings}
-        out = []
-        for lin in ctx.roles.linears:
-            plan = ctx.plan.get(lin.name)
-            if plan is None or plan.format not in OP_OF_FORMAT or plan.role == "embedding" or id(lin.weight) in tables:
-                continue
-            out.append((lin, plan))
-        return out
+    def _mine(self) -> list:
+        return planned_linears(self.ctx, OP_OF_FORMAT)
 
     @property
     def needs_stats(self) -> bool:  # read by the pipeline after the plan is made
@@ -247,12 +237,7 @@ class ReplaceMatMul(QPass):
         ctx = self.ctx
         graph = model.graph
         stats = ctx.stats or {}
-        # a shared weight gets the Gram matrix of all its consumers' inputs
-        grams: dict[str, np.ndarray] = {}
-        for lin, _, s in todo:
-            st = stats.get(lin.node.inputs[0].name)
-            if s["recovery"] == "gptq" and st is not None and getattr(st, "gram", None) is not None:
-                grams[lin.name] = grams.get(lin.name, 0) + st.gram
+        grams = consumer_grams([lin for lin, _, s in todo if s["recovery"] == "gptq"], stats)
         packed: dict[tuple, PackedLinear] = {}
         bytes_before = bytes_after = 0
         for i, (lin, plan, s) in enumerate(todo):
