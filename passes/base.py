@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import numpy as np
 import onnx_ir as ir
 
 from qcompiler.errors import SchemeError
@@ -47,6 +48,27 @@ class QPass(ir.passes.InPlacePass):
     def report_append(self, key: str, value: Any) -> None:
         if self.ctx is not None:
             self.ctx.append(self.name, key, value)
+
+
+def fresh_name(base: str, taken) -> str:
+    """`base`, or the first of base_2, base_3, ... that is not in `taken` (any container of names)."""
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def add_initializer(graph: ir.Graph, name: str, value) -> ir.Value:
+    """Register `value` (a numpy array or an onnx-ir tensor) as an initializer of `graph` named
+    `name`, or `name`_2, ... when an initializer of that name exists already."""
+    if isinstance(value, np.ndarray):   # 0-d arrays are contiguous (ascontiguousarray would make them 1-d)
+        value = ir.tensor(value if value.flags.c_contiguous else np.ascontiguousarray(value))
+    tensor = value
+    v = ir.Value(name=fresh_name(name, graph.initializers), shape=ir.Shape(tensor.shape),
+                 type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(v)
+    return v
 
 
 def planned_linears(ctx: Any, formats) -> list:

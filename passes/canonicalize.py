@@ -15,7 +15,7 @@ from onnx_ir.passes import common as ir_common
 from onnxscript import optimizer
 from onnxscript.version_converter import ConvertVersionPass
 
-from qcompiler.passes.base import QPass
+from qcompiler.passes.base import QPass, add_initializer, fresh_name
 
 __all__ = ["Canonicalize"]
 
@@ -157,10 +157,7 @@ class _Names:
             self.taken |= {v.name for v in node.outputs}
 
     def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
+        name = fresh_name(base, self.taken)
         self.taken.add(name)
         return name
 
@@ -202,20 +199,20 @@ def _gemm_to_matmul(graph: ir.Graph) -> int:
                 w = (w.astype(np.float64) * alpha).astype(b_const.dtype)
                 scale_after = 1.0
             if trans_b or alpha != 1.0:
-                b = _new_initializer(graph, names.fresh(f"{b.name or base}_kn"), np.ascontiguousarray(w))
+                b = add_initializer(graph, names.fresh(f"{b.name or base}_kn"), np.ascontiguousarray(w))
         elif trans_b:
             b = add_node("Transpose", [b], "TransposeB", perm=[1, 0])
         y = add_node("MatMul", [a, b], "MatMul")
         if scale_after != 1.0:
-            y = add_node("Mul", [y, _new_initializer(graph, names.fresh(f"{base}_alpha"),
+            y = add_node("Mul", [y, add_initializer(graph, names.fresh(f"{base}_alpha"),
                                                       np.array(scale_after, dtype=np.float32))], "MulAlpha")
         if c is not None and beta != 0.0:
             c_const = _const_array(c)
             if c_const is not None and beta != 1.0:
-                c = _new_initializer(graph, names.fresh(f"{c.name or base}_beta"),
+                c = add_initializer(graph, names.fresh(f"{c.name or base}_beta"),
                                      (c_const.astype(np.float64) * beta).astype(c_const.dtype))
             elif beta != 1.0:
-                c = add_node("Mul", [c, _new_initializer(graph, names.fresh(f"{base}_beta"),
+                c = add_node("Mul", [c, add_initializer(graph, names.fresh(f"{base}_beta"),
                                                           np.array(beta, dtype=np.float32))], "MulBeta")
             y = add_node("Add", [y, c], "Add")
         # The last new node's output takes over the Gemm's output (name, shape, consumers).
@@ -224,8 +221,3 @@ def _gemm_to_matmul(graph: ir.Graph) -> int:
     return count
 
 
-def _new_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value

@@ -13,7 +13,7 @@ from onnxscript.rewriter import _ir_utils, pattern
 from onnxscript.rewriter.rules.fusion import _layer_norm, _rms_normalization
 
 from qcompiler.analyze import Linear, find_linears
-from qcompiler.passes.base import QPass
+from qcompiler.passes.base import QPass, add_initializer, fresh_name
 
 __all__ = ["FoldLayerNorm"]
 
@@ -350,7 +350,7 @@ def _set_const(graph: ir.Graph, node: ir.Node, value: ir.Value, array: np.ndarra
     if value.is_initializer() and len(list(value.uses())) == 1 and not value.is_graph_output():
         value.const_value = ir.tensor(array, name=value.name)
         return
-    new = _initializer(graph, _fresh(names, f"{value.name}_lnfold"), array)
+    new = add_initializer(graph, _fresh(names, f"{value.name}_lnfold"), array)
     for use in list(value.uses()):
         if use.node is node:
             node.replace_input_with(use.idx, new)
@@ -360,7 +360,7 @@ def _add_bias(graph: ir.Graph, lin: Linear, bias: np.ndarray, names: set[str]) -
     """MatMul -> MatMul + Add(bias); the Add's output takes the MatMul output's name and users."""
     mm_out = lin.node.outputs[0]
     out_name = mm_out.name
-    bias_value = _initializer(graph, _fresh(names, f"{lin.weight.name}_lnfold_bias"), bias)
+    bias_value = add_initializer(graph, _fresh(names, f"{lin.weight.name}_lnfold_bias"), bias)
     add = ir.node("Add", [mm_out, bias_value], name=_fresh(names, f"{lin.node.name}/lnfold_bias_Add"))
     out = add.outputs[0]
     out.shape, out.dtype = mm_out.shape, mm_out.dtype
@@ -371,19 +371,8 @@ def _add_bias(graph: ir.Graph, lin: Linear, bias: np.ndarray, names: set[str]) -
     out.name = out_name
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
-
-
 def _fresh(taken: set[str], base: str) -> str:
-    name, i = base, 1
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
+    name = fresh_name(base, taken)
     taken.add(name)
     return name
 

@@ -42,7 +42,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, _weight_source, weight_array
 from qcompiler.errors import SchemeError
-from qcompiler.passes.base import QPass
+from qcompiler.passes.base import QPass, fresh_name
 from qcompiler.quantizers.uniform import quantize_per_channel_symmetric
 
 __all__ = ["InsertQDQ", "InsertQDQOptions", "activation_range"]
@@ -303,10 +303,7 @@ class UniqueNames:
 
     def unique(self, name: str, node: bool = False) -> str:
         taken = self.nodes if node else self.values
-        candidate, i = name, 1
-        while candidate in taken:
-            i += 1
-            candidate = f"{name}_{i}"
+        candidate = fresh_name(name, taken)
         taken.add(candidate)
         return candidate
 

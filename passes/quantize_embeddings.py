@@ -44,7 +44,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Embedding, _weight_source
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass
+from qcompiler.passes.base import QPass, add_initializer
 from qcompiler.passes.insert_qdq import UniqueNames
 from qcompiler.quantizers.ternary import quantize_ternary
 from qcompiler.quantizers.uniform import quantize_rows
@@ -341,11 +341,7 @@ class QuantizeEmbeddings(QPass):
         return stored, entry
 
     def _initializer(self, graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-        name = self._names.unique(name)
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.tensor(array).dtype),
-                         const_value=ir.tensor(array, name=name))
-        graph.register_initializer(value)
-        return value
+        return add_initializer(graph, self._names.unique(name), array)
 
     def _dequantize(self, tape: ir.tape.Tape, stored: _Stored, ids: ir.Value | None, base: str) -> ir.Value:
         """Float rows of the table: gathered at `ids`, or the whole table when ids is None."""

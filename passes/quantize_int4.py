@@ -49,7 +49,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass, consumer_grams, drop_unused_weights, planned_linears
+from qcompiler.passes.base import QPass, add_initializer, consumer_grams, drop_unused_weights, planned_linears
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import output_error, recover
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
@@ -156,21 +156,6 @@ def _rel_error_by_slices(q: Quantized, w: np.ndarray) -> float:
         err += float(np.square(part.dequantize() - ws).sum(dtype=np.float64))
         ref += float(np.square(ws).sum(dtype=np.float64))
     return float(np.sqrt(err) / max(np.sqrt(ref), 1e-30))
-
-
-def _unique_name(graph: ir.Graph, wanted: str) -> str:
-    name, i = wanted, 1
-    while name in graph.initializers:
-        i += 1
-        name = f"{wanted}_{i}"
-    return name
-
-
-def _initializer(graph: ir.Graph, name: str, tensor: ir.TensorProtocol) -> ir.Value:
-    value = ir.Value(name=_unique_name(graph, name), shape=tensor.shape, type=ir.TensorType(tensor.dtype),
-                     const_value=tensor)
-    graph.register_initializer(value)
-    return value
 
 
 def _node_name(lin: Linear, suffix: str) -> str:
@@ -322,8 +307,8 @@ class QuantizeInt4(QPass):
         entry.q = dataclasses.replace(q, codes=np.broadcast_to(q.codes.dtype.type(0), q.codes.shape))
         if outliers is not None:
             base = lin.weight.name
-            entry.outlier_idx = _initializer(graph, f"{base}_outlier_idx", ir.tensor(np.asarray(outliers[0], np.int64)))
-            entry.outlier_w = _initializer(graph, f"{base}_outlier_w", ir.tensor(np.asarray(outliers[1], np.float16)))
+            entry.outlier_idx = add_initializer(graph, f"{base}_outlier_idx", ir.tensor(np.asarray(outliers[0], np.int64)))
+            entry.outlier_w = add_initializer(graph, f"{base}_outlier_w", ir.tensor(np.asarray(outliers[1], np.float16)))
         return entry
 
     def _pack(self, graph, lin, q: Quantized, rel: float, block_size, symmetric, target, np_dtype) -> _Packed:
@@ -336,15 +321,15 @@ class QuantizeInt4(QPass):
             else:
                 x = ir.Tensor(q.codes.astype(ml_dtypes.uint4), dtype=ir.DataType.UINT4)
                 zp = ir.Tensor(np.ascontiguousarray(q.zero_points.T).astype(ml_dtypes.uint4), dtype=ir.DataType.UINT4)
-            inputs = [_initializer(graph, f"{base}_int4", x), _initializer(graph, f"{base}_scale", scale),
-                      _initializer(graph, f"{base}_zero_point", zp) if zp is not None else None]
+            inputs = [add_initializer(graph, f"{base}_int4", x), add_initializer(graph, f"{base}_scale", scale),
+                      add_initializer(graph, f"{base}_zero_point", zp) if zp is not None else None]
             return _Packed(q, rel, inputs)
         codes, zp = unsigned_codes(q)
         b, zp_packed = pack_matmul_nbits(codes, None if symmetric else zp, block_size)
         inputs = [
-            _initializer(graph, f"{base}_Q4", ir.tensor(b)),
-            _initializer(graph, f"{base}_scales", ir.tensor(q.scales.reshape(-1).astype(np_dtype))),
-            _initializer(graph, f"{base}_zero_points", ir.tensor(zp_packed)) if zp_packed is not None else None,
+            add_initializer(graph, f"{base}_Q4", ir.tensor(b)),
+            add_initializer(graph, f"{base}_scales", ir.tensor(q.scales.reshape(-1).astype(np_dtype))),
+            add_initializer(graph, f"{base}_zero_points", ir.tensor(zp_packed)) if zp_packed is not None else None,
         ]
         return _Packed(q, rel, inputs)
 
@@ -354,7 +339,7 @@ class QuantizeInt4(QPass):
         if lin.bias is not None and self.options.fold_bias:
             bias = lin.bias
             if tuple(bias.const_value.shape) != (n,) or bias.const_value.dtype != _float_dtype(lin.node.inputs[0])[0]:
-                bias = _initializer(graph, f"{lin.bias.name}_1d",
+                bias = add_initializer(graph, f"{lin.bias.name}_1d",
                                     ir.tensor(bias.const_value.numpy().reshape(n).astype(np_dtype)))
         inputs = [lin.node.inputs[0], *entry.inputs]
         if bias is not None:

@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass, consumer_grams, drop_unused_weights, planned_linears
+from qcompiler.passes.base import QPass, add_initializer, consumer_grams, drop_unused_weights, fresh_name, planned_linears
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import RecoveredWeight, output_error, quantize_plain, recover
 from runtime_ops import contract
@@ -179,11 +179,7 @@ def _dequantize_by_columns(op_type: str, packed: np.ndarray, scales: np.ndarray,
 
 def _node_name(lin: Linear, op_type: str, taken: set[str]) -> str:
     base = lin.node.name or lin.output.name
-    name = base[: -len("MatMul")] + op_type if base.endswith("MatMul") else f"{base}/{op_type}"
-    wanted, i = name, 1
-    while name in taken:
-        i += 1
-        name = f"{wanted}_{i}"
+    name = fresh_name(base[: -len("MatMul")] + op_type if base.endswith("MatMul") else f"{base}/{op_type}", taken)
     taken.add(name)
     return name
 
@@ -205,20 +201,6 @@ class ReplaceMatMul(QPass):
     @property
     def needs_gram(self) -> bool:
         return self.needs_stats
-
-    def _unique(self, graph: ir.Graph, wanted: str) -> str:
-        name, i = wanted, 1
-        while name in graph.initializers:
-            i += 1
-            name = f"{wanted}_{i}"
-        return name
-
-    def _initializer(self, graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-        tensor = ir.tensor(np.ascontiguousarray(array))
-        value = ir.Value(name=self._unique(graph, name), shape=tensor.shape, type=ir.TensorType(tensor.dtype),
-                         const_value=tensor)
-        graph.register_initializer(value)
-        return value
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         todo = []
@@ -249,10 +231,10 @@ class ReplaceMatMul(QPass):
                 p = quantize_and_pack(w, plan.format, s, grams.get(lin.name), self.options)
                 base = lin.weight.name
                 p.inputs = [
-                    self._initializer(graph, f"{base}_{plan.format}_packed", p.packed),
-                    self._initializer(graph, f"{base}_{'codebook' if plan.format == 'kmeans' else 'scales'}", p.scales),
-                    self._initializer(graph, f"{base}_outlier_idx", p.outlier_idx),
-                    self._initializer(graph, f"{base}_outlier_w", p.outlier_w),
+                    add_initializer(graph, f"{base}_{plan.format}_packed", p.packed),
+                    add_initializer(graph, f"{base}_{'codebook' if plan.format == 'kmeans' else 'scales'}", p.scales),
+                    add_initializer(graph, f"{base}_outlier_idx", p.outlier_idx),
+                    add_initializer(graph, f"{base}_outlier_w", p.outlier_w),
                 ]
                 packed[key] = p
                 bytes_before += lin.weight.const_value.nbytes
@@ -297,10 +279,10 @@ class ReplaceMatMul(QPass):
             bias = lin.bias
             arr = bias.const_value.numpy()
             if arr.shape != (n,) or arr.dtype != np.float32:
-                bias = self._initializer(graph, f"{lin.bias.name}_1d", arr.reshape(n).astype(np.float32))
+                bias = add_initializer(graph, f"{lin.bias.name}_1d", arr.reshape(n).astype(np.float32))
         fold = bias is not None
         if bias is None:
-            bias = self._initializer(graph, f"{lin.weight.name}_zero_bias", np.zeros(n, np.float32))
+            bias = add_initializer(graph, f"{lin.weight.name}_zero_bias", np.zeros(n, np.float32))
         attributes = dict(contract.node_attributes(p.op_type, K=k, N=n, group_size=p.attrs["group_size"],
                                                    bits=p.attrs.get("bits"), accuracy_level=accuracy_level))
         node = ir.node(p.op_type, [lin.node.inputs[0], p.inputs[0], p.inputs[1], bias, p.inputs[2], p.inputs[3]],
