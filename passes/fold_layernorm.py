@@ -190,7 +190,9 @@ class FoldLayerNorm(QPass):
     reason in the report's ``left`` list: a norm whose output also feeds a residual Add
     (post-LN, BERT) or any other non-linear op, is a graph output, has a non-constant
     gamma/beta, normalizes over more than the last axis, or feeds a linear whose weight is
-    shared (e.g. a tied embedding: folding would untie it). Folded norms are listed in
+    shared (e.g. a tied embedding: folding would untie it) or already on the scheme's quantization
+    grid (trained with the quantizer in the loop, qcompiler.qat: folding would move it off the
+    grid, and it would no longer pack losslessly). Folded norms are listed in
     ``folded``.
     """
 
@@ -246,7 +248,7 @@ class FoldLayerNorm(QPass):
         for norm in _find_norms(graph):
             if _is_identity_affine(norm):
                 continue  # nothing to fold (e.g. folded by an earlier run)
-            targets, reason = self._foldable(norm, linears)
+            targets, reason = self._foldable(norm, linears, self._on_grid)
             if reason is not None:
                 self.report_append("left", {"node": norm.label, "reason": reason})
                 continue
@@ -256,8 +258,19 @@ class FoldLayerNorm(QPass):
             modified = True
         return modified
 
+    def _on_grid(self, lin: Linear) -> str | None:
+        """The format whose grid lin's weight already sits on (trained with the scheme's quantizer)."""
+        scheme = getattr(self.ctx, "scheme", None)
+        if scheme is None:
+            return None
+        from qcompiler.analyze import weight_array
+        from qcompiler.qat.on_grid import on_scheme_grid, scheme_grids
+
+        return on_scheme_grid(weight_array(lin), scheme_grids(scheme))
+
     @staticmethod
-    def _foldable(norm: _Norm, linears: dict[int, Linear]) -> tuple[list[Linear], str | None]:
+    def _foldable(norm: _Norm, linears: dict[int, Linear], on_grid=lambda lin: None
+                  ) -> tuple[list[Linear], str | None]:
         node = norm.node
         if node is not None:
             if any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
@@ -296,6 +309,10 @@ class FoldLayerNorm(QPass):
             return [], f"output also feeds {others[0].op_type} ({others[0].name}), not a linear"
         if not targets:
             return [], "output feeds no linear"
+        for lin in targets:
+            fmt = on_grid(lin)
+            if fmt is not None:   # e.g. exported after QAT: gamma would move it off the grid it was trained on
+                return [], f"weight of {lin.node.name} is already on the scheme's {fmt} grid; folding would move it off"
         return targets, None
 
     def _fold_one(self, graph: ir.Graph, norm: _Norm, targets: list[Linear], names: set[str]) -> bool:

@@ -166,5 +166,10 @@ class QuantEmbedding(nn.Module):
     def from_embedding(cls, emb: nn.Embedding, spec: QuantSpec) -> "QuantEmbedding":
         return cls(emb.weight, spec, emb.padding_idx)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The fake-quantized table [V, D], so a head tied to `embedding.weight` reads it too."""
+        return self.qweight().T
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(ids, self.qweight().T, self.padding_idx)
+        return nn.functional.embedding(ids, self.weight, self.padding_idx)

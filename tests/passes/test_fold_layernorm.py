@@ -268,3 +268,35 @@ def test_tiny_bert(tiny_bert_dir, make_ctx, name, folded, left):
     # Tolerance: float32 roundings of the folded weights through 2 layers (measured max abs
     # difference ~1.3e-6 on outputs of magnitude ~3.5).
     np.testing.assert_allclose(_run(out, feeds)[0], expected[0], atol=2e-5, rtol=1e-5)
+
+
+def test_weights_on_the_scheme_grid_are_left(make_ctx):
+    """Weights trained with the scheme's quantizer (qcompiler.qat) sit on its grid: folding gamma
+    would move them off it (and they would no longer pack losslessly), so the norm stays. The same
+    first weight nudged off the grid by one float step (the second FP32) are folded as usual."""
+    from qcompiler.schemes import load_scheme
+
+    codes = np.sign(np.round(RNG.standard_normal((K, N1 + N2))))
+    alpha = np.float16(0.37).astype(np.float32)
+    ternary = (codes * alpha).astype(np.float32)
+    w1, w2 = ternary[:, :N1], ternary[:, N1:]
+
+    def build(w1, w2):
+        text = _model(LN_OP).replace(f"w1 = {{{_vals(W1)}}}", f"w1 = {{{_vals(w1)}}}") \
+                            .replace(f"w2 = {{{_vals(W2)}}}", f"w2 = {{{_vals(w2)}}}")
+        return ir.from_proto(onnx.parser.parse_model(text))
+
+    scheme = load_scheme("ternary")
+    model = build(w1, w2)
+    ctx = make_ctx(model, scheme, plan=False)
+    result = FoldLayerNorm(ctx, FoldLayerNorm.Options())(model)
+    report = ctx.pass_reports["fold_layernorm"]
+    assert not result.modified and "ternary grid" in report["left"][0]["reason"]
+    np.testing.assert_array_equal(model.graph.initializers["w1"].const_value.numpy(), w1)
+
+    off = w1.copy()
+    off[0, 0] = np.nextafter(off[0, 0], np.float32(2))
+    model = build(off, W2)
+    ctx = make_ctx(model, scheme, plan=False)
+    assert FoldLayerNorm(ctx, FoldLayerNorm.Options())(model).modified
+    assert len(ctx.pass_reports["fold_layernorm"]["folded"]) == 1
