@@ -38,6 +38,9 @@ class CanonicalizeOptions:
     # as Constant nodes are then found by analyze, and shape inference never serializes them).
     lift_constants_min_size: int = 1024
     gemm_to_matmul: bool = True
+    # A MatMul weight that is an exact transposed copy of a Gather table (torch's constant folding of
+    # a tied LM head) reads Transpose(table) again: the tie is visible, the file holds the table once.
+    retie_heads: bool = True
     shape_inference: bool = True
 
 
@@ -61,6 +64,11 @@ class Canonicalize(QPass):
        Gemm's output value (name). onnxscript's ``gemm_to_matmul_add_rule`` is not used: it
        only matches Reshape -> Gemm(alpha=beta=1) -> Reshape with static shapes and does not
        constrain transA/transB.
+    5b. Tied heads re-tied: a MatMul whose constant weight [D, V] equals a Gather table [V, D]
+       transposed, element for element (the exporter folded ``Transpose(table)`` into a copy),
+       reads ``Transpose(table)`` again; the copy goes. Analyze then sees the tied head and
+       quantize_embeddings gives it the table's format; onnxruntime folds the Transpose at
+       session start.
     6. Identity elimination, dead-node (and unused initializer) removal, topological sort.
     7. Shape inference (onnx_ir's ShapeInferencePass: initializers over 1 KB are stripped
        before serializing, so large models are fine; on failure shapes are left as they are).
@@ -102,6 +110,12 @@ class Canonicalize(QPass):
             n_gemm = _gemm_to_matmul(model.graph)
             self.report("gemm_to_matmul", n_gemm)
             modified |= n_gemm > 0
+
+        if opt.retie_heads:
+            n_tied = _retie_transposed_copies(model.graph)
+            if n_tied:
+                self.report("retied_heads", n_tied)
+            modified |= n_tied > 0
 
         # Constant folding already forwards most Identity nodes; this pass takes the rest.
         modified |= ir_common.IdentityEliminationPass()(model).modified
@@ -165,6 +179,44 @@ class _Names:
 def _const_array(value: ir.Value | None) -> np.ndarray | None:
     tensor = None if value is None else ir.convenience.get_const_tensor(value)
     return None if tensor is None else tensor.numpy()
+
+
+def _retie_transposed_copies(graph: ir.Graph) -> int:
+    """MatMul(x, W) with W == table.T exactly, for a table some Gather reads: W becomes Transpose(table)."""
+    tables: dict[tuple[int, int], list[ir.Value]] = {}
+    for node in graph:
+        if node.op_type == "Gather" and node.domain in _DEFAULT_DOMAINS and node.attributes.get_int("axis", 0) == 0:
+            t = node.inputs[0]
+            if t is not None and t.is_initializer() and t.const_value is not None and len(t.const_value.shape) == 2:
+                shape = tuple(int(d) for d in t.const_value.shape)
+                if not any(t is u for u in tables.get(shape, [])):
+                    tables.setdefault(shape, []).append(t)
+    if not tables:
+        return 0
+    names = _Names(graph)
+    count = 0
+    for node in list(graph):
+        if node.op_type != "MatMul" or node.domain not in _DEFAULT_DOMAINS:
+            continue
+        w = node.inputs[1]
+        if w is None or not w.is_initializer() or w.const_value is None or len(w.const_value.shape) != 2:
+            continue
+        d, v = (int(x) for x in w.const_value.shape)
+        candidates = tables.get((v, d), [])
+        if not candidates:
+            continue
+        array = w.const_value.numpy()
+        table = next((t for t in candidates if t.const_value.dtype == w.const_value.dtype
+                      and np.array_equal(t.const_value.numpy().T, array)), None)
+        if table is None:
+            continue
+        transpose = ir.node("Transpose", [table], attributes={"perm": [1, 0]},
+                            name=names.fresh(f"{node.name or 'MatMul'}/TransposeTable"))
+        transpose.outputs[0].name = names.fresh(f"{table.name}_transposed")
+        graph.insert_before(node, transpose)
+        node.replace_input_with(1, transpose.outputs[0])
+        count += 1
+    return count
 
 
 def _gemm_to_matmul(graph: ir.Graph) -> int:

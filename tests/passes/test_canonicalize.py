@@ -177,3 +177,39 @@ def test_tiny_bert_exports(tiny_bert_dir, make_ctx, name):
     np.testing.assert_allclose(_run(out, feeds)[0], expected[0], atol=1e-5, rtol=1e-5)
     # A second run finds nothing to do.
     assert not Canonicalize(make_ctx(model, plan=False))(model).modified
+
+
+def _head_model(head: np.ndarray, table: np.ndarray) -> ir.Model:
+    v, d = table.shape
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["table", "ids"], ["h"], axis=0),
+         onnx.helper.make_node("MatMul", ["h", "head"], ["logits"])],
+        "lm", [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["B", "S"])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["B", "S", v])],
+        [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(head, "head")])
+    return ir.from_proto(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)]))
+
+
+def test_transposed_copy_of_a_table_is_retied(make_ctx):
+    """torch folds a tied head's Transpose(table) into a copy: the head reads Transpose(table)
+    again, the copy goes, analyze sees the tie; outputs unchanged; a head that differs in one
+    element is left alone."""
+    from qcompiler.analyze import analyze
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((11, 6)).astype(np.float32)
+    feeds = {"ids": np.array([[1, 4, 10]], np.int64)}
+    model = _head_model(np.ascontiguousarray(table.T), table)
+    expected = _run(model, feeds)
+    _, report = _canonicalize(model, make_ctx)
+    assert report["retied_heads"] == 1
+    assert "head" not in model.graph.initializers
+    (emb,) = analyze(model).embeddings
+    assert [lin.role for lin in emb.tied_linears] == ["lm_head"]
+    np.testing.assert_array_equal(_run(model, feeds)[0], expected[0])   # the same numbers, moved
+
+    other = np.ascontiguousarray(table.T)
+    other[2, 3] += 1e-3
+    model = _head_model(other, table)
+    _, report = _canonicalize(model, make_ctx)
+    assert "retied_heads" not in report and "head" in model.graph.initializers
