@@ -30,7 +30,7 @@ from pathlib import Path
 SCHEMES = ("int8", "int4", "ternary", "bcq2", "kmeans4")
 # int4 with plain round-to-nearest min/max blocks (no clipping search, no refits): the work
 # onnxruntime's MatMulNBits quantizer does, to separate the quantizer's cost from the pipeline's.
-VARIANTS = {"int4-rtn": ("int4", {"quantize_int4": {"grid": 1, "refine": 0}})}
+VARIANTS = {"int4-rtn": ("int4", {"quantize_int4": {"grid": 1, "zoom": 0, "refine": 0}})}
 BASELINES = {"ort-int8": "int8", "ort-int4": "int4"}     # baseline -> the scheme of the same format
 TOOLS = SCHEMES + tuple(VARIANTS) + tuple(BASELINES)
 
