@@ -9,6 +9,7 @@ const qc_isa *qc_isa_by_name(const char *name) {
     if (!strcmp(name, "scalar")) return qc_isa_scalar();
     if (!strcmp(name, "avx2")) return qc_isa_avx2();
     if (!strcmp(name, "avx512")) return qc_isa_avx512();
+    if (!strcmp(name, "avx512novbmi")) return qc_isa_avx512_novbmi();
     if (!strcmp(name, "neon")) return qc_isa_neon();
     return NULL;
 }

@@ -5,6 +5,11 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+/* Software prefetch distance (bytes) on the streamed weight indices: large matrices come from
+ * memory, and the hardware prefetcher alone left the loops waiting on it. */
+#ifndef QC_PF
+#define QC_PF 1024
+#endif
 
 static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, const int8_t *tables,
                                                             size_t tab_stride, const float *scales, int G,
@@ -20,6 +25,7 @@ static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, c
             for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
             for (int s = s0; s < s1; ++s) {
                 const size_t q = (size_t)g * S + s;
+                if (QC_PF) _mm_prefetch((const char *)(nib + q * 32 + QC_PF), _MM_HINT_T0);
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(nib + q * 32));
                 const __m256i ix0 = _mm256_and_si256(v, m4);
                 const __m256i ix1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -76,6 +82,7 @@ static inline __attribute__((always_inline)) void lut_pair_rows(const uint8_t *n
             const uint8_t *nb = nib + ((size_t)g * S + s0) * 32;
             const int8_t *tb = tables + ((size_t)g * S + s0) * 16;
             for (int s = s0; s < s1; ++s, nb += 32, tb += 16) {
+                if (QC_PF) _mm_prefetch((const char *)(nb + QC_PF), _MM_HINT_T0);
                 const __m256i v = _mm256_loadu_si256((const __m256i *)nb);
                 const __m256i ixl = _mm256_and_si256(v, m4);
                 const __m256i ixh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -162,41 +169,53 @@ static inline __m256i hsum8_epi32(const __m256i *t) {
 }
 
 /* 64 k per half-chunk: low nibbles index k .. k+31, high nibbles k+64 .. k+95 of the 128-k chunk.
- * |w| (unsigned) x sign(a, w) keeps maddubs' pair sums below 2 * 127 * 127 (no saturation). */
+ * |w| (unsigned) x sign(a, w) keeps maddubs' pair sums below 2 * 127 * 127 (no saturation).
+ * NCOL columns per pass (adjacent in the 8-column interleave: fewer passes over the stream). */
 static inline __attribute__((always_inline)) void cb_rows(const uint8_t *nib0, const int8_t *cb0, int NC,
                                                            const int8_t *a, size_t a_stride, int kp, const int R,
                                                            int32_t *out) {
+    enum { NCOL_MAX = 8 };
+    const int NCOL = R == 1 ? 8 : R == 2 ? 4 : 1; /* 16 ymm registers */
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256i part[4][8];
-    for (int c = 0; c < 8; ++c) {
-        __m256i acc[4];
-        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c += NCOL) {
+        __m256i acc[NCOL_MAX][4];
+        for (int i = 0; i < NCOL; ++i)
+            for (int r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_si256();
         if (c < NC) {
-            const uint8_t *nib = nib0 + (size_t)c * (kp / 2);
-            const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(cb0 + 16 * c)));
-            for (int t = 0; t < kp / 128; ++t)
-                for (int h = 0; h < 2; ++h) {
-                    const __m256i v = _mm256_loadu_si256((const __m256i *)(nib + 64 * t + 32 * h));
-                    const __m256i wl = _mm256_shuffle_epi8(cb, _mm256_and_si256(v, m4));
-                    const __m256i wh = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-                    const __m256i al = _mm256_abs_epi8(wl), ah = _mm256_abs_epi8(wh);
-                    for (int r = 0; r < R; ++r) {
-                        const int8_t *ar = a + r * a_stride + 128 * t + 32 * h;
-                        const __m256i pl =
-                            _mm256_maddubs_epi16(al, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)ar), wl));
-                        const __m256i ph = _mm256_maddubs_epi16(
-                            ah, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(ar + 64)), wh));
-                        acc[r] = _mm256_add_epi32(acc[r],
-                                                  _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones)));
+            const int8_t *cbc[NCOL_MAX]; /* centroids re-broadcast from memory (a load, no ALU op) */
+            for (int i = 0; i < NCOL; ++i) /* columns past NC: their (zero) padding slots, discarded */
+                cbc[i] = cb0 + 16 * (c + i < NC ? c + i : c);
+            const uint8_t *nb = nib0 + (size_t)c * 64;
+            for (int t = 0; t < kp / 128; ++t, nb += 512) {
+                if (NCOL < 8 && c == 0) /* the first pass fetches the chunk's other columns for the next passes */
+                    for (int j = NCOL; j < 8; ++j) _mm_prefetch((const char *)(nb + 64 * j), _MM_HINT_T0);
+                for (int h = 0; h < 2; ++h)
+                    for (int i = 0; i < NCOL; ++i) {
+                        const __m256i v = _mm256_loadu_si256((const __m256i *)(nb + 64 * i + 32 * h));
+                        const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)cbc[i]));
+                        const __m256i wl = _mm256_shuffle_epi8(cb, _mm256_and_si256(v, m4));
+                        const __m256i wh = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                        const __m256i al = _mm256_abs_epi8(wl), ah = _mm256_abs_epi8(wh);
+                        for (int r = 0; r < R; ++r) {
+                            const int8_t *ar = a + r * a_stride + 128 * t + 32 * h;
+                            const __m256i pl =
+                                _mm256_maddubs_epi16(al, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)ar), wl));
+                            const __m256i ph = _mm256_maddubs_epi16(
+                                ah, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(ar + 64)), wh));
+                            acc[i][r] = _mm256_add_epi32(
+                                acc[i][r], _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones)));
+                        }
                     }
-                }
+            }
         }
-        for (int r = 0; r < R; ++r) part[r][c] = acc[r];
+        for (int i = 0; i < NCOL; ++i)
+            for (int r = 0; r < R; ++r) part[r][c + i] = acc[i][r];
     }
     for (int r = 0; r < R; ++r) _mm256_storeu_si256((__m256i *)(out + 8 * r), hsum8_epi32(part[r]));
 }
 
-static void cb_dot_avx2(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *a,
+static void cb_dot_avx2(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, const int32_t *asum, int NC, const int8_t *a,
                         size_t a_stride, int kp, int R, int32_t *out) {
     switch (R) {
     case 1: cb_rows(nib, cb, NC, a, a_stride, kp, 1, out); break;
@@ -293,13 +312,13 @@ static inline __attribute__((always_inline)) void cbf_rows(const uint8_t *nib0, 
                                                             float *out) {
     const __m256i m4 = _mm256_set1_epi32(15);
     for (int c = 0; c < NC; ++c) {
-        const uint8_t *nib = nib0 + (size_t)c * (kp / 2);
+        const uint8_t *nib = nib0 + (size_t)c * 64;
         const __m256 lo8 = _mm256_loadu_ps(cb0 + 16 * c), hi8 = _mm256_loadu_ps(cb0 + 16 * c + 8);
         __m256 acc[4][2];
         for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
         for (int t = 0; t < kp / 128; ++t)
             for (int j = 0; j < 64; j += 8) {
-                const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(nib + 64 * t + j)));
+                const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(nib + 512 * t + j)));
                 const __m256i il = _mm256_and_si256(b, m4), ih = _mm256_srli_epi32(b, 4);
                 const __m256 wl = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo8, il), _mm256_permutevar8x32_ps(hi8, il),
                                                    _mm256_castsi256_ps(_mm256_slli_epi32(il, 28)));

@@ -136,16 +136,16 @@ static void fma_panel_neon(int M, const float *A, size_t lda, const float *panel
     }
 }
 
-static void cb_dot_neon(const uint8_t *nib0, const int8_t *cb0, const int32_t *wsum, int NC, const int8_t *A,
+static void cb_dot_neon(const uint8_t *nib0, const int8_t *cb0, const int32_t *wsum, const int32_t *asum, int NC, const int8_t *A,
                         size_t a_stride, int kp, int R, int32_t *out) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
     for (int c = 0; c < NC; ++c) {
-        const uint8_t *nib = nib0 + (size_t)c * (kp / 2);
+        const uint8_t *nib = nib0 + (size_t)c * 64;
         const int8x16_t cb = vld1q_s8(cb0 + 16 * c);
         int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
         for (int t = 0; t < kp / 128; ++t)
             for (int i = 0; i < 4; ++i) { /* 16 bytes: k = 128t + 16i + j (low), + 64 (high) */
-                const uint8x16_t v = vld1q_u8(nib + 64 * t + 16 * i);
+                const uint8x16_t v = vld1q_u8(nib + 512 * t + 16 * i);
                 const int8x16_t w0 = vqtbl1q_s8(cb, vandq_u8(v, m4)), w1 = vqtbl1q_s8(cb, vshrq_n_u8(v, 4));
                 for (int r = 0; r < R; ++r) {
                     const int8_t *a = A + (size_t)r * a_stride + 128 * t + 16 * i;

@@ -51,16 +51,16 @@ static void fma_panel_scalar(int M, const float *A, size_t lda, const float *pan
     }
 }
 
-static void cb_dot_scalar(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *A,
+static void cb_dot_scalar(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, const int32_t *asum, int NC, const int8_t *A,
                           size_t a_stride, int kp, int R, int32_t *out) {
     for (int c = 0; c < NC; ++c)
         for (int r = 0; r < R; ++r) {
             const int8_t *a = A + (size_t)r * a_stride, *w = cb + 16 * c;
-            const uint8_t *nb = nib + (size_t)c * (kp / 2);
+            const uint8_t *nb = nib + (size_t)c * 64;
             int32_t s = 0;
             for (int t = 0; t < kp / 128; ++t)
                 for (int j = 0; j < 64; ++j) {
-                    const uint8_t v = nb[t * 64 + j];
+                    const uint8_t v = nb[t * 512 + j];
                     s += w[v & 15] * a[128 * t + j] + w[v >> 4] * a[128 * t + 64 + j];
                 }
             out[r * 8 + c] = s;

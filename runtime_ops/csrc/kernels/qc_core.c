@@ -6,6 +6,20 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#ifndef QC_THP
+#define QC_THP 1
+#endif
+
+/* The drivers' own loops (epilogues, activation quantization) vectorize 8 floats wide when built
+ * for AVX2 too; element-wise float ops with -ffp-contract=off give the same bits either way. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(QC_NO_CLONES)
+#define QC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define QC_CLONES
+#endif
 
 enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2, PATH_FLUT = 3, PATH_CBF = 4 };
 static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
@@ -41,6 +55,21 @@ static inline unsigned get_code(const uint8_t *row, int64_t rb, int64_t k, int b
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Zeroed buffer for the prepacked weights; large ones 2 MB aligned and marked for transparent huge
+ * pages (streamed from memory once per run: fewer TLB misses). Freed with free(). */
+static void *weights_calloc(size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (QC_THP && n >= ((size_t)1 << 20)) {
+        void *p = NULL;
+        if (posix_memalign(&p, (size_t)2 << 20, n)) return NULL;
+        madvise(p, n, MADV_HUGEPAGE);
+        memset(p, 0, n);
+        return p;
+    }
+#endif
+    return calloc(n, 1);
+}
 static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 /* ---------------------------------------------------------------- dequantization (fma path) */
@@ -186,7 +215,7 @@ static void prepack_lut(qc_matmul *w) {
     w->Q = w->Kv / epg;
     w->ncb = ceil_div(w->N, QC_LUT_COLS);
     const int64_t P = w->n_planes, G = w->G, S = w->steps;
-    w->nib = (uint8_t *)calloc((size_t)(w->ncb * P * G * S * 32), 1);
+    w->nib = (uint8_t *)weights_calloc((size_t)(w->ncb * P * G * S * 32));
     w->lscales = (float *)calloc((size_t)(w->ncb * P * G * 32), sizeof(float));
     uint8_t *codes = (uint8_t *)malloc((size_t)w->K + 1);
     if (!w->nib || !w->lscales || !codes) { free(codes); return; }
@@ -281,18 +310,18 @@ static void prepack_flut(qc_matmul *w) {
 static void prepack_codebook(qc_matmul *w) {
     const int64_t E = (int64_t)1 << w->bits;
     w->kp = round_up(w->K, QC_CB_KB);
-    w->cbnib = (uint8_t *)calloc((size_t)(w->N * (w->kp / 2)), 1);
+    w->cbnib = (uint8_t *)weights_calloc((size_t)(round_up(w->N, 8) * (w->kp / 2)));
     w->cbq = (int8_t *)calloc((size_t)(w->N * 16), 1);
     w->cbsum = (int32_t *)calloc((size_t)w->N, sizeof(int32_t));
     w->cbs = (float *)calloc((size_t)w->N, sizeof(float));
     if (!w->cbnib || !w->cbq || !w->cbsum || !w->cbs) return;
     for (int64_t n = 0; n < w->N; ++n) {
         const uint8_t *row = w->packed + n * w->row_bytes;
-        uint8_t *dst = w->cbnib + n * (w->kp / 2);
+        uint8_t *dst = w->cbnib + (n / 8) * 8 * (w->kp / 2) + (n % 8) * 64; /* chunk t at dst + 512 t */
         for (int64_t k = 0; k < w->K; ++k) { /* padding k >= K keeps index 0 (its activation is 0) */
             unsigned c = get_code(row, w->row_bytes, k, w->bits);
             int64_t t = k / QC_CB_KB, j = k % QC_CB_KB;
-            dst[t * 64 + (j & 63)] |= (uint8_t)(c << (j >= 64 ? 4 : 0));
+            dst[t * 512 + (j & 63)] |= (uint8_t)(c << (j >= 64 ? 4 : 0));
         }
         const float *cb = w->scales + n * E;
         float amax = 0.f;
@@ -304,7 +333,9 @@ static void prepack_codebook(qc_matmul *w) {
             w->cbq[n * 16 + e] = (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
         }
         int32_t sum = 0;
-        for (int64_t i = 0; i < w->kp / 2; ++i) sum += w->cbq[n * 16 + (dst[i] & 15)] + w->cbq[n * 16 + (dst[i] >> 4)];
+        for (int64_t t = 0; t < w->kp / QC_CB_KB; ++t)
+            for (int64_t i = t * 512; i < t * 512 + 64; ++i)
+                sum += w->cbq[n * 16 + (dst[i] & 15)] + w->cbq[n * 16 + (dst[i] >> 4)];
         w->cbsum[n] = sum;
     }
 }
@@ -397,11 +428,12 @@ typedef struct run_ctx {
     const float *ftables;   /* lut_f32: [M][Q][8] */
     const float *tscale;    /* lut: [M]; cb: activation scales */
     const int8_t *aq;       /* cb: [M][kp] */
+    const int32_t *asum;    /* cb: [M] sums of aq rows */
     const float *ap;        /* cb_f32: [M][kp] zero-padded activations, outlier channels 0 */
 } run_ctx;
 
 /* Outliers then bias on columns [n0, n1), in the reference's order. */
-static void epilogue(const qc_matmul *w, const float *A, int64_t M, float *Y, int64_t n0, int64_t n1) {
+QC_CLONES static void epilogue(const qc_matmul *w, const float *A, int64_t M, float *Y, int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; ++m) {
         float *y = Y + m * w->N;
         const float *a = A + m * w->K;
@@ -451,7 +483,7 @@ static inline __attribute__((always_inline)) void finish_block(const qc_matmul *
     for (int c = 0; c < nc; ++c) y[n0 + c] = v[c];
 }
 
-static void lut_task(void *p, size_t t) {
+QC_CLONES static void lut_task(void *p, size_t t) {
     const run_ctx *r = (const run_ctx *)p;
     const qc_matmul *w = r->w;
     const int64_t P = w->n_planes, G = w->G, S = w->steps;
@@ -490,7 +522,7 @@ static void lut_task(void *p, size_t t) {
     }
 }
 
-static void cb_task(void *p, size_t t) {
+QC_CLONES static void cb_task(void *p, size_t t) {
     const run_ctx *r = (const run_ctx *)p;
     const qc_matmul *w = r->w;
     int64_t n0 = (int64_t)t * r->cols_per_task, n1 = n0 + r->cols_per_task;
@@ -500,7 +532,7 @@ static void cb_task(void *p, size_t t) {
         const int NC = (int)(n1 - n < 8 ? n1 - n : 8);
         for (int64_t m = 0; m < r->M; m += 4) {
             const int R = (int)(r->M - m < 4 ? r->M - m : 4);
-            w->isa->cb_dot(w->cbnib + n * (w->kp / 2), w->cbq + n * 16, w->cbsum + n, NC, r->aq + m * w->kp,
+            w->isa->cb_dot(w->cbnib + n * (w->kp / 2), w->cbq + n * 16, w->cbsum + n, r->asum + m, NC, r->aq + m * w->kp,
                            (size_t)w->kp, (int)w->kp, R, s);
             for (int rr = 0; rr < R; ++rr) {
                 float *y = r->Y + (m + rr) * w->N + n;
@@ -537,7 +569,7 @@ static void build_ftables(const qc_matmul *w, const float *a, float *av, float *
 }
 
 /* Per-row int8 tables of activation partial sums (signed 4-sums) and their scale. */
-static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *T, float *tscale) {
+QC_CLONES static void build_tables(const qc_matmul *w, const float *a, float *av, int8_t *T, float *tscale) {
     gather_activations(w, a, av);
     /* the largest 4-sum of |x|: every table entry is within it (up to rounding); max is exact in any
      * order, so four independent maxima (no dependency chain) */
@@ -581,16 +613,19 @@ static void cbf_task(void *p, size_t t) {
     epilogue(w, r->A, r->M, r->Y, n0, n1);
 }
 
-static void quantize_row_i8(const qc_matmul *w, const float *a, int8_t *q, float *scale) {
+QC_CLONES static void quantize_row_i8(const qc_matmul *w, const float *a, int8_t *q, float *scale, int32_t *sum) {
     float amax = 0.f;
     for (int64_t k = 0; k < w->K; ++k)
         if (!w->is_outlier[k]) amax = fabsf(a[k]) > amax ? fabsf(a[k]) : amax;
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *scale = amax > 0.f ? amax / 127.f : 0.f;
+    int32_t s = 0;
     for (int64_t k = 0; k < w->kp; ++k) {
         long v = (k < w->K && !w->is_outlier[k]) ? lrintf(a[k] * inv) : 0;
         q[k] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        s += q[k];
     }
+    *sum = s;
 }
 
 static void run_parallel(qc_parallel_fn par, void *host, qc_task_fn fn, void *ctx, size_t total) {
@@ -603,7 +638,7 @@ static void run_parallel(qc_parallel_fn par, void *host, qc_task_fn fn, void *ct
 
 int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
     if (M <= 0 || w->N <= 0) return 0;
-    run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL, NULL, NULL};
+    run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL, NULL, NULL, NULL};
     if (w->path == PATH_LUT) {
         int8_t *T = (int8_t *)malloc((size_t)(M * w->Q * 16));
         float *ts = (float *)malloc((size_t)M * sizeof(float));
@@ -645,12 +680,13 @@ int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_pa
     } else if (w->path == PATH_CB) {
         int8_t *aq = (int8_t *)malloc((size_t)(M * w->kp));
         float *as = (float *)malloc((size_t)M * sizeof(float));
-        if (!aq || !as) { free(aq); free(as); return -1; }
-        for (int64_t m = 0; m < M; ++m) quantize_row_i8(w, A + m * w->K, aq + m * w->kp, as + m);
-        r.aq = aq; r.tscale = as;
+        int32_t *asum = (int32_t *)malloc((size_t)M * sizeof(int32_t));
+        if (!aq || !as || !asum) { free(aq); free(as); free(asum); return -1; }
+        for (int64_t m = 0; m < M; ++m) quantize_row_i8(w, A + m * w->K, aq + m * w->kp, as + m, asum + m);
+        r.aq = aq; r.tscale = as; r.asum = asum;
         r.cols_per_task = 32;
         run_parallel(par, host, cb_task, &r, (size_t)ceil_div(w->N, 32));
-        free(aq); free(as);
+        free(aq); free(as); free(asum);
     } else {
         r.cols_per_task = 32;
         run_parallel(par, host, fma_task, &r, (size_t)ceil_div(w->N, 32));

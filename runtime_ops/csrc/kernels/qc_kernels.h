@@ -34,10 +34,12 @@ typedef struct qc_isa {
     void (*fma_panel)(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy, int nc);
     /* Codebook int8 dots of NC (<= 8) columns and R (<= 4) rows:
      * out[r*8 + c] = sum_k cb[c][idx_c(k)] * a[r*a_stride + k], k < kp (a multiple of QC_CB_KB).
-     * Column c: nibbles at nib + c*(kp/2), [kp/128][64] bytes, byte j = idx(128t + j) | idx(128t + 64 + j) << 4;
+     * Columns interleaved by 8: chunk t of column c at nib + (8t + c) * 64, byte j of it =
+     * idx(128t + j) | idx(128t + 64 + j) << 4 (one sequential stream for 8 columns);
      * centroids cb + 16c; wsum[c] = sum_k cb[c][idx_c(k)] over all kp (for kernels that offset
-     * activations to unsigned). */
-    void (*cb_dot)(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, int NC, const int8_t *a,
+     * activations to unsigned), asum[r] = sum_k a[r*a_stride + k] (for kernels that offset the
+     * centroids). */
+    void (*cb_dot)(const uint8_t *nib, const int8_t *cb, const int32_t *wsum, const int32_t *asum, int NC, const int8_t *a,
                    size_t a_stride, int kp, int R, int32_t *out);
     /* Q int8 tables of 16 signed 4-sums from av[Q*4]: with s_j = (bit j of i ? x_j : -x_j),
      * v = (s_0 + s_1) + (s_2 + s_3), T[q][i] = clamp(lrintf(v * inv), -127, 127). */
@@ -58,9 +60,10 @@ typedef struct qc_isa {
 
 const qc_isa *qc_isa_scalar(void);
 const qc_isa *qc_isa_avx2(void);   /* NULL when not compiled in or not supported by the CPU */
-const qc_isa *qc_isa_avx512(void); /* AVX-512 BW+VL+VNNI: AVX2 loops + 512-bit codebook dot */
+const qc_isa *qc_isa_avx512(void); /* AVX-512 BW+VL+VNNI (+VBMI when present): see matmul_avx512.c */
+const qc_isa *qc_isa_avx512_novbmi(void); /* the same without the VBMI loops (tests; "avx512novbmi") */
 const qc_isa *qc_isa_neon(void);   /* NULL when not compiled in */
-/* Chosen once: QCOMPILER_ISA=scalar|avx2|avx512|neon forces (an unavailable one falls back to scalar). */
+/* Chosen once: QCOMPILER_ISA=scalar|avx2|avx512|avx512novbmi|neon forces (an unavailable one falls back to scalar). */
 const qc_isa *qc_isa_get(void);
 const qc_isa *qc_isa_by_name(const char *name);
 

@@ -111,8 +111,9 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
     qc_matmul_run(w, A, M, y4, NULL, NULL);
     const char *path = qc_matmul_path(w);
     qc_matmul_free(w);
-    const qc_isa *isas[3] = {qc_isa_avx2(), qc_isa_avx512(), qc_isa_neon()};
-    for (int i = 0; i < 3; ++i) {
+    const qc_isa *isas[4] = {qc_isa_avx2(), qc_isa_avx512(), qc_isa_avx512_novbmi(), qc_isa_neon()};
+    for (int i = 0; i < 4; ++i) {
+        if (i == 2 && isas[2] == isas[1]) continue;
         if (!isas[i]) continue;
         d.accuracy_level = 0;
         w = qc_matmul_create(&d, isas[i]);
