@@ -5,15 +5,15 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
-/* Software prefetch distance (bytes) on the streamed weight indices: large matrices come from
- * memory, and the hardware prefetcher alone left the loops waiting on it. */
+/* Software prefetch distance (bytes) on the streamed weight indices (the _pf loops, used for large
+ * matrices, which come from memory: the hardware prefetcher alone left the loops waiting on it). */
 #ifndef QC_PF
-#define QC_PF 1024
+#define QC_PF 4096
 #endif
 
 static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, const int8_t *tables,
                                                             size_t tab_stride, const float *scales, int G,
-                                                            int S, const int R, float *acc) {
+                                                            int S, const int R, float *acc, const int pf) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi8(1);
     for (int g = 0; g < G; ++g) {
         __m256i i32[4][4];
@@ -25,7 +25,7 @@ static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, c
             for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
             for (int s = s0; s < s1; ++s) {
                 const size_t q = (size_t)g * S + s;
-                if (QC_PF) _mm_prefetch((const char *)(nib + q * 32 + QC_PF), _MM_HINT_T0);
+                if (pf) _mm_prefetch((const char *)(nib + q * 32 + QC_PF), _MM_HINT_T0);
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(nib + q * 32));
                 const __m256i ix0 = _mm256_and_si256(v, m4);
                 const __m256i ix1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -58,10 +58,20 @@ static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, c
 static void lut_block_avx2(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales, int G,
                            int S, int R, float *acc) {
     switch (R) {
-    case 1: lut_rows(nib, tables, tab_stride, scales, G, S, 1, acc); break;
-    case 2: lut_rows(nib, tables, tab_stride, scales, G, S, 2, acc); break;
-    case 3: lut_rows(nib, tables, tab_stride, scales, G, S, 3, acc); break;
-    default: lut_rows(nib, tables, tab_stride, scales, G, S, 4, acc); break;
+    case 1: lut_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 0); break;
+    case 2: lut_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 0); break;
+    case 3: lut_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 0); break;
+    default: lut_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 0); break;
+    }
+}
+
+static void lut_block_avx2_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales, int G,
+                           int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 1); break;
+    case 2: lut_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 1); break;
+    case 3: lut_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 1); break;
+    default: lut_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 1); break;
     }
 }
 
@@ -69,7 +79,7 @@ static void lut_block_avx2(const uint8_t *nib, const int8_t *tables, size_t tab_
  * in adjacent bytes, so maddubs(1, .) is both the pair sum and the widening to int16. */
 static inline __attribute__((always_inline)) void lut_pair_rows(const uint8_t *nib, const int8_t *tables,
                                                                  size_t tab_stride, const float *scales, int G,
-                                                                 int S, const int R, float *acc) {
+                                                                 int S, const int R, float *acc, const int pf) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi8(1);
     for (int g = 0; g < G; ++g) {
         __m256i i32[4][4];
@@ -82,7 +92,7 @@ static inline __attribute__((always_inline)) void lut_pair_rows(const uint8_t *n
             const uint8_t *nb = nib + ((size_t)g * S + s0) * 32;
             const int8_t *tb = tables + ((size_t)g * S + s0) * 16;
             for (int s = s0; s < s1; ++s, nb += 32, tb += 16) {
-                if (QC_PF) _mm_prefetch((const char *)(nb + QC_PF), _MM_HINT_T0);
+                if (pf) _mm_prefetch((const char *)(nb + QC_PF), _MM_HINT_T0);
                 const __m256i v = _mm256_loadu_si256((const __m256i *)nb);
                 const __m256i ixl = _mm256_and_si256(v, m4);
                 const __m256i ixh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -112,10 +122,20 @@ static inline __attribute__((always_inline)) void lut_pair_rows(const uint8_t *n
 static void lut_pair_block_avx2(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
                                 int G, int S, int R, float *acc) {
     switch (R) {
-    case 1: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 1, acc); break;
-    case 2: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 2, acc); break;
-    case 3: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 3, acc); break;
-    default: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 4, acc); break;
+    case 1: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 0); break;
+    case 2: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 0); break;
+    case 3: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 0); break;
+    default: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 0); break;
+    }
+}
+
+static void lut_pair_block_avx2_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                                int G, int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 1); break;
+    case 2: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 1); break;
+    case 3: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 1); break;
+    default: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 1); break;
     }
 }
 
@@ -351,7 +371,7 @@ static void cbf_dot_avx2(const uint8_t *nib, const float *cb, int NC, const floa
 }
 
 static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2,
-                             flut_block_avx2, cbf_dot_avx2};
+                             flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf, lut_pair_block_avx2_pf};
 const qc_isa *qc_isa_avx2(void) {
     return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? &kAvx2 : 0;
 }

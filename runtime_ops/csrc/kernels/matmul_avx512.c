@@ -5,6 +5,9 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+#ifndef QC_PF
+#define QC_PF 4096 /* software prefetch distance on the LUT index stream (bytes) */
+#endif
 
 /* VBMI variant of the AVX2 paired-plane loop: vpermb on a 32-byte table [T, T] reads only the low
  * 5 bits of each index byte, so with the table duplicated the low nibble needs no mask and the
@@ -13,7 +16,7 @@
 __attribute__((target("avx512vbmi,avx512vl,avx512bw")))
 static inline __attribute__((always_inline)) void lut_pair_rows_vbmi(const uint8_t *nib, const int8_t *tables,
                                                                       size_t tab_stride, const float *scales, int G,
-                                                                      int S, const int R, float *acc) {
+                                                                      int S, const int R, float *acc, const int pf) {
     const __m256i ones = _mm256_set1_epi8(1);
     for (int g = 0; g < G; ++g) {
         __m256i i32[4][4];
@@ -26,7 +29,7 @@ static inline __attribute__((always_inline)) void lut_pair_rows_vbmi(const uint8
             const uint8_t *nb = nib + ((size_t)g * S + s0) * 32;
             const int8_t *tb = tables + ((size_t)g * S + s0) * 16;
             for (int s = s0; s < s1; ++s, nb += 32, tb += 16) {
-                _mm_prefetch((const char *)(nb + 1024), _MM_HINT_T0);
+                if (pf) _mm_prefetch((const char *)(nb + QC_PF), _MM_HINT_T0);
                 const __m256i v = _mm256_loadu_si256((const __m256i *)nb);
                 const __m256i vh = _mm256_srli_epi16(v, 4);
                 for (int r = 0; r < R; ++r) {
@@ -56,10 +59,21 @@ __attribute__((target("avx512vbmi,avx512vl,avx512bw")))
 static void lut_pair_block_vbmi(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
                                 int G, int S, int R, float *acc) {
     switch (R) {
-    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc); break;
-    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc); break;
-    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc); break;
-    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc); break;
+    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 0); break;
+    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 0); break;
+    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 0); break;
+    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 0); break;
+    }
+}
+
+__attribute__((target("avx512vbmi,avx512vl,avx512bw")))
+static void lut_pair_block_vbmi_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                                int G, int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 1); break;
+    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 1); break;
+    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 1); break;
+    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 1); break;
     }
 }
 
@@ -217,7 +231,10 @@ static const qc_isa *avx512_isa(int vbmi) {
     *v = *base;
     v->name = vbmi ? "avx512" : "avx512novbmi";
     v->cb_dot = vbmi ? cb_dot_vbmi : cb_dot_avx512;
-    if (vbmi) v->lut_pair_block = lut_pair_block_vbmi;
+    if (vbmi) {
+        v->lut_pair_block = lut_pair_block_vbmi;
+        v->lut_pair_block_pf = lut_pair_block_vbmi_pf;
+    }
     return v;
 }
 

@@ -56,6 +56,12 @@ typedef struct qc_isa {
      * kp. NULL when the ISA has none (the fma path serves level 0). */
     void (*cbf_dot)(const uint8_t *nib, const float *cb, int NC, const float *a, size_t a_stride, int kp, int R,
                     float *out);
+    /* lut_block / lut_pair_block with software prefetch of the index stream, for matrices too large
+     * to stay in cache (a few % slower on cache-resident indices, faster from memory). NULL: none. */
+    void (*lut_block_pf)(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                         int G, int steps, int R, float *acc);
+    void (*lut_pair_block_pf)(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                              int G, int steps, int R, float *acc);
 } qc_isa;
 
 const qc_isa *qc_isa_scalar(void);

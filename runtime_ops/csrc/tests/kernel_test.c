@@ -172,8 +172,10 @@ int main(void) {
         {1, 600, 40, 600}, {6, 96, 70, 48}, {1, 1, 1, 1}, {2, 9, 3, 4},
         {2, 2100, 40, 2100}}; /* > 128 lookup steps per group: the int16 sums are flushed mid-group */
     const int ns = (int)(sizeof shapes / sizeof shapes[0]);
-    for (int s = 0; s < ns; ++s) {
-        const int64_t M = shapes[s][0], K = shapes[s][1], N = shapes[s][2], gs = shapes[s][3];
+    for (int s = 0; s < ns + 2; ++s) {
+        if (s >= ns) setenv("QCOMPILER_PREFETCH", "1", 1); /* the prefetching LUT loops, on two shapes */
+        const int64_t *sh = shapes[s < ns ? s : s - ns + 1];
+        const int64_t M = sh[0], K = sh[1], N = sh[2], gs = sh[3];
         run_case(QC_TERNARY, 2, M, K, N, gs, s % 3 == 1 ? 2 : 0);
         for (int b = 1; b <= 4; ++b) run_case(QC_BINARY, b, M, K, N, gs, s % 3 == 2 ? 2 : 0);
         for (int b = 2; b <= 4; ++b) run_case(QC_CODEBOOK, b, M, K, N, gs, s % 3 == 0 ? 3 : 0);
