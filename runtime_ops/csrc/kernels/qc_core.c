@@ -59,14 +59,16 @@ static inline unsigned get_code(const uint8_t *row, int64_t rb, int64_t k, int b
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Zeroed buffer for the prepacked weights; large ones 2 MB aligned and marked for transparent huge
- * pages (streamed from memory once per run: fewer TLB misses). Freed with free(). */
+/* Zeroed buffer for the prepacked weights; large ones 2 MB aligned, their whole 2 MB pages marked
+ * for transparent huge pages (streamed from memory once per run: fewer TLB misses; the tail stays
+ * in small pages, so no memory is added). Freed with free(). */
 static void *weights_calloc(size_t n) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (QC_THP && n >= ((size_t)1 << 20)) {
+    const size_t huge = (size_t)2 << 20;
+    if (QC_THP && n >= huge) {
         void *p = NULL;
-        if (posix_memalign(&p, (size_t)2 << 20, n)) return NULL;
-        madvise(p, n, MADV_HUGEPAGE);
+        if (posix_memalign(&p, huge, n)) return NULL;
+        madvise(p, n & ~(huge - 1), MADV_HUGEPAGE);
         memset(p, 0, n);
         return p;
     }
