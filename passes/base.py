@@ -10,6 +10,7 @@ roles are analyzed, "transform" passes after planning and calibration, and
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,15 +87,32 @@ def planned_linears(ctx: Any, formats) -> list:
     return out
 
 
-def consumer_grams(linears, stats: dict) -> dict:
+def consumer_grams(linears, stats: dict) -> Mapping:
     """{weight name: X^T X summed over every linear reading it} for the given linears (those
-    that asked for recovery); a shared weight is recovered on all its consumers' inputs."""
-    grams: dict = {}
+    that asked for recovery); a shared weight is recovered on all its consumers' inputs.
+    Summed when a weight's is asked for, not before: a streaming compile keeps its Grams on disk
+    (memory-mapped), and holding all of them at once is what it must not do."""
+    parts: dict = {}
     for lin in linears:
         st = stats.get(lin.node.inputs[0].name)
         if st is not None and getattr(st, "gram", None) is not None:
-            grams[lin.name] = grams.get(lin.name, 0) + st.gram
-    return grams
+            parts.setdefault(lin.name, []).append(st.gram)
+    return _SummedGrams(parts)
+
+
+class _SummedGrams(Mapping):
+    def __init__(self, parts: dict) -> None:
+        self._parts = parts
+
+    def __getitem__(self, name: str):
+        first, *rest = self._parts[name]
+        return first if not rest else sum(rest, np.array(first, np.float64))
+
+    def __iter__(self):
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
 
 
 def drop_unused_weights(graph: ir.Graph, linears) -> None:

@@ -9,10 +9,18 @@ report says which was used.
 Per tapped tensor (a MatMul input, say) we keep, in memory independent of the data size:
 per-channel absolute maxima, global min/max, a reservoir of up to `max_rows` rows
 (for percentile / MSE ranges), and optionally the Gram matrix X^T X (for recovery).
+
+Models larger than memory are calibrated in pieces (`collect_stats_in_pieces`): the graph is cut
+into consecutive runs of nodes whose weights (plus the Gram matrices they produce) fit a piece
+budget, and each piece runs in its own onnxruntime session over every sample before the next
+one is made, so onnxruntime never holds more than one piece's weights. The activations crossing
+a cut are kept for all samples; a Gram matrix is complete once its piece has run and goes to a
+file on disk, read back memory-mapped when its linear is quantized.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -321,3 +329,222 @@ def _stack_batches(feeds, batch_size: int):
 def batches(feeds: list[dict[str, np.ndarray]], size: int) -> Iterator[list[dict[str, np.ndarray]]]:
     for i in range(0, len(feeds), size):
         yield feeds[i : i + size]
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration in pieces (streaming compiles)
+# ----------------------------------------------------------------------------------------------
+class PiecesUnsupported(Exception):
+    """The graph cannot be cut into pieces (control flow, or an order that is not topological)."""
+
+
+@dataclasses.dataclass
+class _Piece:
+    nodes: list                      # indices into the graph's node list, consecutive
+    weight_bytes: int = 0
+    gram_bytes: int = 0
+
+
+def _initializer_inputs(node, inits) -> list:
+    return [v for v in node.inputs if v is not None and v.name in inits and v.const_value is not None]
+
+
+def plan_pieces(model: ir.Model, piece_bytes: int, gram_for: set[str] | None = None) -> list[_Piece]:
+    """Consecutive runs of the graph's nodes, each holding at most `piece_bytes` of weights plus
+    the Gram matrices (8 C^2 bytes) of the taps its nodes produce (a node heavier than that is a
+    piece of its own). Raises PiecesUnsupported when the graph cannot be run in pieces."""
+    graph = model.graph
+    inits = graph.initializers
+    gram_for = gram_for or set()
+    seen: set = {v.name for v in graph.inputs} | set(inits)
+    pieces: list[_Piece] = []
+    cur = _Piece([])
+    counted: set = set()
+    for i, node in enumerate(graph):
+        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+            raise PiecesUnsupported(f"node {node.name or node.op_type} has subgraphs (control flow)")
+        for v in node.inputs:
+            if v is not None and v.name and v.name not in seen:
+                raise PiecesUnsupported(f"node {node.name or node.op_type} reads {v.name} before it is made")
+        weights = sum(v.const_value.nbytes for v in _initializer_inputs(node, inits) if v.name not in counted)
+        grams = sum(8 * _channels(v) ** 2 for v in node.outputs if v.name in gram_for)
+        if cur.nodes and cur.weight_bytes + cur.gram_bytes + weights + grams > piece_bytes:
+            pieces.append(cur)
+            cur, counted = _Piece([]), set()
+            weights = sum(v.const_value.nbytes for v in _initializer_inputs(node, inits))
+        cur.nodes.append(i)
+        cur.weight_bytes += weights
+        cur.gram_bytes += grams
+        counted.update(v.name for v in _initializer_inputs(node, inits))
+        seen.update(v.name for v in node.outputs)
+    if cur.nodes:
+        pieces.append(cur)
+    return pieces
+
+
+def _channels(v: ir.Value) -> int:
+    """The last axis of a value: from its shape, else from a linear reading it (a MatMul's weight
+    rows, a Gemm's weight rows or columns)."""
+    if v.shape is not None and len(v.shape) and isinstance(v.shape[-1], int):
+        return int(v.shape[-1])
+    for node, index in v.uses():
+        if index != 0 or node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1].const_value if node.inputs[1] is not None else None
+        if w is not None and len(w.shape) == 2:
+            trans = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+            return int(w.shape[1] if trans else w.shape[0])
+    return 0
+
+
+def tap_channels(model: ir.Model, taps) -> dict[str, int]:
+    """{tap: channels} for the taps whose channel count is known (see _channels)."""
+    taps = set(taps)
+    values = [*model.graph.inputs, *(o for node in model.graph.all_nodes() for o in node.outputs)]
+    return {v.name: c for v in values if v.name in taps and (c := _channels(v))}
+
+
+def release_gram_pages(stats: dict | None) -> None:
+    """Drop the resident pages of Gram matrices read back from disk (they fault in again if read)."""
+    import mmap
+
+    for st in (stats or {}).values():
+        raw = getattr(getattr(st, "gram", None), "_mmap", None)
+        if isinstance(raw, mmap.mmap) and not raw.closed:
+            with contextlib.suppress(OSError, ValueError):
+                raw.madvise(mmap.MADV_DONTNEED)
+
+
+def _piece_session(full: onnx.ModelProto, model: ir.Model, nodes: list, node_idx: list[int], inputs: dict,
+                   outputs: list[str]):
+    """An onnxruntime session of nodes[node_idx] reading `inputs` ({name: dtype}) and giving
+    `outputs`; weights kept on disk are handed over as external initializers (onnxruntime copies
+    them, so the input's mapped pages are dropped right after)."""
+    import onnxruntime as ort
+
+    from qcompiler.model_io import release_mapped_pages
+
+    inits = model.graph.initializers
+    names = []
+    for i in node_idx:
+        names += [v.name for v in _initializer_inputs(nodes[i], inits) if v.name not in names]
+    by_name = {t.name: t for t in full.graph.initializer}
+    graph = onnx.helper.make_graph(
+        [full.graph.node[i] for i in node_idx], f"{full.graph.name}_piece",
+        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)), None)
+         for n, dt in inputs.items()],
+        [onnx.helper.make_empty_tensor_value_info(n) for n in outputs],
+        [by_name[n] for n in names])
+    proto = onnx.helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=full.ir_version)
+    proto.functions.extend(full.functions)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # MatMul weights are otherwise copied again into packed buffers: twice the piece's weights.
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    external = [n for n in names if isinstance(inits[n].const_value, ir.ExternalTensor)]
+    mapped = [inits[n].const_value for n in external]
+    if external:
+        opts.add_external_initializers(external, [ort.OrtValue.ortvalue_from_numpy(t.numpy()) for t in mapped])
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    release_mapped_pages(mapped)
+    return session
+
+
+def collect_stats_in_pieces(
+    model: ir.Model,
+    feeds: list[dict[str, np.ndarray]],
+    taps: list[str],
+    piece_bytes: int,
+    gram_dir: str | os.PathLike,
+    max_rows: int = 2048,
+    gram_for: set[str] | None = None,
+    seed: int = 0,
+    progress=None,
+    batch_size: int = 16,
+) -> tuple[dict[str, ActivationStats], dict]:
+    """collect_stats for models larger than memory: the graph runs piece by piece (see the module
+    docstring), onnxruntime holding at most `piece_bytes` of weights; Gram matrices are written to
+    `gram_dir` as soon as complete and come back memory-mapped. Returns (stats, info) with info
+    {pieces, largest_piece_bytes, gram_files_bytes}."""
+    if not feeds:
+        raise CalibrationError("calibration data is empty")
+    gram_for = set(gram_for or ())
+    pieces = plan_pieces(model, piece_bytes, gram_for)
+    graph = model.graph
+    nodes = list(graph)
+    full = ir.to_proto(model)          # weights stay external references: no bytes are read here
+    rng = np.random.default_rng(seed)
+    gram_dir = Path(gram_dir)
+    gram_dir.mkdir(parents=True, exist_ok=True)
+    tap_set = set(taps)
+    accs: dict[str, _Accumulator] = {}
+    stats: dict[str, ActivationStats] = {}
+    info = {"pieces": len(pieces), "largest_piece_bytes": max(p.weight_bytes + p.gram_bytes for p in pieces),
+            "gram_files_bytes": 0}
+
+    def finish(name):
+        acc = accs.pop(name)
+        if acc.absmax is None:
+            return
+        st = acc.finish()
+        if st.gram is not None:
+            path = gram_dir / f"gram{len(stats)}.npy"
+            np.save(path, st.gram)
+            info["gram_files_bytes"] += path.stat().st_size
+            st.gram = np.load(path, mmap_mode="r")
+        stats[name] = st
+
+    last_piece: dict[str, int] = {}
+    piece_of = {}
+    for p, piece in enumerate(pieces):
+        for i in piece.nodes:
+            piece_of[i] = p
+            for v in nodes[i].inputs:
+                if v is not None:
+                    last_piece[v.name] = p
+    batches = list(_stack_batches(feeds, batch_size))
+    mask_name = next((k for k in feeds[0] if "mask" in k.lower() and feeds[0][k].ndim == 2), None)
+    live = [dict(b) for b in batches]    # per batch: {value name: array} crossing the current cut
+
+    def accumulate(name, values):
+        accs.setdefault(name, _Accumulator(max_rows, name in gram_for, rng))
+        for b, value in zip(batches, values):
+            mask = b.get(mask_name) if mask_name else None
+            if value.dtype.kind == "f" and value.ndim >= 1:
+                if mask is not None and value.ndim == 3 and value.shape[:2] == mask.shape:
+                    value = value[mask.astype(bool)]
+                accs[name].add(value)
+        finish(name)
+
+    for name in [v.name for v in graph.inputs if v.name in tap_set]:
+        accumulate(name, [lv[name] for lv in live])
+    inits = graph.initializers
+    for p, piece in enumerate(pieces):
+        produced = [v.name for i in piece.nodes for v in nodes[i].outputs if v.name]
+        made = set(produced)
+        wanted = [n for n in produced if n in tap_set or last_piece.get(n, -1) > p]
+        inputs = {}
+        for i in piece.nodes:
+            for v in nodes[i].inputs:
+                if v is not None and v.name and v.name not in made and v.name not in inits and v.name not in inputs:
+                    inputs[v.name] = live[0][v.name].dtype
+        if wanted:
+            session = _piece_session(full, model, nodes, piece.nodes, inputs, wanted)
+            for lv, n_done in zip(live, range(len(live))):
+                feed = {n: lv[n] for n in inputs}
+                try:
+                    values = session.run(wanted, feed)
+                except Exception as exc:
+                    raise CalibrationError(f"the model does not run on calibration batch {n_done} "
+                                           f"(piece {p + 1} of {len(pieces)}): {str(exc).splitlines()[0][:200]}") from None
+                lv.update(zip(wanted, values))
+            del session
+            for name in wanted:
+                if name in tap_set:
+                    accumulate(name, [lv[name] for lv in live])
+        for lv in live:                   # values no later piece reads
+            for name in [n for n in lv if last_piece.get(n, -1) <= p and n not in batches[0]]:
+                del lv[name]
+        if progress:
+            progress(p + 1, len(pieces))
+    return stats, info

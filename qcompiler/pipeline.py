@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,8 +35,11 @@ from qcompiler.plan import KEEP, make_plan
 from qcompiler.schemes import Scheme, load_scheme
 
 STAGES = ("canonical", "transform", "final")
-# Weights above this many bytes are streamed (no in-memory reference copy, calibration or verification).
+# Weights above this many bytes are streamed (no in-memory reference copy or verification; calibration
+# in pieces, on --calib data only).
 DEFAULT_MEMORY_BUDGET = 2_000_000_000
+STREAMING_CALIB_SAMPLES = 64          # calibration samples a streaming compile uses at most
+CALIB_PIECE_MIN_BYTES = 1 << 20       # smallest piece of weights calibration runs at a time
 
 # Library chatter (e.g. onnxscript's "falling back to the onnx C API" warning) is not for users.
 logging.getLogger("onnxscript").setLevel(logging.ERROR)
@@ -147,12 +152,15 @@ def compile_model(
     notes: list[str] = []
     calib_feeds = calibration.load_calibration(calib, model) if calib else None
     spill = model_io.Spill(out_path, model) if streaming else None
+    calib_dir = model_io.temporary_name(out_path, ".calib") if streaming else None   # Gram matrices on disk
     try:
         rep = _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exclude, verify,
-                   verify_samples, notes, spill, streaming, budget, out_path, external_out)
+                   verify_samples, notes, spill, streaming, budget, out_path, external_out, calib_dir)
     finally:
         if spill is not None:
             spill.close()
+        if calib_dir is not None:
+            shutil.rmtree(calib_dir, ignore_errors=True)
     rep.update(_build_report(ctx, model_path, out_path, rep.pop("verification"), notes, steps.timings,
                              time.perf_counter() - t0))
     if report_path is not None:
@@ -167,10 +175,14 @@ def compile_model(
 
 
 def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exclude, verify, verify_samples,
-         notes, spill, streaming, budget, out_path, external_out) -> dict[str, Any]:
+         notes, spill, streaming, budget, out_path, external_out, calib_dir) -> dict[str, Any]:
     """The stages from canonicalize to save; returns {"verification": ...}."""
     if spill is not None:
-        ctx.progress = lambda label, done, total: spill.flush(model)
+        def progress(label, done, total):
+            spill.flush(model)
+            calibration.release_gram_pages(ctx.stats)    # a Gram read for the last weight
+
+        ctx.progress = progress
         notes.append(f"streaming compile: weights ({model_io._estimated_size(model) / 1e9:.2f} GB) exceed the "
                      f"memory budget ({budget / 1e9:.2f} GB); each packed weight was written out as it was made")
 
@@ -192,11 +204,11 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     reference_proto = model_io.inline_proto(model) if verify and not streaming else None
     if calib_feeds and not needs_stats:
         notes.append("calibration data checked but not used: no pass of this scheme needs activation statistics")
-    if needs_stats and streaming:
-        notes.append("calibration skipped: running the FP32 model in onnxruntime would hold all its weights in "
-                     "memory; weights were quantized without activation statistics (plain rounding, no outlier "
-                     "channels)")
-        ctx.calibration_source = "skipped (streaming compile)"
+    if needs_stats and streaming and not calib_feeds:
+        notes.append("calibration skipped: a streaming compile calibrates only on given data (--calib), not on "
+                     "synthesized inputs; weights were quantized without activation statistics (plain rounding, "
+                     "no outlier channels)")
+        ctx.calibration_source = "skipped (streaming compile without --calib)"
     elif needs_stats:
         with steps.stage("calibrate"):
             feeds = calib_feeds
@@ -210,10 +222,13 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
             taps = sorted({lin.node.inputs[0].name for lin in ctx.roles.linears if ctx.plan[lin.name].format != KEEP})
             for p in transform:
                 taps += [t for t in getattr(p, "extra_taps", lambda: [])() if t not in taps]
-            gram_for = _grams_within_budget(model, taps, budget // 4, notes) if needs_gram else set()
-            with steps.bar("calibrating", len(feeds)) as bar, _input_model_errors():
-                ctx.stats = calibration.collect_stats(model, feeds, taps, gram_for=gram_for, seed=options.seed,
-                                                      progress=bar)
+            if streaming:
+                _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes)
+            else:
+                gram_for = _grams_within_budget(model, taps, budget // 4, notes) if needs_gram else set()
+                with steps.bar("calibrating", len(feeds)) as bar, _input_model_errors():
+                    ctx.stats = calibration.collect_stats(model, feeds, taps, gram_for=gram_for, seed=options.seed,
+                                                          progress=bar)
 
     with steps.stage("transform + pack"):
         for p in transform:
@@ -252,20 +267,42 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     return {"verification": verification}
 
 
+def _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes) -> None:
+    """Streaming calibration: at most STREAMING_CALIB_SAMPLES samples (evenly spaced), the graph run
+    in pieces of at most an eighth of the budget of weights, Grams of every tap on disk, and a
+    reservoir of rows within a sixteenth of the budget (see calibration.collect_stats_in_pieces)."""
+    if len(feeds) > STREAMING_CALIB_SAMPLES:
+        keep = np.linspace(0, len(feeds) - 1, STREAMING_CALIB_SAMPLES).round().astype(int)
+        feeds = [feeds[i] for i in keep]
+        ctx.calibration_source += f", {len(feeds)} of them used (evenly spaced)"
+        ctx.calib_feeds = feeds
+    channels = sum(calibration.tap_channels(model, taps).values())
+    max_rows = int(min(2048, (budget // 16) // max(4 * channels, 1)))
+    piece_bytes = max(budget // 8, CALIB_PIECE_MIN_BYTES)
+    gram_for = set(taps) if needs_gram else set()
+    try:
+        with steps.bar("calibrating (pieces)", 1) as bar, _input_model_errors():
+            ctx.stats, info = calibration.collect_stats_in_pieces(
+                model, feeds, taps, piece_bytes, calib_dir, max_rows=max_rows, gram_for=gram_for,
+                seed=ctx.options.seed, progress=bar)
+    except calibration.PiecesUnsupported as exc:
+        notes.append(f"calibration skipped: a streaming compile runs the model in pieces, and this one cannot be "
+                     f"cut ({exc}); weights were quantized without activation statistics")
+        ctx.calibration_source = "skipped (streaming compile, graph not cut into pieces)"
+        ctx.stats = {}
+        return
+    notes.append(f"calibrated in {info['pieces']} pieces (at most {info['largest_piece_bytes'] / 1e6:.1f} MB of weights and "
+                 f"Gram matrices at a time) on {len(feeds)} samples; {max_rows} reservoir rows per linear input; "
+                 f"Gram matrices ({info['gram_files_bytes'] / 1e6:.1f} MB) kept on disk until used")
+
+
 def _grams_within_budget(model: ir.Model, taps: list[str], budget: int, notes: list[str]) -> set[str]:
     """The taps whose Gram matrices (C x C float64 each) fit in `budget` bytes together, in order.
 
     Recovery needs one per linear input; a model with many wide layers would otherwise hold
     them all at once (36 inputs of 4096 channels: 4.8 GB). Linears past the budget get plain
     rounding, and the report says how many."""
-    channels = {}
-    for node in model.graph.all_nodes():
-        for v in node.outputs:
-            if v.name in taps and v.shape is not None and len(v.shape) and isinstance(v.shape[-1], int):
-                channels[v.name] = v.shape[-1]
-    for v in model.graph.inputs:
-        if v.name in taps and v.shape is not None and len(v.shape) and isinstance(v.shape[-1], int):
-            channels[v.name] = v.shape[-1]
+    channels = calibration.tap_channels(model, taps)
     chosen, used = set(), 0
     for tap in taps:
         need = 8 * channels.get(tap, 0) ** 2

@@ -54,3 +54,72 @@ def test_grams_beyond_a_quarter_of_the_budget_are_not_collected(tmp_path):
     methods = [lin["method"] for lin in small["passes"]["replace_matmul"]["linears"]]
     assert methods == ["gptq", "plain (no calibration statistics)"]
     assert any("recovery statistics kept for 1 of 2" in n for n in small["notes"])
+
+
+def _chain_with_calibration(tmp_path, layers=6, dim=512, samples=40):
+    from models.large_synthetic import write_chain
+
+    src = write_chain(tmp_path / "c.onnx", layers=layers, dim=dim)
+    x = np.random.default_rng(0).standard_normal((samples, dim)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", h0=x)
+    return src, tmp_path / "calib.npz"
+
+
+def test_streaming_calibrates_in_pieces_within_the_budget(tmp_path, monkeypatch):
+    """A streaming compile with --calib data runs calibration piece by piece: no onnxruntime session
+    holds more than one 1 MB weight (the pieces' floor with this budget), the Gram matrices come back
+    memory-mapped from disk, every linear gets calibrated recovery, and nothing is left behind."""
+    from qcompiler import calibration
+    from qcompiler.pipeline import CALIB_PIECE_MIN_BYTES
+
+    src, calib = _chain_with_calibration(tmp_path)          # 6 weights of 1 MB, Grams of 2 MB
+    sessions, grams = [], []
+    original_session = calibration._piece_session
+
+    def spy_session(full, model, nodes, node_idx, inputs, outputs):
+        inits = model.graph.initializers
+        sessions.append(sum(v.const_value.nbytes for i in node_idx
+                            for v in calibration._initializer_inputs(nodes[i], inits)))
+        return original_session(full, model, nodes, node_idx, inputs, outputs)
+
+    original_collect = calibration.collect_stats_in_pieces
+
+    def spy_collect(*args, **kwargs):
+        stats, info = original_collect(*args, **kwargs)
+        grams.extend(type(st.gram) for st in stats.values())
+        return stats, info
+
+    monkeypatch.setattr(calibration, "_piece_session", spy_session)
+    monkeypatch.setattr(calibration, "collect_stats_in_pieces", spy_collect)
+    rep = compile_model(src, scheme="int4", output=tmp_path / "s.onnx", calib=calib, verify=False,
+                        memory_budget=4 * CALIB_PIECE_MIN_BYTES)
+    assert any("streaming compile" in n for n in rep["notes"])
+    assert any(n.startswith("calibrated in 6 pieces") for n in rep["notes"]), rep["notes"]
+    assert rep["calibration"].endswith("(40 samples)")
+    # the last MatMul's output feeds no linear: its piece needs no session
+    assert len(sessions) == 5 and max(sessions) == 512 * 512 * 4
+    assert grams and set(grams) == {np.memmap}
+    assert [lin["method"] for lin in rep["passes"]["quantize_int4"]["linears"]] == ["gptq"] * 6
+    assert not [p for p in tmp_path.iterdir() if model_io.TMP_PREFIX in p.name]
+    # the compiled model runs and is close to the FP32 chain (int4 block 32: ~10% weight error per layer)
+    x = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)
+    ref = ort.InferenceSession(str(src)).run(None, {"h0": x})[0]
+    got = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, {"h0": x})[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.4
+
+
+def test_streaming_without_calibration_data_skips_calibration(tmp_path):
+    src, _ = _chain_with_calibration(tmp_path, layers=2, dim=64)
+    rep = compile_model(src, scheme="int4", output=tmp_path / "s.onnx", verify=False, memory_budget=0)
+    assert any(n.startswith("calibration skipped: a streaming compile calibrates only on given data") for n in rep["notes"])
+    assert {lin["method"] for lin in rep["passes"]["quantize_int4"]["linears"]} == {"plain (no calibration statistics)"}
+
+
+def test_streaming_calibration_samples_are_capped(tmp_path, monkeypatch):
+    from qcompiler import pipeline
+
+    monkeypatch.setattr(pipeline, "STREAMING_CALIB_SAMPLES", 8)
+    src, calib = _chain_with_calibration(tmp_path, layers=2, dim=64, samples=30)
+    rep = compile_model(src, scheme="int8", output=tmp_path / "s.onnx", calib=calib, verify=False, memory_budget=0)
+    assert rep["calibration"].endswith("(30 samples), 8 of them used (evenly spaced)")
+    assert any("on 8 samples" in n for n in rep["notes"])
