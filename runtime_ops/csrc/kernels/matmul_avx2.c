@@ -189,7 +189,8 @@ static inline __m256i hsum8_epi32(const __m256i *t) {
 }
 
 /* 64 k per half-chunk: low nibbles index k .. k+31, high nibbles k+64 .. k+95 of the 128-k chunk.
- * |w| (unsigned) x sign(a, w) keeps maddubs' pair sums below 2 * 127 * 127 (no saturation).
+ * |w| (unsigned) x sign(a, w) keeps maddubs' pair sums below 2 * 127 * 127 (no saturation); one
+ * row: |a| x sign(w, a), the same products with |a| computed once for 8 columns.
  * NCOL columns per pass (adjacent in the 8-column interleave: fewer passes over the stream). */
 static inline __attribute__((always_inline)) void cb_rows(const uint8_t *nib0, const int8_t *cb0, int NC,
                                                            const int8_t *a, size_t a_stride, int kp, const int R,
@@ -210,7 +211,23 @@ static inline __attribute__((always_inline)) void cb_rows(const uint8_t *nib0, c
             for (int t = 0; t < kp / 128; ++t, nb += 512) {
                 if (NCOL < 8 && c == 0) /* the first pass fetches the chunk's other columns for the next passes */
                     for (int j = NCOL; j < 8; ++j) _mm_prefetch((const char *)(nb + 64 * j), _MM_HINT_T0);
-                for (int h = 0; h < 2; ++h)
+                for (int h = 0; h < 2; ++h) {
+                    if (R == 1) { /* one row: |a| x sign(w, a), |a| shared by the 8 columns */
+                        const __m256i a0 = _mm256_loadu_si256((const __m256i *)(a + 128 * t + 32 * h));
+                        const __m256i a1 = _mm256_loadu_si256((const __m256i *)(a + 128 * t + 64 + 32 * h));
+                        const __m256i u0 = _mm256_abs_epi8(a0), u1 = _mm256_abs_epi8(a1);
+                        for (int i = 0; i < NCOL; ++i) {
+                            const __m256i v = _mm256_loadu_si256((const __m256i *)(nb + 64 * i + 32 * h));
+                            const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)cbc[i]));
+                            const __m256i wl = _mm256_shuffle_epi8(cb, _mm256_and_si256(v, m4));
+                            const __m256i wh = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                            const __m256i pl = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(wl, a0));
+                            const __m256i ph = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(wh, a1));
+                            acc[i][0] = _mm256_add_epi32(
+                                acc[i][0], _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones)));
+                        }
+                        continue;
+                    }
                     for (int i = 0; i < NCOL; ++i) {
                         const __m256i v = _mm256_loadu_si256((const __m256i *)(nb + 64 * i + 32 * h));
                         const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)cbc[i]));
@@ -227,6 +244,7 @@ static inline __attribute__((always_inline)) void cb_rows(const uint8_t *nib0, c
                                 acc[i][r], _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones)));
                         }
                     }
+                }
             }
         }
         for (int i = 0; i < NCOL; ++i)
