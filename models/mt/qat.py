@@ -16,6 +16,8 @@ training-aware recovery), then compile + BLEU beside FP32 and calibrated recover
    directory of their own beside the FP32 one; `qcompile --scheme S` packs them losslessly.
 5. Both the FP32 export and the trained export are compiled with the scheme (the model's own
    calibration inputs) and every variant translates the same held-out pairs (greedy, batch 1).
+   QAT keeps training on the task data, so `--control` also trains the FP32 model for the same
+   steps with the same loss: the fair reference for what quantization costs.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def train_qat_model(directory: Path, scheme: str, steps: int, threads: int = 1, 
     teacher = load_torch_model(directory).eval()
     student = load_torch_model(directory)
     fold_norms(student)
-    swapped = quantize_modules(student, scheme, role_of)
+    swapped = quantize_modules(student, scheme, role_of) if scheme else {}   # None: the FP32 control
     tok = Tokenizer(directory / "tokenizer.model")
     ids = [(tok.encode(en), tok.encode(fr)) for en, fr in read_tsv(directory / "train.tsv")]
 
@@ -110,13 +112,14 @@ def train_qat_model(directory: Path, scheme: str, steps: int, threads: int = 1, 
 
     cfg = QATConfig(steps=steps, lr=lr, fp_lr=lr / 3, scale_lr=lr / 10)
     history = train_qat(student, _batches(ids, batch_tokens, seed), loss_fn, cfg, show=show,
-                        label=f"QAT {Path(scheme).stem}")
+                        label=f"QAT {Path(scheme).stem}" if scheme else "FP32 control")
     return student, swapped, history
 
 
-def build_qat_dir(directory: Path, scheme: str, steps: int, threads: int = 1, out: Path | None = None,
+def build_qat_dir(directory: Path, scheme: str | None, steps: int, threads: int = 1, out: Path | None = None,
                   log=print, **train_kwargs) -> Path:
-    """Train and export into `out` (default: beside the FP32 directory); cached by its meta.json."""
+    """Train and export into `out` (default: beside the FP32 directory); cached by its meta.json.
+    scheme None trains the FP32 model the same way (the control: what the extra training alone gives)."""
     from models.mt.decode import OnnxTranslator
     from models.mt.export import export_onnx
     from models.mt.train import calibration_arrays
@@ -125,7 +128,8 @@ def build_qat_dir(directory: Path, scheme: str, steps: int, threads: int = 1, ou
     from qcompiler.qat.convert import export_modules
 
     directory = Path(directory)
-    target = Path(out) if out else directory.parent / f"{directory.name}-qat-{Path(scheme).stem}-{steps}"
+    tag = f"qat-{Path(scheme).stem}" if scheme else "fp32-control"
+    target = Path(out) if out else directory.parent / f"{directory.name}-{tag}-{steps}"
     if (target / "meta.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,8 +158,10 @@ def build_qat_dir(directory: Path, scheme: str, steps: int, threads: int = 1, ou
     return target
 
 
-def compare(fp32_dir: Path, qat_dir: Path, scheme: str, sentences: int, out_dir: Path, console=None) -> list[dict]:
-    """Compile FP32 and QAT exports with `scheme`; BLEU of FP32, calibrated and QAT on the same pairs."""
+def compare(fp32_dir: Path, qat_dir: Path, scheme: str, sentences: int, out_dir: Path, console=None,
+            control_dir: Path | None = None) -> list[dict]:
+    """Compile FP32 and QAT exports with `scheme`; BLEU of FP32, calibrated and QAT on the same pairs
+    (and of the FP32 control trained as long as the QAT model, uncompiled, when given)."""
     import sacrebleu
 
     from models.mt.data import read_tsv
@@ -167,6 +173,8 @@ def compare(fp32_dir: Path, qat_dir: Path, scheme: str, sentences: int, out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(scheme).stem
     variants = [("FP32", fp32_dir / "encoder.onnx", fp32_dir / "decoder.onnx", None)]
+    if control_dir is not None:
+        variants.append(("FP32 + the same training", control_dir / "encoder.onnx", control_dir / "decoder.onnx", None))
     for tag, src in ((f"{stem}, calibrated recovery", fp32_dir), (f"{stem}, QAT from torch", qat_dir)):
         paths = []
         t = time.perf_counter()
@@ -199,6 +207,9 @@ def main(argv=None) -> None:
     ap.add_argument("--kd-weight", type=float, default=0.5, help="weight of the KL-to-teacher term (rest: cross-entropy)")
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate of the latent quantized weights")
     ap.add_argument("--model", default=None, help="FP32 model directory (default: build/take the cached one)")
+    ap.add_argument("--control", action="store_true",
+                    help="also train the FP32 model the same way (the QAT run continues training on the task data, so "
+                         "this row tells what the extra training alone gives)")
     ap.add_argument("--out", default="bench-out/mt-qat", help="where the compiled files and the table go")
     a = ap.parse_args(argv)
     if a.steps < 1 or a.threads < 1 or a.sentences < 1 or not 0 <= a.kd_weight <= 1 or a.lr <= 0:
@@ -223,7 +234,9 @@ def main(argv=None) -> None:
         print(f"python -m models.mt.qat: error: no torch checkpoint (model.pt) in {fp32_dir}", file=sys.stderr)
         sys.exit(2)
     qat_dir = build_qat_dir(fp32_dir, a.scheme, a.steps, a.threads, log=console.print, kd_weight=a.kd_weight, lr=a.lr)
-    rows = compare(fp32_dir, qat_dir, a.scheme, a.sentences, Path(a.out), console)
+    control = build_qat_dir(fp32_dir, None, a.steps, a.threads, log=console.print, kd_weight=a.kd_weight, lr=a.lr) \
+        if a.control else None
+    rows = compare(fp32_dir, qat_dir, a.scheme, a.sentences, Path(a.out), console, control)
     meta = json.loads((qat_dir / "meta.json").read_text())["qat"]
     table = Table(title=f"MT {a.sentences} held-out pairs, greedy; QAT {meta['training']['steps']} steps "
                         f"in {meta['training']['seconds']:.0f} s on {meta['threads']} thread(s)")
