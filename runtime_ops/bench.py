@@ -151,8 +151,10 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     names = ["fp32", "nbits4", "nbits2", "ternary", "bcq2", "cb4"] + (
         ["tern_l0", "bcq2_l0", "cb4_l0"] if args.level0 else [])
-    print(f"onnxruntime {ort.__version__}; times in us (median, session.run); ratios: x faster than nbits4 / fp32")
+    print(f"onnxruntime {ort.__version__}; QCOMPILER_ISA={os.environ.get('QCOMPILER_ISA', '(auto)')}; "
+          "times in us (median, session.run); ratios: x faster than nbits4 / fp32")
     print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     header = f"{'KxN':>10} {'M':>3} {'thr':>3} {'mode':>4} " + " ".join(f"{n:>8}" for n in names)
     header += "  tern/nb4 bcq2/nb4 cb4/nb4 tern/fp32 bcq2/fp32"
     print(header)
@@ -180,6 +182,8 @@ def main(argv=None) -> None:
             r1 = results[(K, N, M, 1, mode)]
             print(f"{K}x{N:<5} M={M:<3} t={t} {mode:>4} " + " ".join(f"{n}={r1[n] / r[n]:.2f}" for n in names))
     print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
+    # one thread alone on a core gives about 1.0; other jobs on the cores lower it
+    print("cpu time / wall time of this process: %.2f" % ((time.process_time() - cpu0) / (time.perf_counter() - wall0)))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ time of each and the speed-up per block.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -54,6 +55,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     models = {name: our_model(op, k, n, rng, bits=bits) for name, (op, bits) in OPS.items()}
     print(f"{k}x{n}, onnxruntime {ort.__version__}; median us per run; speed-up = 1-thread time / 2-thread time")
+    print("load average at start: %.2f %.2f %.2f (2 threads need both cores free)" % os.getloadavg())
     for m in (int(v) for v in args.M.split(",")):
         x = rng.standard_normal((m, k)).astype(np.float32)
         runs = max(20, int(150 / max(1, m // 4)))
@@ -65,6 +67,7 @@ def main(argv=None) -> None:
             ratios = [a / b for a, b in zip(t1, t2)]
             print(f"M={m:<3} {name:8} 1 thread {np.median(t1) * 1e6:8.1f}  2 threads {np.median(t2) * 1e6:8.1f}  "
                   f"speed-up {np.median(ratios):.2f} (blocks {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+    print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":
