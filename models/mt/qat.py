@@ -27,6 +27,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -148,7 +149,8 @@ def build_qat_dir(directory: Path, scheme: str | None, steps: int, threads: int 
         np.savez(work / "calib_decoder.npz", **dec)
         meta = json.loads((directory / "meta.json").read_text())
         meta["qat"] = {"scheme": scheme, "from": str(directory), "modules": swapped, "training": history,
-                       "threads": threads, "seconds": round(time.perf_counter() - t0, 1), **train_kwargs}
+                       "threads": threads, "seconds": round(time.perf_counter() - t0, 1),
+                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **train_kwargs}
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
         os.chmod(work, 0o755)
         os.replace(work, target)
@@ -238,8 +240,9 @@ def main(argv=None) -> None:
         if a.control else None
     rows = compare(fp32_dir, qat_dir, a.scheme, a.sentences, Path(a.out), console, control)
     meta = json.loads((qat_dir / "meta.json").read_text())["qat"]
+    peak = f", peak RSS {meta['peak_rss_mb'] / 1024:.2f} GB" if meta.get("peak_rss_mb") else ""
     table = Table(title=f"MT {a.sentences} held-out pairs, greedy; QAT {meta['training']['steps']} steps "
-                        f"in {meta['training']['seconds']:.0f} s on {meta['threads']} thread(s)")
+                        f"in {meta['training']['seconds']:.0f} s on {meta['threads']} thread(s){peak}")
     for col in ("variant", "size", "BLEU", "chrF", "delta BLEU vs FP32", "compile"):
         table.add_column(col)
     for r in rows:
