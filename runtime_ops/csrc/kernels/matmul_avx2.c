@@ -389,7 +389,7 @@ static void cbf_dot_avx2(const uint8_t *nib, const float *cb, int NC, const floa
 }
 
 static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2,
-                             flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf, lut_pair_block_avx2_pf};
+                             flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf, lut_pair_block_avx2_pf, 0};
 const qc_isa *qc_isa_avx2(void) {
     return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? &kAvx2 : 0;
 }

@@ -16,8 +16,13 @@
 __attribute__((target("avx512vbmi,avx512vl,avx512bw")))
 static inline __attribute__((always_inline)) void lut_pair_rows_vbmi(const uint8_t *nib, const int8_t *tables,
                                                                       size_t tab_stride, const float *scales, int G,
-                                                                      int S, const int R, float *acc, const int pf) {
-    const __m256i ones = _mm256_set1_epi8(1);
+                                                                      int S, const int R, float *acc, const int pf,
+                                                                      const int binary) {
+    /* binary (paired layout, qc_isa.lut_binary_pair): the 32-byte table [T_2s, T_2s+1] as stored,
+     * odd bytes select its upper half through index bit 4: (nibble & 15) | 16 in one vpternlogd */
+    const __m256i ones = _mm256_set1_epi8(1), m4 = _mm256_set1_epi8(0x0F),
+                  sel = _mm256_set1_epi16((short)0x1000);
+    const int tstep = binary ? 32 : 16;
     for (int g = 0; g < G; ++g) {
         __m256i i32[4][4];
         for (int r = 0; r < R; ++r)
@@ -27,13 +32,19 @@ static inline __attribute__((always_inline)) void lut_pair_rows_vbmi(const uint8
             __m256i lo[4], hi[4];
             for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
             const uint8_t *nb = nib + ((size_t)g * S + s0) * 32;
-            const int8_t *tb = tables + ((size_t)g * S + s0) * 16;
-            for (int s = s0; s < s1; ++s, nb += 32, tb += 16) {
+            const int8_t *tb = tables + ((size_t)g * S + s0) * tstep;
+            for (int s = s0; s < s1; ++s, nb += 32, tb += tstep) {
                 if (pf) _mm_prefetch((const char *)(nb + QC_PF), _MM_HINT_T0);
-                const __m256i v = _mm256_loadu_si256((const __m256i *)nb);
-                const __m256i vh = _mm256_srli_epi16(v, 4);
+                __m256i v = _mm256_loadu_si256((const __m256i *)nb);
+                __m256i vh = _mm256_srli_epi16(v, 4);
+                if (binary) {
+                    v = _mm256_ternarylogic_epi32(v, m4, sel, 0xEA);   /* (v & m4) | sel */
+                    vh = _mm256_ternarylogic_epi32(vh, m4, sel, 0xEA);
+                }
                 for (int r = 0; r < R; ++r) {
-                    const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tb + r * tab_stride)));
+                    const __m256i t =
+                        binary ? _mm256_loadu_si256((const __m256i *)(tb + r * tab_stride))
+                               : _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tb + r * tab_stride)));
                     lo[r] = _mm256_add_epi16(lo[r], _mm256_maddubs_epi16(ones, _mm256_permutexvar_epi8(v, t)));
                     hi[r] = _mm256_add_epi16(hi[r], _mm256_maddubs_epi16(ones, _mm256_permutexvar_epi8(vh, t)));
                 }
@@ -59,10 +70,10 @@ __attribute__((target("avx512vbmi,avx512vl,avx512bw")))
 static void lut_pair_block_vbmi(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
                                 int G, int S, int R, float *acc) {
     switch (R) {
-    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 0); break;
-    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 0); break;
-    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 0); break;
-    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 0); break;
+    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 0, 0); break;
+    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 0, 0); break;
+    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 0, 0); break;
+    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 0, 0); break;
     }
 }
 
@@ -70,10 +81,32 @@ __attribute__((target("avx512vbmi,avx512vl,avx512bw")))
 static void lut_pair_block_vbmi_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
                                 int G, int S, int R, float *acc) {
     switch (R) {
-    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 1); break;
-    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 1); break;
-    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 1); break;
-    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 1); break;
+    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 1, 0); break;
+    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 1, 0); break;
+    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 1, 0); break;
+    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 1, 0); break;
+    }
+}
+
+__attribute__((target("avx512vbmi,avx512vl,avx512bw")))
+static void lut_block_vbmi(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                                int G, int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 0, 1); break;
+    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 0, 1); break;
+    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 0, 1); break;
+    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 0, 1); break;
+    }
+}
+
+__attribute__((target("avx512vbmi,avx512vl,avx512bw")))
+static void lut_block_vbmi_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
+                                int G, int S, int R, float *acc) {
+    switch (R) {
+    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 1, 1); break;
+    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 1, 1); break;
+    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 1, 1); break;
+    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 1, 1); break;
     }
 }
 
@@ -234,6 +267,9 @@ static const qc_isa *avx512_isa(int vbmi) {
     if (vbmi) {
         v->lut_pair_block = lut_pair_block_vbmi;
         v->lut_pair_block_pf = lut_pair_block_vbmi_pf;
+        v->lut_block = lut_block_vbmi;
+        v->lut_block_pf = lut_block_vbmi_pf;
+        v->lut_binary_pair = 1;
     }
     return v;
 }

@@ -165,7 +165,7 @@ static void cb_dot_neon(const uint8_t *nib0, const int8_t *cb0, const int32_t *w
 void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T);
 
 static const qc_isa kNeon = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
-                             qc_lut_tables_scalar, NULL, NULL, NULL, NULL};
+                             qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0};
 const qc_isa *qc_isa_neon(void) { return &kNeon; }
 #else
 const qc_isa *qc_isa_neon(void) { return 0; }

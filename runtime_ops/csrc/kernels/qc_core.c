@@ -250,6 +250,20 @@ static void prepack_lut(qc_matmul *w) {
                     }
                     continue;
                 }
+                if (w->isa->lut_binary_pair) { /* the paired layout of binary codes: see qc_kernels.h */
+                    const int sh = c < 16 ? 0 : 4, j0 = 2 * (int)(c % 16);
+                    for (int64_t s = 0; s < S; ++s)
+                        for (int h = 0; h < 2; ++h) {
+                            unsigned nibble = 0;
+                            for (int j = 0; j < epg; ++j) {
+                                int64_t off = (s * 2 + h) * epg + j, k = g * w->gs + off;
+                                if (off >= w->glen || k >= w->K) continue;
+                                nibble |= (unsigned)codes[k] << (j * b);
+                            }
+                            w->nib[(((cb * P + p) * G + g) * S + s) * 32 + j0 + h] |= (uint8_t)(nibble << sh);
+                        }
+                    continue;
+                }
                 for (int64_t s = 0; s < S; ++s) {
                     uint8_t byte = 0;
                     for (int h = 0; h < 2; ++h) {

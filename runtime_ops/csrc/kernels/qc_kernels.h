@@ -62,6 +62,9 @@ typedef struct qc_isa {
                          int G, int steps, int R, float *acc);
     void (*lut_pair_block_pf)(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
                               int G, int steps, int R, float *acc);
+    /* 0: lut_block reads nib as above. 1: paired layout, like the ternary one: column c reads byte
+     * 2*(c%16) (lookup group 2s) and 2*(c%16)+1 (group 2s+1), low nibbles for c < 16, high for c >= 16. */
+    int lut_binary_pair;
 } qc_isa;
 
 const qc_isa *qc_isa_scalar(void);
