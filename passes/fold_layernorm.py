@@ -13,6 +13,7 @@ from onnxscript.rewriter import _ir_utils, pattern
 from onnxscript.rewriter.rules.fusion import _layer_norm, _rms_normalization
 
 from qcompiler.analyze import Linear, find_linears
+from qcompiler.model_io import release_mapped_pages
 from qcompiler.passes.base import QPass, add_initializer, fresh_name
 
 __all__ = ["FoldLayerNorm"]
@@ -184,7 +185,9 @@ class FoldLayerNorm(QPass):
         the activation: ``W' = diag(gamma) W`` and ``b' = beta W + b`` (a bias Add is created,
         keeping the linear's output name, when there was none and beta != 0); then gamma becomes
         ones and beta is dropped (decomposed: the Mul/Add are removed). Computed in float64,
-        stored in the weight's dtype: exact up to one rounding per weight.
+        stored in the weight's dtype: exact up to one rounding per weight. The scaled weight is
+        a LazyTensor, computed whenever it is read (by the pass quantizing it, or when saved):
+        folding a model larger than memory holds no scaled copies.
 
     Consumers that read only the shape (Shape, Size) do not count. Leaves alone, with the
     reason in the report's ``left`` list: a norm whose output also feeds a residual Add
@@ -320,18 +323,20 @@ class FoldLayerNorm(QPass):
         beta = _const_vector(norm.beta) if norm.beta is not None else None
         beta = None if beta is None or not np.any(beta) else beta.astype(np.float64)
         for lin in targets:
-            stored = lin.weight.const_value.numpy()
-            w = stored.astype(np.float64)
-            w_kn = w.T if lin.transposed else w
+            source = lin.weight.const_value
+            dtype = source.numpy().dtype
             if beta is not None:
-                b_new = beta @ w_kn
+                w = source.numpy()
+                b_new = beta @ (w.T if lin.transposed else w).astype(np.float64)
+                del w
+                release_mapped_pages([source])   # a memory-mapped weight: its pages are read again when quantized
                 if lin.bias is not None:
                     b_old = lin.bias.const_value.numpy()
                     _set_const(graph, lin.bias_node, lin.bias, (b_new.reshape(b_old.shape) + b_old).astype(b_old.dtype), names)
                 else:
-                    _add_bias(graph, lin, b_new.astype(stored.dtype), names)
-            scaled = w * gamma[None, :] if lin.transposed else w * gamma[:, None]
-            lin.weight.const_value = ir.tensor(scaled.astype(stored.dtype), name=lin.weight.name)
+                    _add_bias(graph, lin, b_new.astype(dtype), names)
+            lin.weight.const_value = ir.LazyTensor(_ScaledWeight(source, gamma, lin.transposed, dtype), source.dtype,
+                                                   source.shape, name=lin.weight.name)
         # The norm now only normalizes.
         if norm.node is not None:
             ones = np.ones_like(_const_vector(norm.gamma))
@@ -342,6 +347,27 @@ class FoldLayerNorm(QPass):
             ir.convenience.replace_all_uses_with(norm.output, norm.normalized)
             graph.remove(list(reversed(norm.scale_nodes)), safe=True)
         return beta is not None
+
+
+class _ScaledWeight:
+    """diag(gamma) W of a folded linear, made when it is read (LazyTensor's function): a model
+    larger than memory then never holds the scaled copies of its weights, only the one a pass is
+    quantizing. float64 products rounded once to the weight's dtype, a slice of rows at a time."""
+
+    ROWS_ELEMENTS = 1 << 22     # elements per slice: 32 MB of float64 temporaries
+
+    def __init__(self, source: ir.TensorProtocol, gamma: np.ndarray, transposed: bool, dtype) -> None:
+        self.source, self.gamma, self.transposed, self.dtype = source, gamma, transposed, dtype
+
+    def __call__(self) -> ir.TensorProtocol:
+        w = self.source.numpy()
+        out = np.empty(w.shape, self.dtype)
+        step = max(1, self.ROWS_ELEMENTS // max(w.shape[1], 1))
+        for s in range(0, w.shape[0], step):
+            part = w[s:s + step].astype(np.float64)
+            part *= self.gamma[None, :] if self.transposed else self.gamma[s:s + step, None]
+            out[s:s + step] = part
+        return ir.tensor(out)
 
 
 def _is_identity_affine(norm: _Norm) -> bool:

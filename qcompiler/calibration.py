@@ -415,38 +415,51 @@ def release_gram_pages(stats: dict | None) -> None:
                 raw.madvise(mmap.MADV_DONTNEED)
 
 
-def _piece_session(full: onnx.ModelProto, model: ir.Model, nodes: list, node_idx: list[int], inputs: dict,
-                   outputs: list[str]):
+def _piece_session(model: ir.Model, nodes: list, node_idx: list[int], inputs: dict, outputs: list[str]):
     """An onnxruntime session of nodes[node_idx] reading `inputs` ({name: dtype}) and giving
-    `outputs`; weights kept on disk are handed over as external initializers (onnxruntime copies
-    them, so the input's mapped pages are dropped right after)."""
+    `outputs`. Weights of SPILL_MIN_BYTES or more (memory-mapped, lazily computed or in memory) are
+    handed over one piece at a time as external initializers: onnxruntime copies them, so the
+    input's mapped pages are dropped right after, and the model's proto never holds them all."""
     import onnxruntime as ort
 
-    from qcompiler.model_io import release_mapped_pages
+    from qcompiler.model_io import SPILL_MIN_BYTES, release_mapped_pages
 
     inits = model.graph.initializers
     names = []
     for i in node_idx:
         names += [v.name for v in _initializer_inputs(nodes[i], inits) if v.name not in names]
-    by_name = {t.name: t for t in full.graph.initializer}
+    protos, handed, arrays = [], [], []
+    for name in names:
+        tensor = inits[name].const_value
+        if isinstance(tensor, (ir.ExternalTensor, ir.LazyTensor)) or tensor.nbytes >= SPILL_MIN_BYTES:
+            proto = onnx.TensorProto(name=name, data_type=int(tensor.dtype), dims=list(tensor.shape))
+            proto.data_location = onnx.TensorProto.EXTERNAL      # a placeholder: the data comes below
+            for key, value in (("location", "handed-over"), ("offset", "0"), ("length", str(tensor.nbytes))):
+                proto.external_data.add(key=key, value=value)
+            handed.append(name)
+            arrays.append(np.ascontiguousarray(tensor.numpy()))
+        else:
+            proto = ir.serde.serialize_tensor(tensor)
+            proto.name = name
+        protos.append(proto)
     graph = onnx.helper.make_graph(
-        [full.graph.node[i] for i in node_idx], f"{full.graph.name}_piece",
+        [ir.serde.serialize_node(nodes[i]) for i in node_idx], "calibration_piece",
         [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)), None)
          for n, dt in inputs.items()],
-        [onnx.helper.make_empty_tensor_value_info(n) for n in outputs],
-        [by_name[n] for n in names])
-    proto = onnx.helper.make_model(graph, opset_imports=list(full.opset_import), ir_version=full.ir_version)
-    proto.functions.extend(full.functions)
+        [onnx.helper.make_empty_tensor_value_info(n) for n in outputs], protos)
+    proto = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()],
+        ir_version=model.ir_version)
+    proto.functions.extend(ir.serde.serialize_function(f) for f in model.functions.values())
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # MatMul weights are otherwise copied again into packed buffers: twice the piece's weights.
     opts.add_session_config_entry("session.disable_prepacking", "1")
-    external = [n for n in names if isinstance(inits[n].const_value, ir.ExternalTensor)]
-    mapped = [inits[n].const_value for n in external]
-    if external:
-        opts.add_external_initializers(external, [ort.OrtValue.ortvalue_from_numpy(t.numpy()) for t in mapped])
+    if handed:
+        opts.add_external_initializers(handed, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
     session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    release_mapped_pages(mapped)
+    del arrays
+    release_mapped_pages([inits[n].const_value for n in handed])
     return session
 
 
@@ -472,7 +485,6 @@ def collect_stats_in_pieces(
     pieces = plan_pieces(model, piece_bytes, gram_for)
     graph = model.graph
     nodes = list(graph)
-    full = ir.to_proto(model)          # weights stay external references: no bytes are read here
     rng = np.random.default_rng(seed)
     gram_dir = Path(gram_dir)
     gram_dir.mkdir(parents=True, exist_ok=True)
@@ -529,7 +541,7 @@ def collect_stats_in_pieces(
                 if v is not None and v.name and v.name not in made and v.name not in inits and v.name not in inputs:
                     inputs[v.name] = live[0][v.name].dtype
         if wanted:
-            session = _piece_session(full, model, nodes, piece.nodes, inputs, wanted)
+            session = _piece_session(model, nodes, piece.nodes, inputs, wanted)
             for lv, n_done in zip(live, range(len(live))):
                 feed = {n: lv[n] for n in inputs}
                 try:

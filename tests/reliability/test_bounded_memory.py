@@ -76,11 +76,11 @@ def test_streaming_calibrates_in_pieces_within_the_budget(tmp_path, monkeypatch)
     sessions, grams = [], []
     original_session = calibration._piece_session
 
-    def spy_session(full, model, nodes, node_idx, inputs, outputs):
+    def spy_session(model, nodes, node_idx, inputs, outputs):
         inits = model.graph.initializers
         sessions.append(sum(v.const_value.nbytes for i in node_idx
                             for v in calibration._initializer_inputs(nodes[i], inits)))
-        return original_session(full, model, nodes, node_idx, inputs, outputs)
+        return original_session(model, nodes, node_idx, inputs, outputs)
 
     original_collect = calibration.collect_stats_in_pieces
 
