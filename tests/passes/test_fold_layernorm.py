@@ -300,3 +300,20 @@ def test_weights_on_the_scheme_grid_are_left(make_ctx):
     ctx = make_ctx(model, scheme, plan=False)
     assert FoldLayerNorm(ctx, FoldLayerNorm.Options())(model).modified
     assert len(ctx.pass_reports["fold_layernorm"]["folded"]) == 1
+
+
+def test_folded_weights_are_computed_when_read(make_ctx, monkeypatch):
+    """The scaled weights are LazyTensors (a streaming compile holds no scaled copies), and made a
+    slice of rows at a time they equal the float64 product rounded once: bit for bit."""
+    from qcompiler.passes import fold_layernorm
+
+    monkeypatch.setattr(fold_layernorm._ScaledWeight, "ROWS_ELEMENTS", 2 * N1)   # slices of 2 rows
+    model = ir.from_proto(onnx.parser.parse_model(_model(LN_OP)))
+    _fold(model, make_ctx)
+    for name, w in (("w1", W1), ("w2", W2)):
+        tensor = model.graph.initializers[name].const_value
+        assert isinstance(tensor, ir.LazyTensor)
+        assert tensor.shape == w.shape and tensor.dtype == ir.DataType.FLOAT
+        want = (GAMMA.astype(np.float64)[:, None] * w.astype(np.float64)).astype(np.float32)
+        np.testing.assert_array_equal(tensor.numpy(), want)
+        np.testing.assert_array_equal(tensor.numpy(), want)   # the same again: nothing cached or consumed
