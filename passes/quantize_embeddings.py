@@ -347,10 +347,11 @@ class QuantizeEmbeddings(QPass):
         """Float rows of the table: gathered at `ids`, or the whole table when ids is None."""
         op = lambda *a, **k: self._names.op(tape, *a, **k)  # noqa: E731
         if stored.packed is not None:
-            if ids is None:   # the whole table, for a tied head: PackedGather of every row
+            attrs = contract.node_attributes("PackedGather", D=stored.d, group_size=stored.block_size)
+            if ids is None:   # the whole table, for a tied head: PackedGather's own body, inlined
                 v = stored.packed[1].const_value.shape[0] - 1
                 ids = self._const(tape, f"{base}_all_rows", np.arange(v, dtype=np.int64))
-            attrs = contract.node_attributes("PackedGather", D=stored.d, group_size=stored.block_size)
+                return self._inline_packed_gather(tape, [*stored.packed, ids], attrs, base)
             return self._names.op(tape, "PackedGather", [*stored.packed, ids], attrs, name=f"{base}_PackedGather",
                                   domain=contract.DOMAIN)
         codes, scales = stored.codes, stored.scales
@@ -379,6 +380,25 @@ class QuantizeEmbeddings(QPass):
             index = self._const(tape, f"{base}_block_of_column", stored.block_index.const_value.numpy()[: stored.d])
         col_scales = op("Gather", [scales, index], {"axis": -1}, name=f"{base}_scales_expand_Gather")
         return op("Mul", [values, col_scales], name=f"{base}_dequant_Mul")
+
+    def _inline_packed_gather(self, tape: ir.tape.Tape, inputs: list[ir.Value], attrs: dict, base: str) -> ir.Value:
+        """PackedGather's function body (standard ops) in the graph, its inputs all initializers:
+        onnxruntime folds it once at session start, where the native op (which it cannot fold)
+        would dequantize the whole table at every run; the file still holds only the packed rows."""
+        fn = ir.serde.deserialize_function(contract.make_function("PackedGather"))
+        values: dict[str, ir.Value] = dict(zip((v.name for v in fn.inputs), inputs))
+        out = None
+        for node in fn:
+            attributes = {}
+            for key, attr in node.attributes.items():
+                if attr.is_ref():
+                    attributes[key] = ir.AttrInt64(key, int(attrs[attr.ref_attr_name]))
+                else:
+                    attributes[key] = attr
+            args = [values[v.name] if v is not None else None for v in node.inputs]
+            out = self._names.op(tape, node.op_type, args, attributes, name=f"{base}_{node.op_type}")
+            values[node.outputs[0].name] = out
+        return values[fn.outputs[0].name] if fn.outputs[0].name in values else out
 
     def _const(self, tape: ir.tape.Tape, name: str, array: np.ndarray) -> ir.Value:
         name = self._names.unique(name)
