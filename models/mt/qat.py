@@ -25,16 +25,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 __all__ = ["fold_norms", "role_of", "train_qat_model", "build_qat_dir", "main"]
 
@@ -121,11 +117,10 @@ def build_qat_dir(directory: Path, scheme: str | None, steps: int, threads: int 
                   log=print, **train_kwargs) -> Path:
     """Train and export into `out` (default: beside the FP32 directory); cached by its meta.json.
     scheme None trains the FP32 model the same way (the control: what the extra training alone gives)."""
-    from models.mt.decode import OnnxTranslator
-    from models.mt.export import export_onnx
-    from models.mt.train import calibration_arrays
     from models.mt.data import read_tsv
+    from models.mt.export import export_onnx
     from models.mt.tokenizer import Tokenizer
+    from models.mt.train import staged_directory, write_calibration
     from qcompiler.qat.convert import export_modules
 
     directory = Path(directory)
@@ -133,9 +128,7 @@ def build_qat_dir(directory: Path, scheme: str | None, steps: int, threads: int 
     target = Path(out) if out else directory.parent / f"{directory.name}-{tag}-{steps}"
     if (target / "meta.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    with staged_directory(target) as work:
         t0 = time.perf_counter()
         student, swapped, history = train_qat_model(directory, scheme, steps, threads, **train_kwargs)
         log(f"trained {len(swapped)} modules for {history['steps']} steps in {history['seconds']:.0f} s "
@@ -143,20 +136,12 @@ def build_qat_dir(directory: Path, scheme: str | None, steps: int, threads: int 
         export_onnx(export_modules(student), work)
         for name in ("tokenizer.model", "train.tsv", "test.tsv"):
             shutil.copy(directory / name, work / name)
-        translator = OnnxTranslator(work / "encoder.onnx", work / "decoder.onnx")
-        enc, dec = calibration_arrays(translator, Tokenizer(work / "tokenizer.model"), read_tsv(work / "train.tsv"), 128)
-        np.savez(work / "calib_encoder.npz", **enc)
-        np.savez(work / "calib_decoder.npz", **dec)
+        write_calibration(work, Tokenizer(work / "tokenizer.model"), read_tsv(work / "train.tsv"), 128)
         meta = json.loads((directory / "meta.json").read_text())
         meta["qat"] = {"scheme": scheme, "from": str(directory), "modules": swapped, "training": history,
                        "threads": threads, "seconds": round(time.perf_counter() - t0, 1),
                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **train_kwargs}
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.chmod(work, 0o755)
-        os.replace(work, target)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return target
 
 

@@ -11,6 +11,7 @@ and renamed, so a partial build is never taken for a model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -136,6 +137,36 @@ def calibration_arrays(translator, tok: Tokenizer, pairs, n: int, seed: int = 0)
     return enc, dec
 
 
+def write_calibration(directory: Path, tok: Tokenizer, pairs, n: int, seed: int = 0):
+    """calib_encoder.npz / calib_decoder.npz from the directory's own export; returns its translator."""
+    from models.mt.decode import OnnxTranslator
+
+    translator = OnnxTranslator(directory / "encoder.onnx", directory / "decoder.onnx")
+    enc, dec = calibration_arrays(translator, tok, pairs, n, seed)
+    np.savez(directory / "calib_encoder.npz", **enc)
+    np.savez(directory / "calib_decoder.npz", **dec)
+    return translator
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path):
+    """Build into a temporary directory beside `target`, renamed to it on success (unless another
+    build got there first) and removed on error: a partial build is never taken for a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        yield work
+        os.chmod(work, 0o755)
+        try:
+            os.replace(work, target)
+        except OSError:  # another build finished first: keep theirs
+            if not (target / "meta.json").exists():
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def evaluate(translator, tok: Tokenizer, pairs, beam: int = 1) -> dict:
     """BLEU and chrF (sacrebleu) of the translations of `pairs`, and decoding speed at batch 1."""
     import sacrebleu
@@ -157,15 +188,12 @@ def build(cfg: BuildConfig = BuildConfig(), cache: str | Path | None = None, log
     """The model directory, built if missing (training takes max_steps or train_seconds, whichever ends first)."""
     import torch
 
-    from models.mt.decode import OnnxTranslator
     from models.mt.export import export_onnx
 
     target = model_dir(cfg, cache)
     if (target / "meta.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    with staged_directory(target) as work:
         t0 = time.perf_counter()
         log(f"generating {cfg.train_size} training and {cfg.test_size} held-out pairs (num2words, en -> fr) ...")
         train, test = make_splits(cfg.train_size, cfg.test_size)
@@ -178,10 +206,7 @@ def build(cfg: BuildConfig = BuildConfig(), cache: str | Path | None = None, log
         model, stats = train_model(ids, tok.vocab_size, cfg, log)
         torch.save(model.state_dict(), work / "model.pt")
         export_onnx(model, work)
-        translator = OnnxTranslator(work / "encoder.onnx", work / "decoder.onnx")
-        enc, dec = calibration_arrays(translator, tok, train, cfg.calib_samples, cfg.seed)
-        np.savez(work / "calib_encoder.npz", **enc)
-        np.savez(work / "calib_decoder.npz", **dec)
+        translator = write_calibration(work, tok, train, cfg.calib_samples, cfg.seed)
         log(f"evaluating the FP32 ONNX model on {min(eval_sentences, len(test))} held-out sentences ...")
         metrics = evaluate(translator, tok, test[:eval_sentences])
         metrics.pop("hypotheses")
@@ -189,15 +214,6 @@ def build(cfg: BuildConfig = BuildConfig(), cache: str | Path | None = None, log
                 "parameters": sum(p.numel() for p in model.parameters()), "training": stats,
                 "fp32_greedy": metrics, "build_seconds": time.perf_counter() - t0}
         (work / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.chmod(work, 0o755)
-        try:
-            os.replace(work, target)
-        except OSError:  # another build finished first: keep theirs
-            if not (target / "meta.json").exists():
-                raise
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return target
 
 
