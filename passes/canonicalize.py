@@ -206,7 +206,10 @@ def _retie_transposed_copies(graph: ir.Graph) -> int:
         if not candidates:
             continue
         array = w.const_value.numpy()
+        # A few elements first: a large model's FFN weights often have the table's transposed shape,
+        # and comparing them whole would read every one of them into memory.
         table = next((t for t in candidates if t.const_value.dtype == w.const_value.dtype
+                      and np.array_equal(t.const_value.numpy()[:16, 0], array[0, :16])
                       and np.array_equal(t.const_value.numpy().T, array)), None)
         if table is None:
             continue

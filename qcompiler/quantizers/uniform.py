@@ -199,5 +199,14 @@ def quantize_rows(table: np.ndarray, bits: int = 8, block_size: int | None = Non
     if block_size is None:
         q = quantize_per_channel_symmetric(table, bits=bits, axis=0)
         return Quantized(q.codes, q.scales[:, None], None, table.shape[1], rows=True)
-    q = quantize_blockwise(table.T, bits=bits, block_size=block_size, symmetric=True, search_clip=search_clip)
-    return Quantized(np.ascontiguousarray(q.codes.T), q.scales, None, block_size, rows=True)
+    # Rows are independent: a slice of them at a time keeps the search's temporaries (three copies)
+    # at ROWS_ELEMENTS, not three copies of the whole table.
+    step = max(1, ROWS_ELEMENTS // max(table.shape[1], 1))
+    parts = [quantize_blockwise(table[s:s + step].T, bits=bits, block_size=block_size, symmetric=True,
+                                search_clip=search_clip) for s in range(0, table.shape[0], step)]
+    return Quantized(np.concatenate([np.ascontiguousarray(q.codes.T) for q in parts]),
+                     np.concatenate([q.scales for q in parts]), None, block_size, rows=True,
+                     squared_error=sum(q.squared_error for q in parts))
+
+
+ROWS_ELEMENTS = 1 << 22     # table elements quantize_rows searches at a time (16 MB of float32)

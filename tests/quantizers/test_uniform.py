@@ -92,3 +92,18 @@ def test_coarse_grid_with_zoom_matches_the_dense_grid(symmetric):
     dense = quantize_blockwise(w, 4, 32, symmetric, full_range=symmetric, grid=20, refine=1)
     zoomed = quantize_blockwise(w, 4, 32, symmetric, full_range=symmetric, grid=4, zoom=2, refine=1)
     assert zoomed.squared_error <= 1.01 * dense.squared_error
+
+
+def test_rows_in_slices_are_the_rows_at_once(monkeypatch):
+    """quantize_rows searches a slice of rows at a time (rows are independent): same codes, scales
+    and error as one search over the whole table, bit for bit."""
+    from qcompiler.quantizers import uniform
+    from qcompiler.quantizers.uniform import quantize_rows
+
+    table = _weights(300, 96, seed=4)
+    whole = quantize_rows(table, bits=4, block_size=32, search_clip=True)
+    monkeypatch.setattr(uniform, "ROWS_ELEMENTS", 96 * 37)      # slices of 37 rows, the last one short
+    sliced = quantize_rows(table, bits=4, block_size=32, search_clip=True)
+    np.testing.assert_array_equal(sliced.codes, whole.codes)
+    np.testing.assert_array_equal(sliced.scales, whole.scales)
+    assert sliced.squared_error == pytest.approx(whole.squared_error, rel=1e-12)   # float64 sums, another order
