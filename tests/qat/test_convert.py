@@ -18,21 +18,6 @@ from qcompiler.qat.modules import QuantEmbedding, QuantLinear
 from qcompiler.qat.trainer import QATConfig, kd_loss, train_qat
 from qcompiler.schemes import load_scheme
 
-# fp32 activations in the ops (accuracy_level 0): the compiled arithmetic is then the student's,
-# up to summation order.
-SCHEME = """name = "{fmt}_exact"
-summary = "test: {fmt} weights, fp32 activations"
-passes = ["canonicalize", "fold_layernorm", "{pass_name}", "cleanup"]
-[weights]
-format = "{fmt}"
-recovery = "gptq"
-n_outliers = 2
-{extra}
-[roles.ffn_down]
-format = "none"
-"""
-
-
 class TinyLM(nn.Module):
     """Embedding, a post-LN block with an FFN, and an output layer (tied to the table when `tied`)."""
 
@@ -54,11 +39,11 @@ def _role(name, module):
 
 
 @pytest.fixture()
-def trained(tmp_path, request):
+def trained(tmp_path, request, exact_scheme):
     fmt, pass_name, extra = request.param
     torch.manual_seed(0)
     path = tmp_path / "scheme.toml"
-    path.write_text(SCHEME.format(fmt=fmt, pass_name=pass_name, extra=extra))
+    path.write_text(exact_scheme(fmt, pass_name, extra, roles='[roles.ffn_down]\nformat = "none"\n'))
     teacher = TinyLM().eval()
     student = TinyLM()
     student.load_state_dict(teacher.state_dict())

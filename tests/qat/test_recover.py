@@ -23,19 +23,6 @@ from qcompiler.qat.distill import DistillConfig, distill, stack_feeds
 from qcompiler.qat.recover import build_student, write_back
 from qcompiler.schemes import load_scheme
 
-# accuracy_level 0 (fp32 activations) and FP32 embeddings: the compiled model is then exactly the
-# student's arithmetic, up to summation order.
-SCHEME = """name = "{fmt}_exact"
-summary = "test: {fmt} weights, fp32 activations, fp32 embeddings"
-passes = ["canonicalize", "fold_layernorm", "{pass_name}", "cleanup"]
-[weights]
-format = "{fmt}"
-recovery = "gptq"
-n_outliers = 2
-{extra}
-"""
-
-
 @pytest.fixture()
 def calib(tmp_path):
     path = tmp_path / "calib.npz"
@@ -66,10 +53,10 @@ def test_zero_steps_equals_calibrated_recovery(tiny_bert, calib, tmp_path):
     ("bcq", "replace_matmul", "bits = 2\ngroup_size = 32\naccuracy_level = 0"),
     ("int4", "quantize_int4", "block_size = 32\nsymmetric = false\n[options.quantize_int4]\naccuracy_level = 0"),
 ], ids=["ternary", "bcq2", "int4"])
-def test_compiled_model_is_the_trained_student(tiny_bert, calib, tmp_path, fmt, pass_name, extra):
+def test_compiled_model_is_the_trained_student(tiny_bert, calib, tmp_path, fmt, pass_name, extra, exact_scheme):
     torch.manual_seed(0)
     scheme_path = tmp_path / "scheme.toml"
-    scheme_path.write_text(SCHEME.format(fmt=fmt, pass_name=pass_name, extra=extra))
+    scheme_path.write_text(exact_scheme(fmt, pass_name, extra))
     scheme = load_scheme(str(scheme_path))
     model = model_io.load_model(tiny_bert)
     ctx = CompileContext(model=model, scheme=scheme, options=CompileOptions(calib_path=str(calib)))
