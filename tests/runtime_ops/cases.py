@@ -102,5 +102,11 @@ def all_cases() -> list[Case]:
             matmul_case("CodebookMatMul", 300, 17, 300, 5, bits=4, n_out=2, level=level, scale_dtype=np.float32,
                         seed=12),
         ]
+    # prepacked indices over 2 MB: huge-page buffers and the prefetching LUT loops; N not a multiple
+    # of the 32-column blocks nor of the codebook's 8-column interleave
+    cases += [
+        matmul_case("TernaryMatMul", 4096, 2080, 4096, 2, n_out=2, level=4, seed=20),
+        matmul_case("CodebookMatMul", 1024, 4101, 1024, 2, bits=4, n_out=1, level=4, seed=22),
+    ]
     cases += [gather_case(), gather_case(V=5, D=7, gs=7, idx_shape=(6,), dtype=np.int32, seed=1)]
     return cases
