@@ -89,7 +89,9 @@ def train_qat_model(directory: Path, scheme: str, steps: int, threads: int = 1, 
     from models.mt.data import read_tsv
     from models.mt.tokenizer import PAD, Tokenizer
     from models.mt.train import load_torch_model
+    from qcompiler.errors import UsageError
     from qcompiler.qat.convert import quantize_modules
+    from qcompiler.qat.modules import FORMATS
     from qcompiler.qat.trainer import QATConfig, kd_loss, train_qat
 
     torch.manual_seed(seed)
@@ -98,6 +100,8 @@ def train_qat_model(directory: Path, scheme: str, steps: int, threads: int = 1, 
     student = load_torch_model(directory)
     fold_norms(student)
     swapped = quantize_modules(student, scheme, role_of) if scheme else {}   # None: the FP32 control
+    if scheme and not any(fmt in FORMATS for fmt in swapped.values()):
+        raise UsageError(f"scheme {scheme!r} has no linear format QAT can train (one of {', '.join(FORMATS)})")
     tok = Tokenizer(directory / "tokenizer.model")
     ids = [(tok.encode(en), tok.encode(fr)) for en, fr in read_tsv(directory / "train.tsv")]
 
@@ -220,7 +224,11 @@ def main(argv=None) -> None:
     if not (fp32_dir / "model.pt").exists():
         print(f"python -m models.mt.qat: error: no torch checkpoint (model.pt) in {fp32_dir}", file=sys.stderr)
         sys.exit(2)
-    qat_dir = build_qat_dir(fp32_dir, a.scheme, a.steps, a.threads, log=console.print, kd_weight=a.kd_weight, lr=a.lr)
+    try:
+        qat_dir = build_qat_dir(fp32_dir, a.scheme, a.steps, a.threads, log=console.print, kd_weight=a.kd_weight, lr=a.lr)
+    except QCompilerError as exc:
+        print(f"python -m models.mt.qat: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     control = build_qat_dir(fp32_dir, None, a.steps, a.threads, log=console.print, kd_weight=a.kd_weight, lr=a.lr) \
         if a.control else None
     rows = compare(fp32_dir, qat_dir, a.scheme, a.sentences, Path(a.out), console, control)

@@ -51,3 +51,11 @@ def test_bad_arguments_exit_2(args, capsys):
         main(args)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_scheme_without_trainable_linears_is_refused(tiny_mt, tmp_path):
+    from qcompiler.errors import UsageError
+
+    with pytest.raises(UsageError, match="no linear format QAT can train"):
+        build_qat_dir(tiny_mt, "kmeans4", steps=1, out=tmp_path / "q", log=lambda *_: None, show=False)
+    assert not any(tmp_path.iterdir())                     # the staged directory is gone
