@@ -33,6 +33,9 @@ def _cpu_has(*flags):
 
 ISAS = ["scalar"] + (["avx2"] if _cpu_has("avx2", "fma") else []) + (
     ["avx512"] if _cpu_has("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni") else []) + (
+    # the same variant without its VBMI loops (what a CPU without VBMI runs)
+    ["avx512novbmi"] if _cpu_has("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi")
+    else []) + (
     ["neon"] if os.uname().machine in ("aarch64", "arm64") else [])
 
 
