@@ -74,12 +74,16 @@ class _Accumulator:
             self.samples = np.zeros((0, c), np.float32)
             if self.want_gram:
                 self.gram = np.zeros((c, c), np.float64)
-        self.absmax = np.maximum(self.absmax, np.abs(rows).max(axis=0))
-        self.sumsq += (rows.astype(np.float64) ** 2).sum(axis=0)
-        self.lo, self.hi = min(self.lo, float(rows.min())), max(self.hi, float(rows.max()))
+        # The same values as abs(rows).max(0) and (rows.astype(float64) ** 2).sum(0), with fewer
+        # full-size temporaries (an 8192-wide FFN activation of 2048 rows is 67 MB in float32).
+        lo, hi = rows.min(axis=0), rows.max(axis=0)
+        self.absmax = np.maximum(self.absmax, np.maximum(hi, -lo))
+        self.lo, self.hi = min(self.lo, float(lo.min())), max(self.hi, float(hi.max()))
+        r64 = rows.astype(np.float64)
         if self.gram is not None:
-            r64 = rows.astype(np.float64)
             self.gram += r64.T @ r64
+        self.sumsq += np.square(r64, out=r64).sum(axis=0)
+        del r64
         # Reservoir sampling keeps a uniform sample of all rows in bounded memory.
         n_before = self.seen
         self.seen += rows.shape[0]
@@ -404,15 +408,20 @@ def tap_channels(model: ir.Model, taps) -> dict[str, int]:
     return {v.name: c for v in values if v.name in taps and (c := _channels(v))}
 
 
-def release_gram_pages(stats: dict | None) -> None:
-    """Drop the resident pages of Gram matrices read back from disk (they fault in again if read)."""
+def _drop_pages(arrays) -> None:
+    """Drop the resident pages of memory-mapped arrays (np.load(mmap_mode='r'))."""
     import mmap
 
-    for st in (stats or {}).values():
-        raw = getattr(getattr(st, "gram", None), "_mmap", None)
+    for a in arrays:
+        raw = getattr(a, "_mmap", None)
         if isinstance(raw, mmap.mmap) and not raw.closed:
             with contextlib.suppress(OSError, ValueError):
                 raw.madvise(mmap.MADV_DONTNEED)
+
+
+def release_gram_pages(stats: dict | None) -> None:
+    """Drop the resident pages of Gram matrices read back from disk (they fault in again if read)."""
+    _drop_pages(getattr(st, "gram", None) for st in (stats or {}).values())
 
 
 def _piece_session(model: ir.Model, nodes: list, node_idx: list[int], inputs: dict, outputs: list[str]):
@@ -473,12 +482,16 @@ def collect_stats_in_pieces(
     gram_for: set[str] | None = None,
     seed: int = 0,
     progress=None,
-    batch_size: int = 16,
+    batch_size: int = 4,
+    release=None,
 ) -> tuple[dict[str, ActivationStats], dict]:
     """collect_stats for models larger than memory: the graph runs piece by piece (see the module
     docstring), onnxruntime holding at most `piece_bytes` of weights; Gram matrices are written to
-    `gram_dir` as soon as complete and come back memory-mapped. Returns (stats, info) with info
-    {pieces, largest_piece_bytes, gram_files_bytes}."""
+    `gram_dir` as soon as complete and come back memory-mapped. Samples run `batch_size` at a time
+    (4: an 8192-wide activation of 4 x 128 tokens is 16 MB). `release()`, when given, is called
+    once onnxruntime holds a piece's weights: it drops the pages of the input's memory-mapped
+    weights that a lazily computed one (fold_layernorm's scaled weights) read, which this module
+    cannot see. Returns (stats, info) with info {pieces, largest_piece_bytes, gram_files_bytes}."""
     if not feeds:
         raise CalibrationError("calibration data is empty")
     gram_for = set(gram_for or ())
@@ -507,29 +520,36 @@ def collect_stats_in_pieces(
         stats[name] = st
 
     last_piece: dict[str, int] = {}
-    piece_of = {}
     for p, piece in enumerate(pieces):
         for i in piece.nodes:
-            piece_of[i] = p
             for v in nodes[i].inputs:
                 if v is not None:
                     last_piece[v.name] = p
     batches = list(_stack_batches(feeds, batch_size))
     mask_name = next((k for k in feeds[0] if "mask" in k.lower() and feeds[0][k].ndim == 2), None)
-    live = [dict(b) for b in batches]    # per batch: {value name: array} crossing the current cut
+    # Per batch: {value name: array} of the values crossing the current cut, on disk (memory-mapped,
+    # pages dropped after each read): memory holds one batch's activations, not every sample's.
+    live = [dict(b) for b in batches]
+    saved = [0]
 
-    def accumulate(name, values):
-        accs.setdefault(name, _Accumulator(max_rows, name in gram_for, rng))
-        for b, value in zip(batches, values):
-            mask = b.get(mask_name) if mask_name else None
-            if value.dtype.kind == "f" and value.ndim >= 1:
-                if mask is not None and value.ndim == 3 and value.shape[:2] == mask.shape:
-                    value = value[mask.astype(bool)]
-                accs[name].add(value)
-        finish(name)
+    def accumulate(name, batch, value):
+        acc = accs.setdefault(name, _Accumulator(max_rows, name in gram_for, rng))
+        mask = batch.get(mask_name) if mask_name else None
+        if value.dtype.kind == "f" and value.ndim >= 1:
+            if mask is not None and value.ndim == 3 and value.shape[:2] == mask.shape:
+                value = value[mask.astype(bool)]
+            acc.add(value)
+
+    def to_disk(value):
+        path = gram_dir / f"act{saved[0]}.npy"
+        saved[0] += 1
+        np.save(path, value)
+        return np.load(path, mmap_mode="r")
 
     for name in [v.name for v in graph.inputs if v.name in tap_set]:
-        accumulate(name, [lv[name] for lv in live])
+        for b in batches:
+            accumulate(name, b, b[name])
+        finish(name)
     inits = graph.initializers
     for p, piece in enumerate(pieces):
         produced = [v.name for i in piece.nodes for v in nodes[i].outputs if v.name]
@@ -542,19 +562,27 @@ def collect_stats_in_pieces(
                     inputs[v.name] = live[0][v.name].dtype
         if wanted:
             session = _piece_session(model, nodes, piece.nodes, inputs, wanted)
-            for lv, n_done in zip(live, range(len(live))):
+            if release is not None:
+                release()
+            for n_done, (b, lv) in enumerate(zip(batches, live)):
                 feed = {n: lv[n] for n in inputs}
                 try:
                     values = session.run(wanted, feed)
                 except Exception as exc:
                     raise CalibrationError(f"the model does not run on calibration batch {n_done} "
                                            f"(piece {p + 1} of {len(pieces)}): {str(exc).splitlines()[0][:200]}") from None
-                lv.update(zip(wanted, values))
+                _drop_pages(feed.values())
+                for name, value in zip(wanted, values):
+                    if name in tap_set:
+                        accumulate(name, b, value)
+                    if last_piece.get(name, -1) > p:
+                        lv[name] = to_disk(value)
+                del values
             del session
             for name in wanted:
                 if name in tap_set:
-                    accumulate(name, [lv[name] for lv in live])
-        for lv in live:                   # values no later piece reads
+                    finish(name)
+        for lv in live:                   # values no later piece reads (their files go with gram_dir)
             for name in [n for n in lv if last_piece.get(n, -1) <= p and n not in batches[0]]:
                 del lv[name]
         if progress:

@@ -223,7 +223,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
             for p in transform:
                 taps += [t for t in getattr(p, "extra_taps", lambda: [])() if t not in taps]
             if streaming:
-                _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes)
+                _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes, spill)
             else:
                 gram_for = _grams_within_budget(model, taps, budget // 4, notes) if needs_gram else set()
                 with steps.bar("calibrating", len(feeds)) as bar, _input_model_errors():
@@ -267,7 +267,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     return {"verification": verification}
 
 
-def _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes) -> None:
+def _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes, spill) -> None:
     """Streaming calibration: at most STREAMING_CALIB_SAMPLES samples (evenly spaced), the graph run
     in pieces of at most an eighth of the budget of weights, Grams of every tap on disk, and a
     reservoir of rows within a sixteenth of the budget (see calibration.collect_stats_in_pieces)."""
@@ -281,10 +281,11 @@ def _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir,
     piece_bytes = max(budget // 8, CALIB_PIECE_MIN_BYTES)
     gram_for = set(taps) if needs_gram else set()
     try:
-        with steps.bar("calibrating (pieces)", 1) as bar, _input_model_errors():
+        n_pieces = len(calibration.plan_pieces(model, piece_bytes, gram_for))
+        with steps.bar("calibrating (pieces)", n_pieces) as bar, _input_model_errors():
             ctx.stats, info = calibration.collect_stats_in_pieces(
                 model, feeds, taps, piece_bytes, calib_dir, max_rows=max_rows, gram_for=gram_for,
-                seed=ctx.options.seed, progress=bar)
+                seed=ctx.options.seed, progress=bar, release=lambda: model_io.release_mapped_pages(spill.sources))
     except calibration.PiecesUnsupported as exc:
         notes.append(f"calibration skipped: a streaming compile runs the model in pieces, and this one cannot be "
                      f"cut ({exc}); weights were quantized without activation statistics")
