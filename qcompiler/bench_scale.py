@@ -129,7 +129,10 @@ def run_tool(tool: str, src: Path, dst: Path, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "qcompiler.bench_scale", "--child", tool, str(src), str(dst)]
     start = time.perf_counter()
     out_log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=out_log, stderr=subprocess.PIPE)
+    # A file, not a pipe: onnxruntime's quantizers log a line per node, and a full pipe nobody reads
+    # until the child exits blocks the child for good (a 2.5 GB transformer stalled for 13 minutes).
+    err_log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=out_log, stderr=err_log)
     deadline = start + timeout
     status = rusage = None
     while True:
@@ -144,8 +147,9 @@ def run_tool(tool: str, src: Path, dst: Path, timeout: float) -> dict:
         time.sleep(0.05)
     wall = time.perf_counter() - start
     proc.returncode = 0  # reaped by wait4; stop Popen from waiting again
-    err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-    proc.stderr.close()
+    err_log.seek(0)
+    err = err_log.read().decode(errors="replace").strip().splitlines()
+    err_log.close()
     out_bytes = 0
     for p in dst.parent.glob(dst.name + "*"):
         out_bytes += p.stat().st_size
