@@ -55,25 +55,8 @@ static inline __attribute__((always_inline)) void lut_rows(const uint8_t *nib, c
     }
 }
 
-static void lut_block_avx2(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales, int G,
-                           int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 0); break;
-    case 2: lut_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 0); break;
-    case 3: lut_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 0); break;
-    default: lut_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 0); break;
-    }
-}
-
-static void lut_block_avx2_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales, int G,
-                           int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 1); break;
-    case 2: lut_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 1); break;
-    case 3: lut_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 1); break;
-    default: lut_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 1); break;
-    }
-}
+QC_LUT_ENTRY(, lut_block_avx2, lut_rows, 0)
+QC_LUT_ENTRY(, lut_block_avx2_pf, lut_rows, 1)
 
 /* Paired planes: one broadcast table per 4 elements; pshufb puts the two plane lookups of a column
  * in adjacent bytes, so maddubs(1, .) is both the pair sum and the widening to int16. */
@@ -119,25 +102,8 @@ static inline __attribute__((always_inline)) void lut_pair_rows(const uint8_t *n
     }
 }
 
-static void lut_pair_block_avx2(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
-                                int G, int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 0); break;
-    case 2: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 0); break;
-    case 3: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 0); break;
-    default: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 0); break;
-    }
-}
-
-static void lut_pair_block_avx2_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
-                                int G, int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 1, acc, 1); break;
-    case 2: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 2, acc, 1); break;
-    case 3: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 3, acc, 1); break;
-    default: lut_pair_rows(nib, tables, tab_stride, scales, G, S, 4, acc, 1); break;
-    }
-}
+QC_LUT_ENTRY(, lut_pair_block_avx2, lut_pair_rows, 0)
+QC_LUT_ENTRY(, lut_pair_block_avx2_pf, lut_pair_rows, 1)
 
 static void fma_panel_avx2(int M, const float *A, size_t lda, const float *panel, int kb, float *Y, size_t ldy,
                            int nc) {

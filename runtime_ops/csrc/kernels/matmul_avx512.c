@@ -66,49 +66,11 @@ static inline __attribute__((always_inline)) void lut_pair_rows_vbmi(const uint8
     }
 }
 
-__attribute__((target("avx512vbmi,avx512vl,avx512bw")))
-static void lut_pair_block_vbmi(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
-                                int G, int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 0, 0); break;
-    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 0, 0); break;
-    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 0, 0); break;
-    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 0, 0); break;
-    }
-}
-
-__attribute__((target("avx512vbmi,avx512vl,avx512bw")))
-static void lut_pair_block_vbmi_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
-                                int G, int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 1, 0); break;
-    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 1, 0); break;
-    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 1, 0); break;
-    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 1, 0); break;
-    }
-}
-
-__attribute__((target("avx512vbmi,avx512vl,avx512bw")))
-static void lut_block_vbmi(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
-                                int G, int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 0, 1); break;
-    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 0, 1); break;
-    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 0, 1); break;
-    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 0, 1); break;
-    }
-}
-
-__attribute__((target("avx512vbmi,avx512vl,avx512bw")))
-static void lut_block_vbmi_pf(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales,
-                                int G, int S, int R, float *acc) {
-    switch (R) {
-    case 1: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 1, acc, 1, 1); break;
-    case 2: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 2, acc, 1, 1); break;
-    case 3: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 3, acc, 1, 1); break;
-    default: lut_pair_rows_vbmi(nib, tables, tab_stride, scales, G, S, 4, acc, 1, 1); break;
-    }
-}
+#define VBMI_TARGET __attribute__((target("avx512vbmi,avx512vl,avx512bw")))
+QC_LUT_ENTRY(VBMI_TARGET, lut_pair_block_vbmi, lut_pair_rows_vbmi, 0, 0)
+QC_LUT_ENTRY(VBMI_TARGET, lut_pair_block_vbmi_pf, lut_pair_rows_vbmi, 1, 0)
+QC_LUT_ENTRY(VBMI_TARGET, lut_block_vbmi, lut_pair_rows_vbmi, 0, 1)
+QC_LUT_ENTRY(VBMI_TARGET, lut_block_vbmi_pf, lut_pair_rows_vbmi, 1, 1)
 
 /* 8 vectors of int32 partial sums -> their 8 totals (halve to 256 bits, then an hadd tree). */
 static inline __m256i hsum8_512(const __m512i *t) {

@@ -67,6 +67,21 @@ typedef struct qc_isa {
     int lut_binary_pair;
 } qc_isa;
 
+/* A LUT block entry point (the lut_block / lut_pair_block signature) calling `rows`, an always-inline
+ * loop over R rows, with R a compile-time constant (1..4) and `rows`' trailing arguments fixed
+ * (e.g. prefetch on/off): the compiler then unrolls the row loop of each case. `attrs` is the
+ * entry point's target attribute (empty when the whole file is built for the ISA). */
+#define QC_LUT_ENTRY(attrs, name, rows, ...)                                                              \
+    attrs static void name(const uint8_t *nib, const int8_t *tables, size_t tab_stride, const float *scales, \
+                           int G, int S, int R, float *acc) {                                              \
+        switch (R) {                                                                                       \
+        case 1: rows(nib, tables, tab_stride, scales, G, S, 1, acc, __VA_ARGS__); break;                   \
+        case 2: rows(nib, tables, tab_stride, scales, G, S, 2, acc, __VA_ARGS__); break;                   \
+        case 3: rows(nib, tables, tab_stride, scales, G, S, 3, acc, __VA_ARGS__); break;                   \
+        default: rows(nib, tables, tab_stride, scales, G, S, 4, acc, __VA_ARGS__); break;                  \
+        }                                                                                                  \
+    }
+
 const qc_isa *qc_isa_scalar(void);
 const qc_isa *qc_isa_avx2(void);   /* NULL when not compiled in or not supported by the CPU */
 const qc_isa *qc_isa_avx512(void); /* AVX-512 BW+VL+VNNI (+VBMI when present): see matmul_avx512.c */
