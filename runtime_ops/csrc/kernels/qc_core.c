@@ -207,6 +207,17 @@ static inline void ternary_planes(unsigned code, unsigned *a, unsigned *b) {
     *b = code == 1u;
 }
 
+/* The `epg` b-bit codes of lookup group q of scale group g in one nibble (element j at bit j*b);
+ * padding past the group or K reads as code 0. */
+static inline unsigned binary_nibble(const qc_matmul *w, const uint8_t *codes, int64_t g, int64_t q, int epg, int b) {
+    unsigned nibble = 0;
+    for (int j = 0; j < epg; ++j) {
+        const int64_t off = q * epg + j, k = g * w->gs + off;
+        if (off < w->glen && k < w->K) nibble |= (unsigned)codes[k] << (j * b);
+    }
+    return nibble;
+}
+
 /* Binary codes: 32 columns per block, each step two 4-element lookups (low / high nibble).
  * Ternary: each step one 4-element lookup of both sign planes, paired in adjacent bytes. */
 static void prepack_lut(qc_matmul *w) {
@@ -253,30 +264,14 @@ static void prepack_lut(qc_matmul *w) {
                 if (w->isa->lut_binary_pair) { /* the paired layout of binary codes: see qc_kernels.h */
                     const int sh = c < 16 ? 0 : 4, j0 = 2 * (int)(c % 16);
                     for (int64_t s = 0; s < S; ++s)
-                        for (int h = 0; h < 2; ++h) {
-                            unsigned nibble = 0;
-                            for (int j = 0; j < epg; ++j) {
-                                int64_t off = (s * 2 + h) * epg + j, k = g * w->gs + off;
-                                if (off >= w->glen || k >= w->K) continue;
-                                nibble |= (unsigned)codes[k] << (j * b);
-                            }
-                            w->nib[(((cb * P + p) * G + g) * S + s) * 32 + j0 + h] |= (uint8_t)(nibble << sh);
-                        }
+                        for (int h = 0; h < 2; ++h)
+                            w->nib[(((cb * P + p) * G + g) * S + s) * 32 + j0 + h] |=
+                                (uint8_t)(binary_nibble(w, codes, g, s * 2 + h, epg, b) << sh);
                     continue;
                 }
-                for (int64_t s = 0; s < S; ++s) {
-                    uint8_t byte = 0;
-                    for (int h = 0; h < 2; ++h) {
-                        unsigned nibble = 0;
-                        for (int j = 0; j < epg; ++j) {
-                            int64_t off = (s * 2 + h) * epg + j, k = g * w->gs + off;
-                            if (off >= w->glen || k >= w->K) continue;
-                            nibble |= (unsigned)codes[k] << (j * b);
-                        }
-                        byte |= (uint8_t)(nibble << (4 * h));
-                    }
-                    w->nib[(((cb * P + p) * G + g) * S + s) * 32 + c] = byte;
-                }
+                for (int64_t s = 0; s < S; ++s)
+                    w->nib[(((cb * P + p) * G + g) * S + s) * 32 + c] =
+                        (uint8_t)(binary_nibble(w, codes, g, s * 2, epg, b) | binary_nibble(w, codes, g, s * 2 + 1, epg, b) << 4);
             }
         }
     }
