@@ -47,7 +47,8 @@ from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import QPass, add_initializer
 from qcompiler.passes.insert_qdq import UniqueNames
 from qcompiler.quantizers.ternary import quantize_ternary
-from qcompiler.quantizers.uniform import quantize_rows
+from qcompiler.qat.on_grid import find_on_grid
+from qcompiler.quantizers.uniform import Quantized, quantize_rows
 from runtime_ops import contract
 
 __all__ = ["QuantizeEmbeddings", "QuantizeEmbeddingsOptions", "pack_int4_rows", "unpack_int4_rows",
@@ -67,6 +68,10 @@ class QuantizeEmbeddingsOptions:
     scale_dtype: str = "float16"  # "float16" | "float32"
     search_clip: bool = True      # int4: least-squares clipping per block
     min_elements: int = 4096      # smaller tables (e.g. BERT's 2-row token types) stay as they are
+    # int4 rows of a table that a tied output layer also reads: "gptq" picks the codes on the Gram
+    # matrix of the head's input (calibration), minimising the logits' error, when it is available;
+    # "none": least-squares clipping per block, as untied tables
+    tied_recovery: str = "gptq"
 
 
 def pack_int4_rows(codes: np.ndarray) -> np.ndarray:
@@ -172,6 +177,8 @@ class QuantizeEmbeddings(QPass):
     Options = QuantizeEmbeddingsOptions
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.options.tied_recovery not in ("gptq", "none"):
+            raise SchemeError(f"quantize_embeddings: tied_recovery must be gptq or none, not '{self.options.tied_recovery}'")
         if self.options.scale_dtype not in ("float16", "float32"):
             raise SchemeError(f"quantize_embeddings: scale_dtype must be float16 or float32, not '{self.options.scale_dtype}'")
         ctx = self.ctx
@@ -200,7 +207,7 @@ class QuantizeEmbeddings(QPass):
                 block = int(wp.settings.get("block_size", self.options.block_size)) if bits == 4 else None
                 if block is not None and block <= 0:
                     raise SchemeError(f"quantize_embeddings: block_size must be positive, got {block}")
-                stored, entry = self._store(graph, table, bits, block)
+                stored, entry = self._store(graph, table, bits, block, self._tied_gram(embs) if bits == 4 else None)
             for emb in embs:
                 self._rewrite_gather(graph, emb, stored)
             tied = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
@@ -231,10 +238,30 @@ class QuantizeEmbeddings(QPass):
             return "the table is a graph output"
         return ""
 
-    def _store(self, graph: ir.Graph, table: ir.Value, bits: int, block: int | None):
+    def _tied_gram(self, embs: list[Embedding]) -> np.ndarray | None:
+        """Sum of the Gram matrices of the tied heads' inputs, when calibration kept them all."""
+        heads = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
+        if self.options.tied_recovery != "gptq" or not heads or self.ctx is None or not self.ctx.stats:
+            return None
+        grams = [getattr(self.ctx.stats.get(lin.node.inputs[0].name), "gram", None) for lin in heads.values()]
+        return None if any(g is None for g in grams) else sum(grams)
+
+    def _store(self, graph: ir.Graph, table: ir.Value, bits: int, block: int | None, gram: np.ndarray | None = None):
         w = table.const_value.numpy().astype(np.float32)
         v, d = w.shape
-        q = quantize_rows(w, bits=bits, block_size=block, search_clip=self.options.search_clip and bits == 4)
+        method = "plain"
+        grid = find_on_grid(w.T, "int4", 4, block, "float16", symmetric=True, max_outliers=0) if bits == 4 else None
+        if grid is not None:   # trained with the quantizer in the loop (qcompiler.qat): kept as it is
+            q = Quantized(np.ascontiguousarray(grid.codes.T), grid.scales, None, block, rows=True)
+            method = "on-grid (lossless)"
+        elif gram is not None and gram.shape == (d, d):
+            from qcompiler.quantizers.recovery import recover
+
+            rec = recover(w.T, gram, "int4", 4, block, n_outliers=0, symmetric=True)   # head: [D, V]
+            q = Quantized(np.ascontiguousarray(rec.codes.T), rec.scales, None, block, rows=True)
+            method = "gptq (tied head)"
+        else:
+            q = quantize_rows(w, bits=bits, block_size=block, search_clip=self.options.search_clip and bits == 4)
         err = float(np.linalg.norm(q.dequantize() - w) / max(np.linalg.norm(w), 1e-30))
         scales = q.scales.astype(np.float32)
         nz = np.abs(scales[scales != 0])
@@ -253,7 +280,7 @@ class QuantizeEmbeddings(QPass):
             stored.block_index = self._initializer(graph, f"{tag}_block_of_column", np.minimum(np.arange(cols) // block, scales.shape[1] - 1).astype(np.int64))
         before = int(w.size * table.const_value.dtype.itemsize)
         after = int(codes.nbytes + scales.nbytes)
-        entry = {"table": table.name, "rows": int(v), "dim": int(d), "bits": bits, "block_size": block,
+        entry = {"table": table.name, "rows": int(v), "dim": int(d), "bits": bits, "block_size": block, "method": method,
                  "scale_dtype": str(scales.dtype), "bytes_before": before, "bytes_after": after,
                  "rel_l2_error": round(err, 6)}
         return stored, entry

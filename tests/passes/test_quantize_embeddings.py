@@ -214,3 +214,49 @@ def test_tiny_bert(make_ctx, tmp_path):
     (out,), (ref,) = _run(model, feeds), _run(ref_model, feeds)
     # Tolerance: int8 rows (~0.7% each) through 2 post-LN layers: 2% relative L2.
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.02
+
+
+def _head_input_stats(h: np.ndarray):
+    from qcompiler.calibration import ActivationStats
+
+    x = h.reshape(-1, h.shape[-1]).astype(np.float64)
+    absmax = np.abs(x).max(axis=0)
+    return ActivationStats(absmax, (x ** 2).sum(axis=0), x.min(axis=0), x.max(axis=0), len(x), None, x.T @ x)
+
+
+def test_tied_head_codes_from_the_head_input_gram(make_ctx):
+    """int4 rows of a tied table are chosen by GPTQ on the head input's Gram matrix when calibration
+    kept it: the logits' error on those inputs falls below plain per-row rounding's (the rows' own
+    error rises: they now serve the head first). A table already on the int4 row grid (trained with
+    qcompiler.qat) is kept exactly."""
+    rng = np.random.default_rng(5)
+    table = _table()
+    # correlated head inputs (a few directions dominate, as in real hidden states): GPTQ's gain
+    h = (rng.standard_normal((64, 9, 3)) @ rng.standard_normal((3, D)) + 0.1 * rng.standard_normal((64, 9, D)))
+    h = h.astype(np.float32)
+    errors = {}
+    for mode in ("none", "gptq"):
+        model = _model(TIED, table)
+        ctx = make_ctx(model, _scheme("int4", block_size=8))
+        ctx.stats = {ctx.roles.linears[0].node.inputs[0].name: _head_input_stats(h)}
+        QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, "tied_recovery": mode})(model)
+        entry = ctx.pass_reports["quantize_embeddings"]["tables"][0]
+        assert entry["method"] == ("gptq (tied head)" if mode == "gptq" else "plain")
+        stored = _decoded_int4_table(model)
+        errors[mode] = np.linalg.norm(h @ (stored - table).T) / np.linalg.norm(h @ table.T)
+    assert errors["gptq"] < 0.8 * errors["none"], errors   # measured 0.017 vs 0.066
+
+    model = _model(TIED, stored)              # the last decoded table: on the int4 row grid
+    ctx = make_ctx(model, _scheme("int4", block_size=8))
+    ctx.stats = {ctx.roles.linears[0].node.inputs[0].name: _head_input_stats(h)}
+    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0})(model)
+    assert ctx.pass_reports["quantize_embeddings"]["tables"][0]["method"] == "on-grid (lossless)"
+    np.testing.assert_array_equal(_decoded_int4_table(model), stored)
+
+
+def _decoded_int4_table(model: ir.Model) -> np.ndarray:
+    init = model.graph.initializers
+    codes = next(v for n, v in init.items() if n.endswith("_quantized")).const_value.numpy()
+    scales = next(v for n, v in init.items() if n.endswith("_scale")).const_value.numpy().astype(np.float32)
+    values = unpack_int4_rows(codes, D).astype(np.float32)
+    return values * np.repeat(scales, 8, axis=1)[:, :D]
