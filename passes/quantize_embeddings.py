@@ -72,6 +72,7 @@ class QuantizeEmbeddingsOptions:
     # matrix of the head's input (calibration), minimising the logits' error, when it is available;
     # "none": least-squares clipping per block, as untied tables
     tied_recovery: str = "gptq"
+    tied_recovery_max_elements: int = 1 << 25   # larger tables (GPTQ time and memory grow with V x D^2) stay plain
 
 
 def pack_int4_rows(codes: np.ndarray) -> np.ndarray:
@@ -242,6 +243,11 @@ class QuantizeEmbeddings(QPass):
         """Sum of the Gram matrices of the tied heads' inputs, when calibration kept them all."""
         heads = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
         if self.options.tied_recovery != "gptq" or not heads or self.ctx is None or not self.ctx.stats:
+            return None
+        size = int(np.prod([int(x) for x in embs[0].table.const_value.shape]))
+        if size > self.options.tied_recovery_max_elements:
+            self.report_append("notes", f"{embs[0].table.name}: {size} elements > tied_recovery_max_elements "
+                                        f"{self.options.tied_recovery_max_elements}: plain int4 rows")
             return None
         grams = [getattr(self.ctx.stats.get(lin.node.inputs[0].name), "gram", None) for lin in heads.values()]
         return None if any(g is None for g in grams) else sum(grams)
