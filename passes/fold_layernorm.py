@@ -248,10 +248,19 @@ class FoldLayerNorm(QPass):
         names = {n.name for n in graph.all_nodes()} | {v.name for v in graph.initializers.values()}
         names |= {v.name for n in graph.all_nodes() for v in n.outputs}
         modified = False
+        grids = _scheme_grids(getattr(self.ctx, "scheme", None))
+
+        def on_grid(lin: Linear) -> str | None:
+            """The format whose grid lin's weight already sits on (trained with the scheme's quantizer)."""
+            from qcompiler.analyze import weight_array
+            from qcompiler.qat.on_grid import on_scheme_grid
+
+            return on_scheme_grid(weight_array(lin), grids) if grids else None
+
         for norm in _find_norms(graph):
             if _is_identity_affine(norm):
                 continue  # nothing to fold (e.g. folded by an earlier run)
-            targets, reason = self._foldable(norm, linears, self._on_grid)
+            targets, reason = self._foldable(norm, linears, on_grid)
             if reason is not None:
                 self.report_append("left", {"node": norm.label, "reason": reason})
                 continue
@@ -260,16 +269,6 @@ class FoldLayerNorm(QPass):
                                           "beta_into_bias": beta_into})
             modified = True
         return modified
-
-    def _on_grid(self, lin: Linear) -> str | None:
-        """The format whose grid lin's weight already sits on (trained with the scheme's quantizer)."""
-        scheme = getattr(self.ctx, "scheme", None)
-        if scheme is None:
-            return None
-        from qcompiler.analyze import weight_array
-        from qcompiler.qat.on_grid import on_scheme_grid, scheme_grids
-
-        return on_scheme_grid(weight_array(lin), scheme_grids(scheme))
 
     @staticmethod
     def _foldable(norm: _Norm, linears: dict[int, Linear], on_grid=lambda lin: None
@@ -384,6 +383,32 @@ def _beta_times(beta: np.ndarray, w: np.ndarray, transposed: bool) -> np.ndarray
         part[...] = w_kn[s:s + step]
         out += beta[s:s + step] @ part
     return out
+
+
+def _scheme_grids(scheme) -> list[tuple]:
+    """The distinct grids the scheme's default and per-role rules pack a linear to, resolved with the
+    packing passes' own defaults: (format, bits, group_size, scale_dtype, symmetric, max_outliers).
+    Formats without a grid check (int8 QDQ, k-means) are left out."""
+    if scheme is None:
+        return []
+    from qcompiler.passes.quantize_int4 import int4_settings
+    from qcompiler.passes.replace_matmul import _settings
+
+    grids = []
+    for role, settings in [("[weights]", scheme.weights), *((r, scheme.weight_settings(r)) for r in scheme.roles)]:
+        settings = dict(settings)
+        fmt = str(settings.pop("format", "none"))       # what a plan entry holds: the format apart
+        if fmt in ("ternary", "bcq"):
+            s = _settings(role, fmt, settings)
+            grid = (fmt, s["bits"], s.get("group_size"), s["scale_dtype"], False, int(s["n_outliers"]))
+        elif fmt == "int4":
+            block, symmetric, _, n_outliers = int4_settings(role, settings)
+            grid = (fmt, 4, block, "float32", symmetric, n_outliers)   # the pass stores the activation's dtype
+        else:
+            continue
+        if grid not in grids:
+            grids.append(grid)
+    return grids
 
 
 def _is_identity_affine(norm: _Norm) -> bool:

@@ -201,6 +201,7 @@ class QuantizeEmbeddings(QPass):
             if reason:
                 self.report_append("skipped", {"table": table_name, "reason": reason})
                 continue
+            tied = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
             if wp.format in PACKED_FORMATS:
                 stored, entry = self._store_packed(model, table, embs, wp)
             else:
@@ -208,10 +209,9 @@ class QuantizeEmbeddings(QPass):
                 block = int(wp.settings.get("block_size", self.options.block_size)) if bits == 4 else None
                 if block is not None and block <= 0:
                     raise SchemeError(f"quantize_embeddings: block_size must be positive, got {block}")
-                stored, entry = self._store(graph, table, bits, block, self._tied_gram(embs) if bits == 4 else None)
+                stored, entry = self._store(graph, table, bits, block, self._tied_gram(table, tied) if bits == 4 else None)
             for emb in embs:
                 self._rewrite_gather(graph, emb, stored)
-            tied = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
             for lin in tied.values():
                 self._rewrite_tied(graph, lin, stored)
             entry["gathers"] = len(embs)
@@ -239,14 +239,13 @@ class QuantizeEmbeddings(QPass):
             return "the table is a graph output"
         return ""
 
-    def _tied_gram(self, embs: list[Embedding]) -> np.ndarray | None:
+    def _tied_gram(self, table: ir.Value, heads: dict) -> np.ndarray | None:
         """Sum of the Gram matrices of the tied heads' inputs, when calibration kept them all."""
-        heads = {id(lin.node): lin for emb in embs for lin in emb.tied_linears}
         if self.options.tied_recovery != "gptq" or not heads or self.ctx is None or not self.ctx.stats:
             return None
-        size = int(np.prod([int(x) for x in embs[0].table.const_value.shape]))
+        size = table.const_value.size
         if size > self.options.tied_recovery_max_elements:
-            self.report_append("notes", f"{embs[0].table.name}: {size} elements > tied_recovery_max_elements "
+            self.report_append("notes", f"{table.name}: {size} elements > tied_recovery_max_elements "
                                         f"{self.options.tied_recovery_max_elements}: plain int4 rows")
             return None
         grams = [getattr(self.ctx.stats.get(lin.node.inputs[0].name), "gram", None) for lin in heads.values()]
@@ -420,7 +419,6 @@ class QuantizeEmbeddings(QPass):
         would dequantize the whole table at every run; the file still holds only the packed rows."""
         fn = ir.serde.deserialize_function(contract.make_function("PackedGather"))
         values: dict[str, ir.Value] = dict(zip((v.name for v in fn.inputs), inputs))
-        out = None
         for node in fn:
             attributes = {}
             for key, attr in node.attributes.items():
@@ -429,9 +427,9 @@ class QuantizeEmbeddings(QPass):
                 else:
                     attributes[key] = attr
             args = [values[v.name] if v is not None else None for v in node.inputs]
-            out = self._names.op(tape, node.op_type, args, attributes, name=f"{base}_{node.op_type}")
-            values[node.outputs[0].name] = out
-        return values[fn.outputs[0].name] if fn.outputs[0].name in values else out
+            values[node.outputs[0].name] = self._names.op(tape, node.op_type, args, attributes,
+                                                          name=f"{base}_{node.op_type}")
+        return values[fn.outputs[0].name]
 
     def _const(self, tape: ir.tape.Tape, name: str, array: np.ndarray) -> ir.Value:
         name = self._names.unique(name)

@@ -112,6 +112,16 @@ def _recovery(name: str, settings: dict) -> str:
     return recovery
 
 
+def int4_settings(name: str, settings: dict) -> tuple[int, bool, str, int]:
+    """(block_size, symmetric, recovery, n_outliers) of one plan entry, with this pass's defaults."""
+    block_size = int(settings.get("block_size", DEFAULT_BLOCK_SIZE))
+    if block_size not in BLOCK_SIZES:
+        raise SchemeError(f"int4 block_size must be one of {BLOCK_SIZES}, got {block_size} ({name})")
+    recovery = _recovery(name, settings)
+    n_outliers = int(settings.get("n_outliers", 2 if recovery == "gptq" else 0))
+    return block_size, bool(settings.get("symmetric", True)), recovery, n_outliers
+
+
 def unsigned_codes(q: Quantized) -> tuple[np.ndarray, np.ndarray]:
     """Codes as unsigned 0..15 [K, N] and zero points [N, G] (8 for symmetric codes)."""
     if q.zero_points is None:
@@ -245,12 +255,7 @@ class QuantizeInt4(QPass):
         before = after = 0
         for i, (lin, plan) in enumerate(todo):
             ctx.progress("int4", i, len(todo))
-            block_size = int(plan.settings.get("block_size", DEFAULT_BLOCK_SIZE))
-            symmetric = bool(plan.settings.get("symmetric", True))
-            if block_size not in BLOCK_SIZES:
-                raise SchemeError(f"int4 block_size must be one of {BLOCK_SIZES}, got {block_size} ({lin.name})")
-            recovery = _recovery(lin.name, plan.settings)
-            n_outliers = int(plan.settings.get("n_outliers", 2 if recovery == "gptq" else 0))
+            block_size, symmetric, recovery, n_outliers = int4_settings(lin.name, plan.settings)
             key = (lin.name, lin.transposed, block_size, symmetric, recovery, n_outliers)
             a_dtype, np_dtype = _float_dtype(lin.node.inputs[0])
             if key not in packed:

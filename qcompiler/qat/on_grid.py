@@ -15,7 +15,7 @@ from qcompiler.quantizers.binary_code import bcq_dequantize, nearest_combination
 from qcompiler.quantizers.recovery import RecoveredWeight
 from qcompiler.quantizers.ternary import expand_groups, group_view, resolve_group_size
 
-__all__ = ["find_on_grid", "outlier_candidates", "scheme_grids", "on_scheme_grid", "ON_GRID_FORMATS"]
+__all__ = ["find_on_grid", "outlier_candidates", "on_scheme_grid", "ON_GRID_FORMATS"]
 
 ON_GRID_FORMATS = ("ternary", "bcq", "int4")
 
@@ -210,26 +210,10 @@ def find_on_grid(w: np.ndarray, fmt: str, bits: int | None = None, group_size: i
     return None
 
 
-def scheme_grids(scheme) -> list[tuple]:
-    """The distinct grids a scheme can pack a linear to, over its default and per-role rules:
-    (format, bits, group_size, scale_dtype, symmetric, max_outliers). Formats without a grid
-    check (int8 QDQ, k-means) are left out."""
-    grids = []
-    for settings in [scheme.weights, *(scheme.weight_settings(role) for role in scheme.roles)]:
-        fmt = str(settings.get("format", "none"))
-        if fmt not in ON_GRID_FORMATS:
-            continue
-        group = settings.get("group_size", settings.get("block_size", 32 if fmt == "int4" else None))
-        grid = (fmt, int(settings.get("bits", 2)), None if group is None else int(group),
-                str(settings.get("scale_dtype", "float32" if fmt == "int4" else "float16")),
-                bool(settings.get("symmetric", False)), int(settings.get("n_outliers", 2)))
-        if grid not in grids:
-            grids.append(grid)
-    return grids
-
 
 def on_scheme_grid(w: np.ndarray, grids: list[tuple]) -> str | None:
-    """The first of `grids` (scheme_grids) that reproduces w [K, N] exactly, or None. A weight trained
+    """The first of `grids` ((format, bits, group_size, scale_dtype, symmetric, max_outliers) each)
+    that reproduces w [K, N] exactly, or None. A weight trained
     with the quantizer in the loop (qcompiler.qat) is on its scheme's grid; FP32 weights are not."""
     for fmt, bits, group, scale_dtype, symmetric, max_outliers in grids:
         if find_on_grid(w, fmt, bits, group, scale_dtype, symmetric, max_outliers) is not None:
