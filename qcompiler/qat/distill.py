@@ -13,13 +13,13 @@ TernaryBERT distils attention scores before the softmax; the exported graphs add
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from qcompiler.qat.loop import optimize
 
 __all__ = ["DistillConfig", "distill", "distill_loss", "output_cosine", "stack_feeds", "pooled", "trim_padding"]
 
@@ -106,52 +106,42 @@ def distill_loss(student_out, student_taps, teacher_out, teacher_taps, mask, cfg
     return loss, {"hidden": float(hidden.detach()), "attention": float(attention.detach()), "output": float(out.detach())}
 
 
-def _lr_factor(step: int, cfg: DistillConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    span = max(cfg.steps - cfg.warmup, 1)
-    return 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup, span) / span))
+def _batches(train: dict[str, torch.Tensor], batch_size: int, seed: int):
+    """Endless batches of `train`: a fresh random order whenever the current one runs out."""
+    n = next(iter(train.values())).shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        yield trim_padding({k: v[idx] for k, v in train.items()})
 
 
 def distill(student: nn.Module, teacher: nn.Module, train: dict[str, torch.Tensor], cfg: DistillConfig,
             param_groups: list[dict], progress: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train `student` towards `teacher` on the samples of `train` (one tensor per input, first axis
     = samples). Stops after cfg.steps steps or cfg.max_seconds. Returns a small history."""
-    n = next(iter(train.values())).shape[0]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(param_groups)
-    for g in opt.param_groups:
-        g["base_lr"] = g["lr"]
-    student.train()
-    teacher.eval()
-    start = time.perf_counter()
-    losses: list[float] = []
-    order = torch.randperm(n, generator=gen)
-    pos = 0
-    for step in range(cfg.steps):
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            break
-        if pos + cfg.batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
-        batch = trim_padding({k: v[idx] for k, v in train.items()})
-        mask = _mask_of(batch)
+    batches = _batches(train, cfg.batch_size, cfg.seed)
+
+    def next_loss():
+        batch = next(batches)
         with torch.no_grad():
             t_out = teacher(**batch)
             t_taps = teacher.taps
         s_out = student(**batch)
-        loss, parts = distill_loss(s_out, student.taps, t_out, t_taps, mask, cfg)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * _lr_factor(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+        return distill_loss(s_out, student.taps, t_out, t_taps, _mask_of(batch), cfg)
+
+    def on_step(step, loss, parts):
         if progress is not None:
-            progress(step + 1, cfg.steps, {"loss": losses[-1], **parts})
+            progress(step, cfg.steps, {"loss": loss, **parts})
+
+    student.train()
+    teacher.eval()
+    losses, seconds = optimize(param_groups, cfg.steps, cfg.warmup, next_loss, cfg.max_seconds, on_step=on_step)
     student.eval()
-    return {"steps": len(losses), "seconds": round(time.perf_counter() - start, 1),
+    return {"steps": len(losses), "seconds": round(seconds, 1),
             "loss_first": round(losses[0], 6) if losses else None,
             "loss_last": round(float(np.mean(losses[-10:])), 6) if losses else None}
 

@@ -11,7 +11,6 @@ knowledge distillation, as in TernaryBERT's logits term and Kim & Rush 2016).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Iterator
 
 import torch
@@ -20,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 from torch.nn import functional as F
 
-from qcompiler.qat.distill import DistillConfig, _lr_factor
+from qcompiler.qat.loop import optimize
 from qcompiler.qat.modules import FakeQuantWeight
 
 __all__ = ["QATConfig", "train_qat", "kd_loss", "param_groups"]
@@ -56,33 +55,22 @@ def train_qat(model: nn.Module, batches: Iterator[Any], loss_fn: Callable[[Any],
               cfg: QATConfig, console: Console | None = None, show: bool = True, label: str = "QAT") -> dict:
     """Train `model` for cfg.steps batches drawn from `batches` (or until cfg.max_seconds).
     Returns {steps, seconds, loss_first, loss_last} (loss_last: mean of the last 20 steps)."""
-    opt = torch.optim.Adam(param_groups(model, cfg))
-    for g in opt.param_groups:
-        g["base_lr"] = g["lr"]
-    schedule = DistillConfig(steps=cfg.steps, warmup=cfg.warmup)
-    model.train()
-    losses: list[float] = []
-    start = time.perf_counter()
     columns = (TextColumn(f"  {label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    model.train()
     with Progress(*columns, console=console or Console(stderr=True), transient=True, disable=not show) as bar:
         task = bar.add_task(label, total=cfg.steps, loss="-")
-        for step in range(cfg.steps):
-            if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-                break
-            loss, _ = loss_fn(next(batches))
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * _lr_factor(step, schedule)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-            bar.update(task, completed=step + 1, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        recent: list[float] = []
+
+        def on_step(step, loss, parts):
+            recent[:] = (recent + [loss])[-20:]
+            bar.update(task, completed=step, loss=f"{sum(recent) / len(recent):.4f}")
+
+        losses, seconds = optimize(param_groups(model, cfg), cfg.steps, cfg.warmup, lambda: loss_fn(next(batches)),
+                                   cfg.max_seconds, cfg.clip, on_step)
     model.eval()
     tail = losses[-20:]
-    return {"steps": len(losses), "seconds": round(time.perf_counter() - start, 1),
+    return {"steps": len(losses), "seconds": round(seconds, 1),
             "loss_first": round(losses[0], 5) if losses else None,
             "loss_last": round(sum(tail) / len(tail), 5) if tail else None}
 
