@@ -23,7 +23,6 @@ training-aware recovery), then compile + BLEU beside FP32 and calibrated recover
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import random
 import resource
@@ -68,17 +67,12 @@ def role_of(name: str, module) -> str:
 
 def _batches(ids, batch_tokens: int, seed: int):
     """Endless length-bucketed batches (models.mt.train's bucketing), as (src, mask, tgt_in, tgt_out)."""
-    import torch
-
-    from models.mt.tokenizer import BOS, EOS, PAD
-    from models.mt.train import _batches as bucketed, _pad
+    from models.mt.train import _batches as bucketed, batch_tensors
 
     rng = random.Random(seed)
-    for epoch in itertools.count():
+    while True:
         for batch in bucketed(ids, batch_tokens, rng):
-            src = torch.from_numpy(_pad([ids[i][0] + [EOS] for i in batch]))
-            tgt = _pad([[BOS] + ids[i][1] + [EOS] for i in batch])
-            yield src, (src != PAD).long(), torch.from_numpy(tgt[:, :-1]), torch.from_numpy(tgt[:, 1:])
+            yield batch_tensors(ids, batch)
 
 
 def train_qat_model(directory: Path, scheme: str, steps: int, threads: int = 1, seed: int = 0,

@@ -79,6 +79,16 @@ def _pad(seqs, value=PAD):
     return np.array([s + [value] * (width - len(s)) for s in seqs], np.int64)
 
 
+def batch_tensors(pairs_ids, batch):
+    """Teacher-forcing tensors of the pairs `batch` indexes: source ids + EOS, its mask, target
+    input (BOS + ids) and target output (ids + EOS), each padded to the batch's longest."""
+    import torch
+
+    src = torch.from_numpy(_pad([pairs_ids[i][0] + [EOS] for i in batch]))
+    tgt = _pad([[BOS] + pairs_ids[i][1] + [EOS] for i in batch])
+    return src, (src != PAD).long(), torch.from_numpy(tgt[:, :-1]), torch.from_numpy(tgt[:, 1:])
+
+
 def train_model(pairs_ids, vocab_size: int, cfg: BuildConfig, log=print):
     """Train with label smoothing, warm-up then cosine decay over the time box; returns (model, stats)."""
     import torch
@@ -102,10 +112,8 @@ def train_model(pairs_ids, vocab_size: int, cfg: BuildConfig, log=print):
             frac = max(elapsed / cfg.train_seconds, step / cfg.max_steps)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
-            src = torch.from_numpy(_pad([pairs_ids[i][0] + [EOS] for i in batch]))
-            tgt = _pad([[BOS] + pairs_ids[i][1] + [EOS] for i in batch])
-            tgt_in, tgt_out = torch.from_numpy(tgt[:, :-1]), torch.from_numpy(tgt[:, 1:])
-            logits = model(src, (src != PAD).long(), tgt_in)
+            src, src_mask, tgt_in, tgt_out = batch_tensors(pairs_ids, batch)
+            logits = model(src, src_mask, tgt_in)
             loss = F.cross_entropy(logits.reshape(-1, vocab_size), tgt_out.reshape(-1), ignore_index=PAD,
                                    label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
