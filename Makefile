@@ -12,10 +12,10 @@ export TRANSFORMERS_OFFLINE := 1
 all: setup
 
 # Create the venv and install the project (editable; builds the native library).
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(STAMP) native
@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m qcompiler.demo
+	$(PY) -m models.demo
 
 # The English -> French MT model (trained on one thread, about 5 minutes; cached under ~/.cache/qcompiler/models).
 mt-model: setup

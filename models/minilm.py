@@ -164,7 +164,7 @@ def check_against_torch(onnx_path, sentences, max_len: int = 128):
     """
     import onnxruntime as ort
 
-    from models.embedding_eval import cosine_vs_reference, embed_with_session
+    from qcompiler.embedding_eval import cosine_vs_reference, embed_with_session
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

@@ -49,7 +49,7 @@ from qcompiler.passes.insert_qdq import UniqueNames
 from qcompiler.quantizers.ternary import quantize_ternary
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.uniform import Quantized, quantize_rows
-from runtime_ops import contract
+from qcompiler.ops import contract
 
 __all__ = ["QuantizeEmbeddings", "QuantizeEmbeddingsOptions", "pack_int4_rows", "unpack_int4_rows",
            "assign_row_bits", "quantize_mixed_rows", "token_counts"]

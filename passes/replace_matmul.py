@@ -5,9 +5,9 @@ custom-op node in its place, keeping the name of the linear's output (after the 
 
     Y = TernaryMatMul|BinaryCodeMatMul|CodebookMatMul(A, packed, scales, bias, outlier_idx, outlier_w)
 
-packed in the layouts of ``runtime_ops.formats`` (the one written-down table). The op's ONNX
+packed in the layouts of ``qcompiler.ops.formats`` (the one written-down table). The op's ONNX
 function bodies (standard ops only) and the ``ai.qcompiler`` opset import are added to the model,
-so stock onnxruntime runs it without the native library; `runtime_ops.register` makes onnxruntime
+so stock onnxruntime runs it without the native library; `qcompiler.ops.register` makes onnxruntime
 take the native kernels instead.
 
 Plan settings (scheme [weights] / [roles.*]):
@@ -42,7 +42,7 @@ from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import QPass, add_initializer, consumer_grams, drop_unused_weights, fresh_name, planned_linears
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import RecoveredWeight, output_error, quantize_plain, recover
-from runtime_ops import contract
+from qcompiler.ops import contract
 
 __all__ = ["ReplaceMatMul", "ReplaceMatMulOptions", "OP_OF_FORMAT", "PackedLinear", "quantize_and_pack"]
 

@@ -45,9 +45,9 @@ def session(path: str, threads: int = 1):
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:
-        import runtime_ops
+        from qcompiler import ops
 
-        runtime_ops.register(opts)
+        ops.register(opts)
     except Exception:
         pass
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
@@ -81,7 +81,7 @@ def _feeds_for(session, sample: dict) -> dict:
 
 
 def _evaluate(task: str, sess, samples: list[dict], reference: list[np.ndarray] | None):
-    from models.embedding_eval import mean_pooled
+    from qcompiler.embedding_eval import mean_pooled
 
     outs = []
     for s in samples:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from qcompiler import model_io
 from qcompiler.bench import Variant, ort_matmul_nbits, ort_quantize_dynamic
-from qcompiler.errors import UsageError
+from qcompiler.errors import UsageError, require_extra
 
 ENCODER, DECODER, TOKENIZER = "encoder.onnx", "decoder.onnx", "tokenizer.model"
 CALIB = {"encoder": "calib_encoder.npz", "decoder": "calib_decoder.npz"}
@@ -110,13 +110,18 @@ def run_mt_bench(mt: MTModel, schemes: list[str], out_dir: str | os.PathLike = "
                  beam: int = 1, baselines: bool = True, console=None, max_len: int = 64) -> dict:
     """Compile every scheme for both files, translate the held-out set with every variant, write JSON/MD/PNG."""
     import numpy as np
-    import sacrebleu
+
+    sacrebleu = require_extra("sacrebleu", "mt", "bench --task mt")
     from rich.console import Console
     from rich.progress import Progress
 
-    from models.mt.data import read_tsv
-    from models.mt.decode import OnnxTranslator
-    from models.mt.tokenizer import Tokenizer
+    try:
+        from models.mt.data import read_tsv
+        from models.mt.decode import OnnxTranslator
+        from models.mt.tokenizer import Tokenizer
+    except ImportError:
+        raise UsageError("bench --task mt on this model format needs the source checkout's models/mt "
+                         "(run it from the repository root)") from None
     from qcompiler.bench import plot
 
     console = console or Console(stderr=True)

@@ -31,3 +31,17 @@ class CalibrationError(UsageError):
 
 class OutputError(UsageError):
     """The output cannot be written (same as input, unwritable directory, disk full)."""
+
+
+class MissingExtra(UsageError):
+    """A feature needs an optional dependency group that is not installed."""
+
+
+def require_extra(module: str, extra: str, feature: str):
+    """Import ``module`` or raise MissingExtra naming the pip extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{feature} needs {module.split('.')[0]}: pip install 'qcompiler[{extra}]'") from None

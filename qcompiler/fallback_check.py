@@ -40,13 +40,13 @@ def at_accuracy_level(proto: onnx.ModelProto, level: int) -> onnx.ModelProto:
 def _session(proto: onnx.ModelProto, native: bool):
     import onnxruntime as ort
 
-    import runtime_ops
+    from qcompiler import ops
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     if native:
-        runtime_ops.register(opts)
+        ops.register(opts)
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from qcompiler import calibration, model_io, report as report_mod, verify as verify_mod
 from qcompiler.analyze import analyze
 from qcompiler.context import CompileContext, CompileOptions
-from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError
+from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError, require_extra
 from qcompiler.plan import KEEP, make_plan
 from qcompiler.schemes import Scheme, load_scheme
 
@@ -146,6 +146,7 @@ def compile_model(
         first = next((i for i, p in enumerate(passes) if p.stage != "canonical"), len(passes))
         passes.insert(first, PruneFFN(ctx, PruneFFNOptions(threshold=float(prune_ffn))))
     if recover != "calibrated" or recover_steps is not None:   # training-aware recovery (qcompiler.qat)
+        require_extra("torch", "train", "--recover distill")
         from qcompiler.qat.recover import with_recovery
 
         passes = with_recovery(passes, ctx, recover, recover_steps, steps.console, progress)

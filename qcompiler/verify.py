@@ -43,9 +43,9 @@ def make_session(proto_or_model, taps=(), threads: int = 1):
     opts.intra_op_num_threads = threads
     if uses_custom_ops(proto_or_model):
         try:
-            import runtime_ops
+            from qcompiler import ops
 
-            runtime_ops.register(opts)
+            ops.register(opts)
         except Exception as exc:  # the function fallback still runs the model
             opts.log_severity_level = 3
             _ = exc

@@ -1,7 +1,7 @@
 """Benchmark of the ai.qcompiler kernels against onnxruntime's FP32 MatMul and MatMulNBits.
 
 Single-op models, timed through session.run, all columns interleaved in one run, printing ratios.
-`python -m runtime_ops.bench --quick` takes well under a minute; no arguments runs the full grid.
+`python -m qcompiler.ops.bench --quick` takes well under a minute; no arguments runs the full grid.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Thread scaling of the ai.qcompiler ops: 1 vs 2 intra-op threads, one session at a time.
 
-`python -m runtime_ops.bench_threads [--shape 2048x2048] [--M 1,32] [--blocks 4]`
+`python -m qcompiler.ops.bench_threads [--shape 2048x2048] [--M 1,32] [--blocks 4]`
 
-runtime_ops.bench interleaves many sessions, which is right for ratios between kernels but not
+qcompiler.ops.bench interleaves many sessions, which is right for ratios between kernels but not
 for threads: a deployed model has one session whose pool spins between runs. Here each block
 builds one session (1 or 2 threads, spinning on, as deployed), warms it, times it, and drops it;
 blocks of 1 and 2 threads alternate, so the machine's noise hits both alike. Prints the median
@@ -18,8 +18,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from runtime_ops import register
-from runtime_ops.bench import our_model
+from qcompiler.ops import register
+from qcompiler.ops.bench import our_model
 
 OPS = {"ternary": ("TernaryMatMul", None), "bcq2": ("BinaryCodeMatMul", 2), "cb4": ("CodebookMatMul", 4)}
 

@@ -61,7 +61,7 @@ def test_encode():
 
 
 def test_matches_sentence_transformers(minilm_path):
-    from models.embedding_eval import cosine_vs_reference, embed_with_session
+    from qcompiler.embedding_eval import cosine_vs_reference, embed_with_session
     from models.minilm import encode, reference_embeddings
 
     sess = ort.InferenceSession(minilm_path, providers=["CPUExecutionProvider"])

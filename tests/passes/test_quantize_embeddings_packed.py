@@ -10,12 +10,12 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-import runtime_ops
+from qcompiler import ops
 from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.quantize_embeddings import (
     QuantizeEmbeddings, assign_row_bits, quantize_mixed_rows, token_counts)
 from qcompiler.schemes import Scheme
-from runtime_ops import contract
+from qcompiler.ops import contract
 
 V, D = 300, 40   # D = 40: the last scale group (32) is partial
 
@@ -67,7 +67,7 @@ def _frequent_ids() -> np.ndarray:
 def _run(model: ir.Model, feeds: dict, native: bool) -> np.ndarray:
     so = ort.SessionOptions()
     if native:
-        runtime_ops.register(so)
+        ops.register(so)
     sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
 

@@ -9,13 +9,13 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-import runtime_ops
+from qcompiler import ops
 from qcompiler.calibration import ActivationStats
 from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.replace_matmul import ReplaceMatMul
 from qcompiler.schemes import Scheme
-from runtime_ops import contract
+from qcompiler.ops import contract
 
 K, N1, N2 = 64, 48, 24
 RNG = np.random.default_rng(0)
@@ -97,7 +97,7 @@ def _run(proto: onnx.ModelProto, feeds: dict, library: bool = False) -> list[np.
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     if library:
-        runtime_ops.register(so)
+        ops.register(so)
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -30,9 +31,9 @@ def _compile_in_child(src, out, scheme: str) -> int:
     code = ("import sys; from qcompiler.pipeline import compile_model; from qcompiler.schemes import Scheme; "
             "s = sys.argv[3]; s = Scheme('copy', 'cleanup only', ['cleanup'], {}, {}, {}, {}, 'test') "
             "if s == 'copy' else s; compile_model(sys.argv[1], scheme=s, output=sys.argv[2], verify=False); "
-            "from qcompiler.bench_scale import peak_rss_of_this_process; print('VmHWM', peak_rss_of_this_process())")
+            "from models.bench_scale import peak_rss_of_this_process; print('VmHWM', peak_rss_of_this_process())")
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(out), scheme], capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout.split("VmHWM")[-1].split()[0])
 

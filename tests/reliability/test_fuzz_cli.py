@@ -130,10 +130,10 @@ def test_opset_mixes(tmp_path, capsys, default, extra, scheme):
 def _ort_run(path: Path, feed: dict) -> np.ndarray:
     import onnxruntime as ort
 
-    import runtime_ops
+    from qcompiler import ops
 
     so = ort.SessionOptions()
-    runtime_ops.register(so)
+    ops.register(so)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from runtime_ops import contract as C
+from qcompiler.ops import contract as C
 
 
 @dataclasses.dataclass

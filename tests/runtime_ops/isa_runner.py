@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime_ops  # noqa: E402
+from qcompiler import ops  # noqa: E402
 from cases import all_cases  # noqa: E402
 
 
@@ -17,7 +17,7 @@ def main(out_path: str) -> None:
     outs = {}
     for case in all_cases():
         so = ort.SessionOptions()
-        runtime_ops.register(so)
+        ops.register(so)
         so.intra_op_num_threads = int(os.environ.get("QC_THREADS", "2"))
         sess = ort.InferenceSession(case.model().SerializeToString(), so, providers=["CPUExecutionProvider"])
         outs[case.name] = sess.run(None, case.feed())[0]

@@ -1,6 +1,6 @@
 """bench_threads runs end to end on a small shape (a smoke test: no timing is asserted)."""
 
-from runtime_ops.bench_threads import main
+from qcompiler.ops.bench_threads import main
 
 
 def test_small_shape_prints_every_op(capsys):

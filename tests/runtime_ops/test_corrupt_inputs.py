@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-import runtime_ops
+from qcompiler import ops
 from cases import gather_case, matmul_case
-from runtime_ops import contract as C
+from qcompiler.ops import contract as C
 
 CORRUPT = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -38,7 +38,7 @@ DTYPES = [np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.floa
 def _session(model):
     so = ort.SessionOptions()
     so.log_severity_level = 4
-    runtime_ops.register(so)
+    ops.register(so)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -9,7 +9,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from cases import all_cases, matmul_case
-from runtime_ops import contract as C
+from qcompiler.ops import contract as C
 
 CASES = [c for c in all_cases() if c.attrs.get("accuracy_level", 0) == 0]
 

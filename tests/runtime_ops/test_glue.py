@@ -7,13 +7,13 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-import runtime_ops
+from qcompiler import ops
 from cases import gather_case, matmul_case
 
 
 def _session(model):
     so = ort.SessionOptions()
-    runtime_ops.register(so)
+    ops.register(so)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-import runtime_ops
+from qcompiler import ops
 from cases import all_cases, matmul_case
-from runtime_ops import contract as C
+from qcompiler.ops import contract as C
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -81,7 +81,7 @@ def test_kernel_vs_reference(outputs, isa, case):
 
 def _session(model, threads=1, profile=None):
     so = ort.SessionOptions()
-    runtime_ops.register(so)
+    ops.register(so)
     so.intra_op_num_threads = threads
     if profile:
         so.enable_profiling = True

@@ -2,7 +2,7 @@
 own calibration sentences (models/texts.calibration_sentences), then the mean-pooled embedding
 cosine vs FP32 on the held-out evaluation sentences, the wall time and the peak memory.
 
-    python -m qcompiler.qat.bench_minilm --scheme ternary [--steps N] [--threads 1] [--out DIR]
+    python -m models.bench_minilm_qat --scheme ternary [--steps N] [--threads 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ def evaluate(model_path: str, fp32_path: str, sentences: int = 256) -> tuple[flo
     """(mean, min) cosine of the model's mean-pooled embeddings vs FP32 on evaluation sentences."""
     import onnxruntime as ort
 
-    import runtime_ops
-    from models.embedding_eval import cosine_vs_reference, embed_with_session
+    from qcompiler import ops
+    from qcompiler.embedding_eval import cosine_vs_reference, embed_with_session
     from models.minilm import encode
     from models.texts import evaluation_sentences
 
     batches = [encode([s], max_len=128) for s in evaluation_sentences(sentences)]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    runtime_ops.register(opts)
+    ops.register(opts)
     ref = embed_with_session(ort.InferenceSession(fp32_path, opts, providers=["CPUExecutionProvider"]), batches)
     emb = embed_with_session(ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"]), batches)
     return cosine_vs_reference(ref, emb)

@@ -12,9 +12,9 @@ pieces; the calibration stage's own time and peak are printed too), `ort-session
 session on 16 of those samples (what calibrating in one piece would hold). The summary gives
 seconds per GB at each size. Outputs are deleted after each run.
 
-    python -m qcompiler.bench_scale                      # 12, 24, 36 x 4096^2 (0.8, 1.6, 2.4 GB)
-    python -m qcompiler.bench_scale --layers 2,4 --dim 1024 --tools int8,ort-int8
-    python -m qcompiler.bench_scale --kind transformer --layers 12 --tools int4,ort-int4,int8-calib
+    python -m models.bench_scale                      # 12, 24, 36 x 4096^2 (0.8, 1.6, 2.4 GB)
+    python -m models.bench_scale --layers 2,4 --dim 1024 --tools int8,ort-int8
+    python -m models.bench_scale --kind transformer --layers 12 --tools int4,ort-int4,int8-calib
 
 Needs about 3x the largest model in free disk (model, output, temporaries) in --workdir.
 """
@@ -126,13 +126,13 @@ def peak_rss_of_this_process() -> int:
 
 def run_tool(tool: str, src: Path, dst: Path, timeout: float) -> dict:
     """One tool in a subprocess: wall seconds, peak RSS bytes, output bytes, return code."""
-    cmd = [sys.executable, "-m", "qcompiler.bench_scale", "--child", tool, str(src), str(dst)]
+    cmd = [sys.executable, "-m", "models.bench_scale", "--child", tool, str(src), str(dst)]
     start = time.perf_counter()
     out_log = tempfile.TemporaryFile()
     # A file, not a pipe: onnxruntime's quantizers log a line per node, and a full pipe nobody reads
     # until the child exits blocks the child for good (a 2.5 GB transformer stalled for 13 minutes).
     err_log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=out_log, stderr=err_log)
+    proc = subprocess.Popen(cmd, stdout=out_log, stderr=err_log, cwd=Path(__file__).resolve().parents[1])
     deadline = start + timeout
     status = rusage = None
     while True:
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _child(*argv[1:])
         return 0
-    parser = argparse.ArgumentParser(prog="python -m qcompiler.bench_scale", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m models.bench_scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", default="12,24,36", help="model sizes as MatMul counts, comma separated")
     parser.add_argument("--dim", type=int, default=None, help="default: 4096 (chain), 2048 (transformer)")
     parser.add_argument("--kind", choices=("chain", "transformer"), default="chain",

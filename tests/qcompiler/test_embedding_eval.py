@@ -3,7 +3,7 @@
 import numpy as np
 import onnxruntime as ort
 
-from models.embedding_eval import cosine_vs_reference, embed_with_session, latency_batch1, mean_pooled
+from qcompiler.embedding_eval import cosine_vs_reference, embed_with_session, latency_batch1, mean_pooled
 from models.tiny_bert import build_tiny_bert, example_inputs
 
 
