@@ -22,7 +22,9 @@ Gather and the DynamicQuantizeLinear.
 
 Weights are int8 with zero point 0, as quantize_dynamic writes them: onnxruntime's u8s8 kernels
 (measured: uint8 weights run MiniLM 1.5x slower on an AVX512-VNNI machine). On AVX2 without VNNI
-u8s8 products can saturate int16 pairs (an onnxruntime/MLAS property, not of this form).
+those kernels sum pairs of u8 x s8 products in int16 with saturation, so full-range int8 codes
+give wrong sums there (tiny BERT output error 0.28 instead of 0.01 on an AVX2 EPYC); the default
+weight_bits = 7 ([-63, 63], onnxruntime's reduce_range idea) is exact on every CPU.
 Measured on all-MiniLM-L6-v2 (200 sentences, mean-pooled cosine vs FP32, with int8 embeddings):
 no outliers 0.9928; outlier_roles ["ffn_down"], ratio 8 (4 sites) 0.9956 at quantize_dynamic's
 latency; every role, ratio 8 (10 sites) 0.9973, a few percent slower; quantize_dynamic 0.9925.
@@ -56,6 +58,10 @@ class InsertQDQOptions:
     outlier_channels: int = 4         # per linear, at most; 0 disables
     outlier_ratio: float = 16.0       # channel_absmax > ratio * median(channel_absmax) is an outlier
     outlier_roles: list[str] = dataclasses.field(default_factory=lambda: ["all"])  # roles that may keep outliers
+    # 7: codes in [-63, 63], exact on every CPU; 8: [-127, 127], exact only where onnxruntime has
+    # int8 dot products without int16 saturation (VNNI, NEON sdot, AMX): on AVX2 its u8s8 kernel
+    # sums pairs of uint8 x int8 products in int16, which 255 * 127 * 2 overflows.
+    weight_bits: int = 7
 
 
 def activation_range(samples: np.ndarray, method: str, lo: float, hi: float, percentile: float = 99.99) -> tuple[float, float]:
@@ -129,6 +135,8 @@ class InsertQDQ(QPass):
             raise SchemeError(f"insert_qdq: activations must be 'dynamic' or 'static', not '{opts.activations}'")
         if opts.calibration not in ("minmax", "percentile", "mse"):
             raise SchemeError(f"insert_qdq: unknown calibration '{opts.calibration}' (minmax, percentile, mse)")
+        if opts.weight_bits not in (7, 8):
+            raise SchemeError(f"insert_qdq: weight_bits must be 7 (exact on every CPU) or 8, not {opts.weight_bits}")
         ctx = self.ctx
         graph = model.graph
         tables = {e.table.name for e in (ctx.roles.embeddings if ctx.roles else [])}
@@ -263,7 +271,7 @@ class InsertQDQ(QPass):
         w = weight_array(lin)
         w_main = w.copy()
         w_main[idx, :] = 0.0
-        q = quantize_per_channel_symmetric(w_main, bits=8, axis=1)
+        q = quantize_per_channel_symmetric(w_main, bits=self.options.weight_bits, axis=1)
         effective = q.dequantize()
         effective[idx, :] = w[idx, :]
         err = float(np.linalg.norm(effective - w) / max(np.linalg.norm(w), 1e-30))

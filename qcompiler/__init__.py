@@ -1,14 +1,15 @@
 """qcompiler: compile FP32 transformer ONNX graphs into small, fast low-bit ONNX graphs.
 
     import qcompiler
-    result = qcompiler.compile("model.onnx", scheme="int4", output="model.int4.onnx")
+    result = qcompiler.compile("model.onnx", scheme="int4", output="model.int4.onnx", calib="calib.npz")
+    print(result.size_after, result.verification["outputs"])
+
+`qcompiler.compile` is documented in qcompiler.api; `qcompiler.ops` is the native op library
+(`qcompiler.ops.register(session_options)` to run the compiled models with its kernels).
 """
 
 __version__ = "0.1.0"
 
+from qcompiler.api import CompileResult, WeightResult, compile  # noqa: E402,A004
 
-def compile(model_path, scheme="int8", output=None, **kwargs):  # noqa: A001 - the natural name
-    """Compile `model_path` with `scheme`; returns the report (dict). See qcompiler.pipeline."""
-    from qcompiler.pipeline import compile_model
-
-    return compile_model(model_path, scheme=scheme, output=output, **kwargs)
+__all__ = ["compile", "CompileResult", "WeightResult", "__version__"]

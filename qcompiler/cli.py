@@ -4,8 +4,8 @@
     qcompile model.onnx --scheme int8 --calib calib.npz -o out.onnx --report out.json
     qcompile --list-schemes
 
-User mistakes end in one line on stderr and exit code 2; internal errors in exit code 1
-(set QCOMPILE_DEBUG=1 to see the traceback).
+User mistakes end in one line on stderr and exit code 2; a failed quality gate (--min-cosine) in
+exit code 3; internal errors in exit code 1 (set QCOMPILE_DEBUG=1 to see the traceback).
 """
 
 from __future__ import annotations
@@ -26,28 +26,40 @@ class _DefaultCommandGroup(click.Group):
     """A group whose first argument, when it is not a subcommand, goes to `compile`."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--list-schemes", "--version"):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--list-schemes", "--list-passes",
+                                                                      "--version"):
             args = ["compile", *args]
         return super().parse_args(ctx, args)
 
 
 def _list_schemes() -> None:
-    from qcompiler.schemes import builtin_scheme_names, load_scheme
+    from qcompiler.scheme_table import scheme_table
 
-    for name in builtin_scheme_names():
-        scheme = load_scheme(name)
-        click.echo(f"{name:<10} {scheme.summary}")
+    click.echo(scheme_table())
+
+
+def _list_passes() -> None:
+    from qcompiler.passes import PASS_TABLE
+
+    for name, cls in PASS_TABLE.items():
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        line = doc[0].removeprefix(f"{name}: ") if doc else ""
+        click.echo(f"{name:<20} {cls.stage:<10} {line}")
 
 
 @click.group(cls=_DefaultCommandGroup, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--list-schemes", is_flag=True, help="List the built-in schemes, one line each.")
+@click.option("--list-schemes", is_flag=True, help="List the built-in schemes: bits per weight, measured accuracy and speed.")
+@click.option("--list-passes", is_flag=True, help="List the pass names a scheme file's `passes` may use, in order.")
 @click.version_option(package_name="qcompiler")
 @click.pass_context
-def cli(ctx: click.Context, list_schemes: bool) -> None:
+def cli(ctx: click.Context, list_schemes: bool, list_passes: bool) -> None:
     """qcompile: compile FP32 transformer ONNX models into small, fast low-bit ONNX models."""
     if list_schemes:
         _list_schemes()
+        ctx.exit(0)
+    if list_passes:
+        _list_passes()
         ctx.exit(0)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
@@ -87,22 +99,23 @@ def _parse_size(text: str) -> int:
               help="Stream models whose weights exceed SIZE (e.g. 512M, 2G; default 2G): one weight in memory "
                    "at a time, written out as it is packed (no calibration or verification then).")
 @click.option("--no-verify", is_flag=True, help="Skip running the compiled model beside the original.")
+@click.option("--min-cosine", type=float, default=None, metavar="X",
+              help="Quality gate: fail (exit 3, nothing written) when the verified cosine vs FP32 is below X.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display or summary.")
 def compile_command(model, scheme, output, report_path, calib, exclude, target, prune_ffn, recover, recover_steps,
-                    memory_budget, no_verify, quiet) -> None:
+                    memory_budget, no_verify, min_cosine, quiet) -> None:
     """Compile MODEL with a scheme and print a summary."""
-    from qcompiler.pipeline import compile_model
+    from qcompiler import api
     from qcompiler.report import print_summary
 
-    rep = compile_model(model, scheme=scheme, output=output, report_path=report_path, calib=calib,
-                        exclude=list(exclude), target=target, verify=not no_verify, prune_ffn=prune_ffn,
-                        recover=recover, recover_steps=recover_steps,
-                        memory_budget=_parse_size(memory_budget) if memory_budget is not None else None,
-                        progress=not quiet,
-                        console=_console)
+    result = api.compile(model, scheme=scheme, output=output, report_path=report_path, calib=calib,
+                         exclude=list(exclude), target=target, verify=not no_verify, min_cosine=min_cosine,
+                         prune_ffn=prune_ffn, recover=recover, recover_steps=recover_steps,
+                         memory_budget=_parse_size(memory_budget) if memory_budget is not None else None,
+                         progress=not quiet, console=_console)
     if not quiet:
-        print_summary(rep, _console)
-    click.echo(rep["output"])
+        print_summary(result.report, _console)
+    click.echo(str(result.output))
 
 
 @cli.command("bench")

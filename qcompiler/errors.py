@@ -45,3 +45,9 @@ def require_extra(module: str, extra: str, feature: str):
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtra(f"{feature} needs {module.split('.')[0]}: pip install 'qcompiler[{extra}]'") from None
+
+
+class QualityGateError(QCompilerError):
+    """The compiled model's verified accuracy is below the user's gate (--min-cosine): nothing written."""
+
+    exit_code = 3

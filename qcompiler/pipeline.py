@@ -32,6 +32,7 @@ from qcompiler.analyze import analyze
 from qcompiler.context import CompileContext, CompileOptions
 from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError, require_extra
 from qcompiler.plan import KEEP, make_plan
+from qcompiler.quality_gate import check_gate
 from qcompiler.schemes import Scheme, load_scheme
 
 STAGES = ("canonical", "transform", "final")
@@ -108,16 +109,21 @@ def compile_model(
     progress: bool = False,
     console: Console | None = None,
     memory_budget: int | None = None,
+    min_cosine: float | None = None,
 ) -> dict[str, Any]:
     """Compile one model; returns the report dict (also written to report_path as JSON + .md).
 
     memory_budget: models whose weights are bigger (bytes; default DEFAULT_MEMORY_BUDGET) are
     compiled streaming (see the module docstring); 0 streams every model.
+    min_cosine: quality gate (qcompiler.quality_gate): QualityGateError, nothing written, when the
+    verified cosine is below it.
     """
     t0 = time.perf_counter()
     steps = _Steps(progress, console)
     if target not in ("ort", "portable"):
         raise UsageError(f"unknown target '{target}' (ort or portable)")
+    if min_cosine is not None and not verify:
+        raise UsageError("--min-cosine needs verification: drop --no-verify")
     model_path = Path(model_path)
     if not model_path.exists():
         raise UsageError(f"input model not found: {model_path}")
@@ -132,6 +138,9 @@ def compile_model(
         model = model_io.load_model(model_path)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     streaming = not _fits_in_memory(model, budget)
+    if streaming and min_cosine is not None:
+        raise UsageError("--min-cosine needs verification, which a streaming compile (weights over the memory "
+                         "budget) skips: raise --memory-budget")
     external_out = streaming or model_io.has_external_data(model)
     options = CompileOptions(exclude=list(exclude), target=target, calib_path=str(calib) if calib else None,
                              verify=verify)
@@ -156,7 +165,7 @@ def compile_model(
     calib_dir = model_io.temporary_name(out_path, ".calib") if streaming else None   # Gram matrices on disk
     try:
         rep = _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exclude, verify,
-                   verify_samples, notes, spill, streaming, budget, out_path, external_out, calib_dir)
+                   verify_samples, notes, spill, streaming, budget, out_path, external_out, calib_dir, min_cosine)
     finally:
         if spill is not None:
             spill.close()
@@ -176,7 +185,7 @@ def compile_model(
 
 
 def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exclude, verify, verify_samples,
-         notes, spill, streaming, budget, out_path, external_out, calib_dir) -> dict[str, Any]:
+         notes, spill, streaming, budget, out_path, external_out, calib_dir, min_cosine=None) -> dict[str, Any]:
     """The stages from canonicalize to save; returns {"verification": ...}."""
     if spill is not None:
         def progress(label, done, total):
@@ -260,6 +269,9 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     elif verify:
         notes.append("verification skipped: model too large to hold a reference copy in memory")
 
+    gate = check_gate(verification, min_cosine)    # raises before anything is written
+    if gate:
+        notes.append(gate)
     with steps.stage("save"):
         model_io.save_model(model, out_path, external=external_out or None)
         checker = verify_mod.check_model(out_path)
@@ -365,6 +377,9 @@ def _build_report(ctx: CompileContext, model_path: Path, out_path: Path, verific
     for r in roles.values():
         r["formats"] = sorted(r["formats"])
     excluded = [f"{wp.name}: {wp.reason}" for wp in ctx.plan.values() if wp.reason]
+    per_layer = (verification or {}).get("per_layer_rel_l2") or {}
+    outputs = {lin.name: lin.output.name for lin in (ctx.roles.linears if ctx.roles else [])}
+    errors = {w: per_layer[o] for w, o in outputs.items() if o in per_layer}
     return {
         "tool": "qcompiler",
         "input": str(model_path),
@@ -377,7 +392,8 @@ def _build_report(ctx: CompileContext, model_path: Path, out_path: Path, verific
         "calibration": ctx.calibration_source,
         "roles": roles,
         "weights": [
-            {"name": wp.name, "role": wp.role, "layer": wp.layer, "format": wp.format, **({"reason": wp.reason} if wp.reason else {})}
+            {"name": wp.name, "role": wp.role, "layer": wp.layer, "format": wp.format,
+             **({"reason": wp.reason} if wp.reason else {}), **({"rel_l2": errors[wp.name]} if wp.name in errors else {})}
             for wp in ctx.plan.values()
         ],
         "excluded": excluded,

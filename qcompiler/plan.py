@@ -11,6 +11,7 @@ import fnmatch
 from typing import Any
 
 from qcompiler.analyze import Embedding, Linear, RoleMap
+from qcompiler.errors import UsageError
 from qcompiler.schemes import Scheme
 
 KEEP = "keep"  # format of a weight left as it is
@@ -26,6 +27,23 @@ class WeightPlan:
     reason: str = ""
 
 
+def check_exclude(patterns: list[str], num_layers: int) -> None:
+    """Refuse patterns that can never match: empty, `layer:` without an integer, a layer out of range."""
+    for pattern in patterns:
+        if not pattern.strip():
+            raise UsageError("--exclude '' is empty: give a role, layer:N or a name glob")
+        if pattern.startswith("layer:"):
+            text = pattern.split(":", 1)[1]
+            try:
+                wanted = int(text)
+            except ValueError:
+                raise UsageError(f"--exclude {pattern}: layer:N needs an integer N, got {text!r}") from None
+            if not -num_layers <= wanted < num_layers:
+                raise UsageError(f"--exclude {pattern}: the model has {num_layers} layers "
+                                 f"(valid: layer:0 .. layer:{num_layers - 1}, or -1 .. -{num_layers} from the end)"
+                                 if num_layers else f"--exclude {pattern}: no layers were found in this model")
+
+
 def _excluded(item: Linear | Embedding, patterns: list[str], num_layers: int) -> str:
     """The pattern that excludes this weight, or ''.
 
@@ -37,20 +55,23 @@ def _excluded(item: Linear | Embedding, patterns: list[str], num_layers: int) ->
     for pattern in patterns:
         if pattern == item.role:
             return pattern
-        if pattern.startswith("layer:") and layer is not None:
-            try:
-                wanted = int(pattern.split(":", 1)[1])
-            except ValueError:
-                continue
-            if wanted % max(num_layers, 1) == layer:
+        if pattern.startswith("layer:"):
+            wanted = int(pattern.split(":", 1)[1])
+            if layer is not None and wanted % max(num_layers, 1) == layer:
                 return pattern
+            continue
         if fnmatch.fnmatchcase(item.name, pattern) or (node_name and fnmatch.fnmatchcase(node_name, pattern)):
             return pattern
     return ""
 
 
-def make_plan(roles: RoleMap, scheme: Scheme, exclude: list[str] | None = None) -> dict[str, WeightPlan]:
+def make_plan(roles: RoleMap, scheme: Scheme, exclude: list[str] | None = None,
+              strict: bool = True) -> dict[str, WeightPlan]:
+    """Each weight's format from the scheme; UsageError for an --exclude pattern that matches nothing
+    (strict=False: a folder compile checks the patterns over all its files, not per file)."""
     exclude = list(exclude or [])
+    check_exclude(exclude, roles.num_layers)
+    hits: set[str] = set()
     plan: dict[str, WeightPlan] = {}
     for lin in roles.linears:
         if lin.name in plan:
@@ -61,6 +82,7 @@ def make_plan(roles: RoleMap, scheme: Scheme, exclude: list[str] | None = None) 
         hit = _excluded(lin, exclude, roles.num_layers)
         if hit:
             fmt, reason = KEEP, f"excluded by --exclude {hit}"
+            hits.add(hit)
         plan[lin.name] = WeightPlan(lin.name, lin.role, lin.layer, fmt, settings, reason)
     for emb in roles.embeddings:
         if emb.name in plan:  # tied with an LM head: the table's format wins
@@ -71,5 +93,11 @@ def make_plan(roles: RoleMap, scheme: Scheme, exclude: list[str] | None = None) 
         hit = _excluded(emb, exclude, roles.num_layers)
         if hit:
             fmt, reason = KEEP, f"excluded by --exclude {hit}"
+            hits.add(hit)
         plan[emb.name] = WeightPlan(emb.name, "embedding", None, fmt, settings, reason)
+    dead = [p for p in exclude if p not in hits]
+    if dead and strict:
+        present = sorted({lin.role for lin in roles.linears} | ({"embedding"} if roles.embeddings else set()))
+        raise UsageError(f"--exclude {dead[0]} matches no weight of this model (its roles: {', '.join(present) or 'none'}; "
+                         f"layers 0..{max(roles.num_layers - 1, 0)}; or a glob on an initializer or node name)")
     return plan

@@ -4,6 +4,7 @@ A scheme file looks like::
 
     name = "int8"
     summary = "one line shown by --list-schemes"
+    runs = "where the output runs, shown by --list-schemes"   # optional
     passes = ["canonicalize", "fold_layernorm", "quantize_embeddings", "insert_qdq", "cleanup"]
 
     [weights]            # default settings for every MatMul/Gemm weight
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import SchemeError
+from qcompiler.scheme_schema import check_scheme
 
 BUILTIN_DIR = "schemes"
 
@@ -41,11 +43,17 @@ class Scheme:
     embeddings: dict[str, Any]
     options: dict[str, dict[str, Any]]
     source: str
+    runs: str = ""          # where the compiled model runs (shown by --list-schemes)
 
     def weight_settings(self, role: str) -> dict[str, Any]:
-        """Settings of one weight: the defaults overlaid with its role's rules."""
-        settings = dict(self.weights)
-        settings.update(self.roles.get(role, {}))
+        """Settings of one weight: the defaults overlaid with its role's rules.
+
+        A role rule that names another format starts afresh: it does not inherit the default
+        format's keys (an int4 block_size means nothing to a ternary rule).
+        """
+        rule = self.roles.get(role, {})
+        settings = {} if "format" in rule and rule["format"] != self.weights.get("format") else dict(self.weights)
+        settings.update(rule)
         return settings
 
     def pass_options(self, pass_name: str) -> dict[str, Any]:
@@ -84,24 +92,11 @@ def _validate(data: dict[str, Any], source: str) -> Scheme:
     from qcompiler.analyze import ROLES
     from qcompiler.passes import PASS_TABLE
 
-    known_keys = {"name", "summary", "passes", "weights", "roles", "embeddings", "options"}
-    unknown = set(data) - known_keys
-    if unknown:
-        raise SchemeError(f"scheme {source}: unknown keys {sorted(unknown)}")
-    passes = data.get("passes")
-    if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
-        raise SchemeError(f"scheme {source}: 'passes' must be a list of pass names")
-    for p in passes:
-        if p not in PASS_TABLE:
-            raise SchemeError(f"scheme {source}: unknown pass '{p}' (known: {', '.join(PASS_TABLE)})")
+    pass_options = {name: {f.name for f in dataclasses.fields(cls.Options)} for name, cls in PASS_TABLE.items()}
+    check_scheme(data, source, pass_options, tuple(ROLES))
     roles = data.get("roles", {})
-    for role in roles:
-        if role not in ROLES:
-            raise SchemeError(f"scheme {source}: unknown role '{role}' (known: {', '.join(ROLES)})")
     options = data.get("options", {})
-    for p in options:
-        if p not in PASS_TABLE:
-            raise SchemeError(f"scheme {source}: options for unknown pass '{p}'")
+    passes = data["passes"]
     return Scheme(
         name=str(data.get("name", Path(source).stem)),
         summary=str(data.get("summary", "")),
@@ -111,4 +106,5 @@ def _validate(data: dict[str, Any], source: str) -> Scheme:
         embeddings=dict(data.get("embeddings", {})),
         options={k: dict(v) for k, v in options.items()},
         source=source,
+        runs=str(data.get("runs", "")),
     )

@@ -154,15 +154,24 @@ def test_default_output_name_and_report(tiny_bert, tmp_path, capsys):
     assert leftovers == []
 
 
-def test_list_schemes_one_line_each():
+def test_list_schemes_a_row_each_with_where_it_runs():
     out = subprocess.run([sys.executable, "-m", "qcompiler", "--list-schemes"], capture_output=True, text=True,
                          check=True).stdout
-    lines = [line for line in out.splitlines() if line.strip()]
-    from qcompiler.schemes import builtin_scheme_names
+    from qcompiler.schemes import builtin_scheme_names, load_scheme
 
-    assert len(lines) == len(builtin_scheme_names())
-    for line, name in zip(lines, builtin_scheme_names()):
-        assert line.split()[0] == name and len(line.split()) > 1
+    rows = [line for line in out.splitlines() if line[:1].strip() and line.split()[0] in builtin_scheme_names()]
+    assert [r.split()[0] for r in rows] == builtin_scheme_names()
+    for row in rows:
+        assert load_scheme(row.split()[0]).runs in row   # every built-in scheme says where it runs
+    assert "bits/w" in out.splitlines()[0]
+
+
+def test_list_passes_names_every_pass_in_order():
+    from qcompiler.passes import PASS_TABLE
+
+    out = subprocess.run([sys.executable, "-m", "qcompiler", "--list-passes"], capture_output=True, text=True,
+                         check=True).stdout
+    assert [line.split()[0] for line in out.splitlines()] == list(PASS_TABLE)
 
 
 def test_memory_budget_streams_or_refuses_bad_sizes(tiny_bert, tmp_path, capsys):
