@@ -151,6 +151,13 @@ def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences
         print_table(result)
     for kind, path in result["files"].items():
         click.echo(f"{kind}: {path}")
+    ours = [v for v in result["variants"] if v.get("kind") == "qcompiler"]
+    failed = [v for v in ours if v.get("error")]
+    if ours and len(failed) == len(ours):
+        raise QCompilerError(f"every scheme failed ({failed[0]['name']}: {failed[0]['error']})")
+    if failed:
+        _console.print(f"[yellow]warning[/yellow]: {len(failed)} of {len(ours)} schemes failed: "
+                       + ", ".join(v["name"].removeprefix("qcompiler ") for v in failed))
 
 
 def main(argv: list[str] | None = None) -> int:
