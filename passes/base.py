@@ -100,6 +100,16 @@ def consumer_grams(linears, stats: dict) -> Mapping:
     return _SummedGrams(parts)
 
 
+def consumer_rows(linears, stats: dict) -> dict[str, int]:
+    """{weight name: calibration rows behind its consumer_grams Gram} (rows summed over consumers)."""
+    rows: dict[str, int] = {}
+    for lin in linears:
+        st = stats.get(lin.node.inputs[0].name)
+        if st is not None and getattr(st, "gram", None) is not None:
+            rows[lin.name] = rows.get(lin.name, 0) + int(st.rows_seen)
+    return rows
+
+
 class _SummedGrams(Mapping):
     def __init__(self, parts: dict) -> None:
         self._parts = parts

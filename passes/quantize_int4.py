@@ -28,7 +28,8 @@ error feedback over input rows, act-order, per-block scale refit), and `n_outlie
 input channels with the largest Hessian diagonal keep their weight rows in FP16: their int4 codes
 are the code of 0 and a side path adds them exactly,
 ``Y = MatMulNBits(A) + MatMul(Gather(A, outlier_idx, axis=-1), Cast(outlier_w_fp16))``.
-Without statistics for a linear it falls back to plain rounding and says so in the report.
+Without statistics for a linear, or with too few calibration rows for its width
+(recovery.too_few_rows), it falls back to plain rounding and says so in the report.
 
 Both forms keep the name of the linear's output (after the bias Add) so verification can
 compare layer by layer; new nodes and initializers are named after the originals.
@@ -50,9 +51,10 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass, add_initializer, consumer_grams, drop_unused_weights, planned_linears
+from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
+                                   planned_linears)
 from qcompiler.qat.on_grid import find_on_grid
-from qcompiler.quantizers.recovery import output_error, recover
+from qcompiler.quantizers.recovery import output_error, recover, shrinkage_for, too_few_rows
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
 
 __all__ = ["QuantizeInt4", "quantize_int4_weight", "pack_matmul_nbits", "unsigned_codes"]
@@ -76,6 +78,7 @@ class QuantizeInt4Options:
     damp: float = 0.01         # GPTQ: Hessian damping, fraction of its mean diagonal
     act_order: bool = True     # GPTQ: input channels by decreasing Hessian diagonal
     refit: bool = True         # GPTQ: least-squares scales given the codes
+    shrink_per_channel: float = 0.0  # GPTQ: Gram shrunk towards its diagonal by this x K / calibration rows
 
 
 def quantize_int4_weight(
@@ -250,7 +253,8 @@ class QuantizeInt4(QPass):
 
         graph = model.graph
         stats = ctx.stats or {}
-        grams = consumer_grams([lin for lin, plan in todo if _recovery(lin.name, plan.settings) == "gptq"], stats)
+        gptq = [lin for lin, plan in todo if _recovery(lin.name, plan.settings) == "gptq"]
+        grams, rows = consumer_grams(gptq, stats), consumer_rows(gptq, stats)
         packed: dict[tuple, _Packed] = {}
         before = after = 0
         for i, (lin, plan) in enumerate(todo):
@@ -260,7 +264,8 @@ class QuantizeInt4(QPass):
             a_dtype, np_dtype = _float_dtype(lin.node.inputs[0])
             if key not in packed:
                 gram = grams.get(lin.name) if recovery == "gptq" else None
-                packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype, gram, n_outliers)
+                packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype, gram, n_outliers,
+                                             rows.get(lin.name))
                 if recovery == "gptq" and gram is None:
                     packed[key].method = "plain (no calibration statistics)"
                 before += lin.weight.const_value.nbytes
@@ -291,9 +296,11 @@ class QuantizeInt4(QPass):
         self.report("rel_error_max", round(float(np.max(errors)), 5))
         return ir.passes.PassResult(model, True)
 
-    def _quantize(self, graph, lin, block_size, symmetric, target, np_dtype, gram=None, n_outliers=0) -> _Packed:
+    def _quantize(self, graph, lin, block_size, symmetric, target, np_dtype, gram=None, n_outliers=0,
+                  rows=None) -> _Packed:
         o = self.options
         w = weight_array(lin)
+        few = too_few_rows(rows, w.shape[0]) if gram is not None else None
         outliers = None
         grid = find_on_grid(w, "int4", 4, block_size, np.dtype(np_dtype).name, symmetric, max_outliers=n_outliers)
         if grid is not None:                   # trained with the quantizer in the loop: pack it as it is
@@ -302,9 +309,10 @@ class QuantizeInt4(QPass):
             if len(grid.outlier_idx):
                 outliers = (grid.outlier_idx, grid.outlier_w)
             method = "on-grid (lossless)"
-        elif gram is not None:
+        elif gram is not None and few is None:
             rec = recover(w, gram, "int4", 4, block_size, n_outliers=n_outliers, act_order=o.act_order,
-                          refit=o.refit, damp=o.damp, symmetric=symmetric)
+                          refit=o.refit, damp=o.damp, symmetric=symmetric,
+                          shrink=shrinkage_for(rows, w.shape[0], o.shrink_per_channel))
             q = Quantized(rec.codes, rec.scales.astype(np.float32), rec.zero_points, block_size)
             effective = rec.dequantized
             if len(rec.outlier_idx):
@@ -313,7 +321,7 @@ class QuantizeInt4(QPass):
         else:
             q = quantize_int4_weight(w, block_size, symmetric, o.grid, o.min_ratio, o.refine, o.zoom)
             effective = q.dequantize() if gram is not None else None
-            method = "plain"
+            method = f"plain ({few})" if few else "plain"
         if effective is not None:
             rel = float(np.linalg.norm(effective - w) / max(np.linalg.norm(w), 1e-30))
         else:

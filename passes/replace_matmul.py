@@ -19,7 +19,8 @@ Plan settings (scheme [weights] / [roles.*]):
 - ``recovery`` "none" (plain rounding, default) or "gptq": calibrated codes on the Gram matrix
   X^T X of the linear's input (qcompiler.quantizers.recovery) with ``n_outliers`` (default 2)
   input channels kept as FP16 rows; the pass then asks the pipeline for calibration statistics.
-  Without statistics for a linear it falls back to plain rounding and says so in the report.
+  Without statistics for a linear, or with too few calibration rows for its width
+  (recovery.too_few_rows), it falls back to plain rounding and says so in the report.
 
 The bias Add is folded into the op's bias input (a zero bias is written when there is none);
 a weight shared by several MatMuls is quantized and packed once (with recovery: on the sum of its
@@ -39,9 +40,11 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import QPass, add_initializer, consumer_grams, drop_unused_weights, fresh_name, planned_linears
+from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
+                                   fresh_name, planned_linears)
 from qcompiler.qat.on_grid import find_on_grid
-from qcompiler.quantizers.recovery import RecoveredWeight, output_error, quantize_plain, recover
+from qcompiler.quantizers.recovery import (RecoveredWeight, output_error, quantize_plain, recover, shrinkage_for,
+                                           too_few_rows)
 from qcompiler.ops import contract
 
 __all__ = ["ReplaceMatMul", "ReplaceMatMulOptions", "OP_OF_FORMAT", "PackedLinear", "quantize_and_pack"]
@@ -58,6 +61,7 @@ class ReplaceMatMulOptions:
     damp: float = 0.01          # GPTQ: Hessian damping, fraction of its mean diagonal
     act_order: bool = True      # GPTQ: input channels by decreasing Hessian diagonal
     refit: bool = True          # GPTQ: least-squares scales given the codes (with outliers only)
+    shrink_per_channel: float = 0.0   # GPTQ: Gram shrunk towards its diagonal by this x K / calibration rows
 
 
 @dataclasses.dataclass
@@ -101,8 +105,9 @@ def _settings(lin_name: str, fmt: str, settings: dict) -> dict:
 
 
 def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray | None = None,
-                      options: ReplaceMatMulOptions | None = None) -> PackedLinear:
-    """Codes of w [K, N] (plain, or GPTQ on `gram` when settings ask for it) in the op's packed layout."""
+                      options: ReplaceMatMulOptions | None = None, rows: int | None = None) -> PackedLinear:
+    """Codes of w [K, N] (plain, or GPTQ on `gram` of `rows` calibration rows when settings ask for
+    it and the rows are enough: see recovery.too_few_rows) in the op's packed layout."""
     o = options or ReplaceMatMulOptions()
     k, n = w.shape
     bits = settings["bits"]
@@ -113,16 +118,19 @@ def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray 
         gs = None
     rec = find_on_grid(w, fmt, bits, gs, settings["scale_dtype"], max_outliers=int(settings["n_outliers"])) \
         if fmt != "kmeans" else None       # trained with the quantizer in the loop: pack it as it is
+    few = too_few_rows(rows, k) if gram is not None else None
     if rec is not None:
         method = "on-grid (lossless)"
-    elif settings["recovery"] == "gptq" and gram is not None:
+    elif settings["recovery"] == "gptq" and gram is not None and few is None:
         rec: RecoveredWeight = recover(w, gram, fmt, bits, gs, n_outliers=int(settings["n_outliers"]),
-                                       act_order=o.act_order, refit=o.refit, damp=o.damp, **extra)
+                                       act_order=o.act_order, refit=o.refit, damp=o.damp,
+                                       shrink=shrinkage_for(rows, k, o.shrink_per_channel), **extra)
         method = "gptq"
     else:
         extra.pop("weighted", None)
         rec = quantize_plain(w, fmt, bits, gs, **extra)
-        method = "plain" if settings["recovery"] == "none" else "plain (no calibration statistics)"
+        method = ("plain" if settings["recovery"] == "none" else
+                  f"plain ({few})" if few else "plain (no calibration statistics)")
     op_type = OP_OF_FORMAT[fmt]
     sd = np.float16 if settings["scale_dtype"] == "float16" else np.float32
     group_size = int(rec.group_size) if fmt != "kmeans" else k
@@ -220,6 +228,7 @@ class ReplaceMatMul(QPass):
         graph = model.graph
         stats = ctx.stats or {}
         grams = consumer_grams([lin for lin, _, s in todo if s["recovery"] == "gptq"], stats)
+        rows = consumer_rows([lin for lin, _, s in todo if s["recovery"] == "gptq"], stats)
         packed: dict[tuple, PackedLinear] = {}
         bytes_before = bytes_after = 0
         for i, (lin, plan, s) in enumerate(todo):
@@ -228,7 +237,7 @@ class ReplaceMatMul(QPass):
             w = None
             if key not in packed:
                 w = weight_array(lin)
-                p = quantize_and_pack(w, plan.format, s, grams.get(lin.name), self.options)
+                p = quantize_and_pack(w, plan.format, s, grams.get(lin.name), self.options, rows.get(lin.name))
                 base = lin.weight.name
                 p.inputs = [
                     add_initializer(graph, f"{base}_{plan.format}_packed", p.packed),

@@ -131,23 +131,43 @@ def compile_command(model, scheme, output, report_path, calib, exclude, target, 
 @click.option("--sentences", type=click.IntRange(min=1), help="mt: translate only the first N held-out pairs.")
 @click.option("--beam", default=1, show_default=True, type=click.IntRange(min=1), help="mt: beam width (1 = greedy).")
 @click.option("--no-baselines", is_flag=True, help="Skip onnxruntime's own quantizers.")
-def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences, beam, no_baselines) -> None:
+@click.option("--calib-source", multiple=True, metavar="[NAME=]FILE",
+              help="Calibrate on this source (.npz inputs, or text: one sentence a line); repeatable: each scheme is "
+                   "compiled once per source. Cross-source figures are measured on the other --eval-source files.")
+@click.option("--eval-source", multiple=True, metavar="[NAME=]FILE",
+              help="Evaluate on this source (.npz or text); repeatable. The one named like a --calib-source gives the in-source figure.")
+@click.option("--tokenizer", type=click.Path(), help="tokenizer.json (or its directory) for text sources.")
+@click.option("--calib-samples", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Calibration sentences used from each --calib-source.")
+def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences, beam, no_baselines,
+                  calib_source, eval_source, tokenizer, calib_samples) -> None:
     """Compile MODEL with each scheme and compare with FP32 and onnxruntime's quantizers."""
-    from qcompiler.bench import load_samples, print_table, run_bench
+    from qcompiler.bench import load_samples, load_source, parse_source_specs, print_table, run_bench
 
     scheme_list = [s for s in schemes.split(",") if s]
     if task == "mt":
         from qcompiler import bench_mt
 
+        if calib_source or eval_source:
+            raise click.UsageError("--calib-source / --eval-source are for --task embeddings and logits")
         if calib:
             raise click.UsageError("--task mt calibrates from calib_encoder.npz / calib_decoder.npz beside the model, not --calib")
         result = bench_mt.run_mt_bench(bench_mt.locate(model, data), scheme_list, out_dir=out_dir, sentences=sentences,
                                        beam=beam, baselines=not no_baselines, console=_console)
         bench_mt.print_table(result)
     else:
-        samples = load_samples(data, model)
+        if calib and calib_source:
+            raise click.UsageError("give --calib or --calib-source, not both")
+        if data and eval_source:
+            raise click.UsageError("give --data or --eval-source, not both")
+        calib_sources = {name: load_source(path, model, tokenizer, limit=calib_samples)
+                         for name, path in parse_source_specs(calib_source, "--calib-source").items()} or None
+        eval_sources = {name: load_source(path, model, tokenizer)
+                        for name, path in parse_source_specs(eval_source, "--eval-source").items()} or None
+        samples = None if eval_sources else load_samples(data, model)
         result = run_bench(model, scheme_list, samples, task=task, calib=calib,
-                           out_dir=out_dir, repeats=repeats, baselines=not no_baselines, console=_console)
+                           out_dir=out_dir, repeats=repeats, baselines=not no_baselines, console=_console,
+                           calib_sources=calib_sources, eval_sources=eval_sources)
         print_table(result)
     for kind, path in result["files"].items():
         click.echo(f"{kind}: {path}")

@@ -251,6 +251,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
                 p(model)
 
     _mark_unhandled(ctx, model, notes)
+    _note_plain_fallbacks(ctx, notes)
     verification = None
     if verify and reference_proto is not None:
         with steps.stage("verify"):
@@ -344,6 +345,18 @@ def _input_model_errors():
             raise
         text = str(exc).strip().splitlines()
         raise ModelLoadError(f"onnxruntime cannot run the input model: {text[0][:200] if text else type(exc).__name__}") from None
+
+
+def _note_plain_fallbacks(ctx: CompileContext, notes: list[str]) -> None:
+    """Linears that asked for recovery but were rounded plainly (no or too few statistics): say so."""
+    reasons: dict[str, int] = {}
+    for details in ctx.pass_reports.values():
+        for entry in details.get("linears", []) if isinstance(details, dict) else []:
+            method = str(entry.get("method", ""))
+            if method.startswith("plain (") and not entry.get("shared"):
+                reasons[method[len("plain ("):-1]] = reasons.get(method[len("plain ("):-1], 0) + 1
+    for why, count in reasons.items():
+        notes.append(f"{count} weight(s) asked for calibrated recovery but were rounded plainly: {why}")
 
 
 def _mark_unhandled(ctx: CompileContext, model: ir.Model, notes: list[str]) -> None:

@@ -16,9 +16,30 @@ from qcompiler.quantizers.codebook import assign_nearest, quantize_codebook
 from qcompiler.quantizers.ternary import expand_groups, quantize_ternary, resolve_group_size
 from qcompiler.quantizers.uniform import quantize_blockwise
 
-__all__ = ["FORMATS", "RecoveredWeight", "recover", "quantize_plain", "output_error"]
+__all__ = ["FORMATS", "RecoveredWeight", "recover", "quantize_plain", "output_error", "too_few_rows",
+           "shrinkage_for"]
 
 FORMATS = ("ternary", "bcq", "kmeans", "int4")
+MIN_RECOVERY_ROWS = 128     # calibration rows (tokens) below which a Gram matrix is too noisy to recover on
+
+
+def too_few_rows(rows: int | None, k: int) -> str | None:
+    """Why `rows` calibration rows are too few for recovery of a linear with k input channels
+    (None when they are enough, or unknown). Below max(MIN_RECOVERY_ROWS, k / 4) rows, error
+    feedback fits the sample instead of the data (measured: ternary on a [B, K] input from 16
+    synthesized rows, rel. error 0.66-0.70 against 0.44 for plain rounding)."""
+    if rows is None:
+        return None
+    need = max(MIN_RECOVERY_ROWS, k // 4)
+    return f"{rows} calibration rows < {need}" if rows < need else None
+
+
+def shrinkage_for(rows: int | None, k: int, per_channel: float) -> float:
+    """Shrinkage of a Gram towards its diagonal from the rows behind it: per_channel * k / rows,
+    at most 1 (a k x k Gram estimated from few rows per channel is noise off the diagonal)."""
+    if not rows or per_channel <= 0:
+        return 0.0
+    return float(min(1.0, per_channel * k / rows))
 
 
 @dataclasses.dataclass
@@ -270,9 +291,12 @@ def quantize_plain(w: np.ndarray, fmt: str, bits: int | None = None, group_size:
 # ----------------------------------------------------------------------------------------------
 # GPTQ
 # ----------------------------------------------------------------------------------------------
-def _damped(H: np.ndarray, damp: float) -> np.ndarray:
+def _damped(H: np.ndarray, damp: float, shrink: float = 0.0) -> np.ndarray:
     H = np.array(H, dtype=np.float64, copy=True)
     d = np.diag(H).copy()
+    if shrink > 0:       # (1 - s) H + s diag(H): off-diagonal terms shrunk towards 0
+        H *= 1.0 - shrink
+        H[np.diag_indices_from(H)] = d
     dead = d <= 0
     H[dead, dead] = 1.0
     mean = float(np.mean(np.diag(H)))
@@ -328,7 +352,7 @@ def _refit(f: _Format, fmt: str, w: np.ndarray, Hd: np.ndarray, codes: np.ndarra
 
 def recover(w: np.ndarray, H: np.ndarray, fmt: str, bits: int | None = None, group_size: int | None = None,
             n_outliers: int = 2, act_order: bool = True, refit: bool = True, damp: float = 0.01,
-            block_size: int = 128, **settings) -> RecoveredWeight:
+            block_size: int = 128, shrink: float = 0.0, **settings) -> RecoveredWeight:
     """GPTQ-style codes for `fmt` in ternary / bcq / kmeans / int4 that minimise the output error on H.
 
     Rows (input channels) are processed in decreasing diag(H) with `act_order`, else in order; the
@@ -336,6 +360,7 @@ def recover(w: np.ndarray, H: np.ndarray, fmt: str, bits: int | None = None, gro
     error of all the others. The scales of a group are fitted from its error-updated rows when its
     first row comes up. `refit` then re-solves the scales by least squares given the codes; it is
     applied only when there are outliers (without them one dominant channel makes it catastrophic).
+    `shrink` in [0, 1] moves H towards its diagonal before damping (see shrinkage_for).
     Settings: ternary_method (twn|optimal), iterations, seed, weighted (kmeans), symmetric, search_clip (int4).
     """
     settings = dict(settings)
@@ -364,7 +389,7 @@ def recover(w: np.ndarray, H: np.ndarray, fmt: str, bits: int | None = None, gro
     pos_of[perm] = np.arange(k)
     m = k - n_out                                                       # rows to quantize
 
-    Hd = _damped(H, damp)
+    Hd = _damped(H, damp, shrink)
     Hp = Hd[np.ix_(perm, perm)]
     U = np.linalg.cholesky(np.linalg.inv(Hp)).T                         # Hp^-1 = U^T U, U upper
     W = w[perm].astype(np.float64)
@@ -408,7 +433,8 @@ def recover(w: np.ndarray, H: np.ndarray, fmt: str, bits: int | None = None, gro
         else:
             codes[o] = c
 
-    info = {"method": "gptq", "act_order": act_order, "n_outliers": n_out, "damp": damp, "refit": False}
+    info = {"method": "gptq", "act_order": act_order, "n_outliers": n_out, "damp": damp, "shrink": round(shrink, 4),
+            "refit": False}
     rows = np.nonzero(~is_out)[0]
     if refit and n_out > 0:
         params, gain = _refit(f, fmt, w, Hd, codes, params, group_of, rows, outliers)
