@@ -237,7 +237,7 @@ def summarize_sources(by_source: dict[str, dict], calib_source: str | None) -> d
 
     cosine_mean / cosine_min: over the sources other than the calibration source (all of them for
     an uncalibrated variant, or when only that source was evaluated): the mean of the sources'
-    means and the lowest single cosine; worst_source / worst_source_mean: the source of the lowest
+    means and the lowest single cosine; worst_source / cosine_worst_source: the source of the lowest
     mean; in_source_mean: the calibration source's own evaluation set, when it was evaluated.
     """
     others = {k: m for k, m in by_source.items() if k != calib_source} or dict(by_source)
@@ -246,7 +246,7 @@ def summarize_sources(by_source: dict[str, dict], calib_source: str | None) -> d
     worst = min(others, key=lambda k: others[k]["cosine_mean"])
     out = {"cosine_mean": float(np.mean([m["cosine_mean"] for m in others.values()])),
            "cosine_min": float(min(m["cosine_min"] for m in others.values())),
-           "worst_source": worst, "worst_source_mean": others[worst]["cosine_mean"],
+           "worst_source": worst, "cosine_worst_source": others[worst]["cosine_mean"],
            "cross_sources": sorted(others)}
     if "top1_agreement" in next(iter(others.values())):
         out["top1_agreement"] = float(np.mean([m["top1_agreement"] for m in others.values()]))
@@ -288,7 +288,7 @@ def _row_cells(v: dict, cross: bool) -> list[str]:
         return [cos]
     ins = f"{m['in_source_mean']:.4f}" if "in_source_mean" in m else "-"
     return [ins, f"{m.get('cosine_mean', float('nan')):.4f}",
-            f"{m.get('worst_source_mean', float('nan')):.4f} ({m.get('worst_source', '?')})"]
+            f"{m.get('cosine_worst_source', float('nan')):.4f} ({m.get('worst_source', '?')})"]
 
 
 def to_markdown(result: dict) -> str:
