@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all setup test demo mt-model mt-qat clean
+.PHONY: all setup test demo mt-model mt-qat wheel clean
 
 all: setup
 
@@ -34,6 +34,12 @@ mt-model: setup
 # compiled and compared with FP32 and calibrated recovery on 300 held-out pairs.
 mt-qat: setup
 	$(PY) -m models.mt.qat --scheme ternary --steps 600
+
+# Build the sdist and the wheel from it, repair it (auditwheel), install it into fresh venvs without
+# torch and check size, compile, native run, the missing-extra message and the [train] extra.
+# WHEEL_PYTHONS="python3.11 python3.12 python3.13" to try more interpreters.
+wheel: setup
+	bash tests/packaging/check_wheel.sh
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
@@ -65,7 +66,17 @@ class CMakeBuild(build_ext):
         return os.path.join(*fullname.split(".")[:-1], LIB_NAME)
 
 
+class PlatformWheel(bdist_wheel):
+    """py3-none-<platform>: the library is loaded by onnxruntime, not by Python, so one wheel serves
+    every Python version the package supports; only the platform (and, after auditwheel, the
+    glibc) matters."""
+
+    def get_tag(self):
+        _python, _abi, plat = super().get_tag()
+        return "py3", "none", plat
+
+
 setup(
     ext_modules=[CMakeExtension("qcompiler.ops._lib.libqcompiler_ops")],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "bdist_wheel": PlatformWheel},
 )
