@@ -51,9 +51,14 @@ from qcompiler import ops
 so = ort.SessionOptions()
 ops.register(so)
 assert ops.library_path().startswith(__import__("sys").prefix), ops.library_path()   # the wheel's own library
+so.enable_profiling = True
 s = ort.InferenceSession("minilm.ternary.onnx", so, providers=["CPUExecutionProvider"])
 feeds = {i.name: np.ones((1, 8), np.int64) for i in s.get_inputs()}
-print("ternary runs natively:", s.run(None, feeds)[0].shape)
+s.run(None, feeds)
+import json
+native = sum(1 for e in json.load(open(s.end_profiling())) if e.get("args", {}).get("op_name") == "TernaryMatMul")
+assert native > 0, "TernaryMatMul did not run as a native kernel"
+print(f"ternary runs natively: {native} TernaryMatMul kernel runs")
 PY
     "$V/bin/python" -m qcompiler.fallback_check minilm.ternary.onnx | tail -2
     set +e
@@ -63,6 +68,40 @@ PY
     [ "$code" = 2 ] && grep -q "pip install 'qcompiler\[train\]'" err.txt || { echo "distill without torch: exit $code"; cat err.txt; exit 1; }
     echo "--recover distill without torch: exit 2, $(cat err.txt)"
     cd "$ROOT"
+done
+
+echo "== the oldest onnxruntime the library claims (1.21) runs it natively; 1.20 is refused by register()"
+for ORT in 1.21.0 1.20.1; do
+    V="$OUT/venv-ort-$ORT"
+    python3.11 -m venv "$V"
+    "$V/bin/python" -m pip install -q --no-deps "$WHEEL" 2>&1 | grep -v "^WARNING: Location" || true
+    "$V/bin/python" -m pip install -q "onnxruntime==$ORT" onnx onnx-ir onnxscript numpy click rich matplotlib \
+        2>&1 | grep -v "^WARNING: Location" || true
+    (cd "$OUT/work-python3.11" && "$V/bin/python" - "$ORT" <<'PY'
+import sys, numpy as np, onnxruntime as ort
+from qcompiler import ops
+assert ort.__version__ == sys.argv[1], ort.__version__
+so = ort.SessionOptions()
+try:
+    ops.register(so)
+except ops.RuntimeTooOld as exc:
+    assert sys.argv[1] < "1.21", exc
+    print(f"onnxruntime {ort.__version__}: refused: {exc}")
+    raise SystemExit(0)
+so.enable_profiling = True
+s = ort.InferenceSession("minilm.ternary.onnx", so, providers=["CPUExecutionProvider"])
+y = s.run(None, {i.name: np.ones((1, 8), np.int64) for i in s.get_inputs()})[0]
+import json
+events = json.load(open(s.end_profiling()))
+native = sum(1 for e in events if e.get("args", {}).get("op_name") == "TernaryMatMul")
+assert native > 0, "TernaryMatMul did not run as a native kernel"
+ref = ort.InferenceSession("minilm.ternary.onnx", providers=["CPUExecutionProvider"]).run(
+    None, {i.name: np.ones((1, 8), np.int64) for i in s.get_inputs()})[0]
+cos = float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref))
+assert cos > 0.99, cos          # native (int8 activations) vs the function fallback (fp32)
+print(f"onnxruntime {ort.__version__}: {native} native TernaryMatMul runs, cosine vs fallback {cos:.4f}")
+PY
+    )
 done
 
 echo "== [train] keeps the torch a venv already has (torch 2.5.1 metadata installed, resolver only)"
