@@ -43,7 +43,7 @@ def trained(tmp_path, request, exact_scheme):
     fmt, pass_name, extra = request.param
     torch.manual_seed(0)
     path = tmp_path / "scheme.toml"
-    path.write_text(exact_scheme(fmt, pass_name, extra, roles='[roles.ffn_down]\nformat = "none"\n'))
+    path.write_text(exact_scheme(fmt, pass_name, extra, roles='[roles.ffn_down]\nformat = "keep"\n'))
     teacher = TinyLM().eval()
     student = TinyLM()
     student.load_state_dict(teacher.state_dict())
@@ -94,7 +94,7 @@ def test_trained_export_compiles_losslessly(trained, tmp_path):
     out = tmp_path / "lm.q.onnx"
     report = qcompiler.compile(str(onnx_path), scheme=str(scheme), output=str(out), verify=False)
     pass_name = "quantize_int4" if fmt == "int4" else "replace_matmul"
-    methods = [e["method"] for e in report["passes"][pass_name]["linears"]]
+    methods = [e["method"] for e in report.report["passes"][pass_name]["linears"]]
     assert methods == ["on-grid (lossless)"] * 3
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input_ids": ids.numpy()})[0]

@@ -40,8 +40,8 @@ def test_zero_steps_equals_calibrated_recovery(tiny_bert, calib, tmp_path):
     a = qcompiler.compile(tiny_bert, scheme="ternary", output=tmp_path / "a.onnx", calib=calib, verify=False)
     b = qcompiler.compile(tiny_bert, scheme="ternary", output=tmp_path / "b.onnx", calib=calib, verify=False,
                           recover="distill", recover_steps=0)
-    assert "recover" not in a["passes"]
-    assert b["passes"]["recover"]["chosen"] == "calibrated"
+    assert "recover" not in a.report["passes"]
+    assert b.report["passes"]["recover"]["chosen"] == "calibrated"
     ia, ib = _initializers(tmp_path / "a.onnx"), _initializers(tmp_path / "b.onnx")
     assert ia.keys() == ib.keys()
     for name in ia:

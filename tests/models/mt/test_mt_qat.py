@@ -40,9 +40,9 @@ def test_trained_export_packs_losslessly(tiny_mt, tmp_path):
     for part in ("encoder", "decoder"):
         report = qcompiler.compile(str(out / f"{part}.onnx"), scheme="ternary", output=str(tmp_path / f"{part}.q.onnx"),
                                    calib=str(out / f"calib_{part}.npz"), verify=False)
-        methods = {e["method"] for e in report["passes"]["replace_matmul"]["linears"]}
+        methods = {e["method"] for e in report.report["passes"]["replace_matmul"]["linears"]}
         assert methods == {"on-grid (lossless)"}, part
-        assert not report["passes"].get("fold_layernorm", {}).get("folded")   # folded in torch already
+        assert not report.report["passes"].get("fold_layernorm", {}).get("folded")   # folded in torch already
 
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--kd-weight", "2"], ["--scheme", "nope"]])
