@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     cos_mean, cos_min = evaluate(str(target), fp32)
     result = {"scheme": args.scheme, "recover": rep.report["passes"].get("recover"), "compile_seconds": round(seconds, 1),
               "cosine_mean": round(cos_mean, 4), "cosine_min": round(cos_min, 4),
-              "size_mb": round(rep["size_after"] / 1e6, 1),
+              "size_mb": round(rep.size_after / 1e6, 1),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
               "torch_threads": torch.get_num_threads()}
     (out / f"minilm.{args.scheme}.distill.json").write_text(json.dumps(result, indent=2, default=str))
