@@ -1,14 +1,24 @@
-"""Benchmark of the ai.qcompiler kernels against onnxruntime's FP32 MatMul and MatMulNBits.
+"""Benchmark of the ai.qcompiler kernels against onnxruntime's FP32 MatMul, its int8 (quantize_dynamic)
+and MatMulNBits, one single-op model per column, all columns interleaved in one run.
 
-Single-op models, timed through session.run, all columns interleaved in one run, printing ratios.
-`python -m qcompiler.ops.bench --quick` takes well under a minute; no arguments runs the full grid.
+`python -m qcompiler.ops.bench` runs the grid of issue 14 (KxN 768x3072, 3072x768, 2048x2048,
+4096x4096, 4096x11008; M 1, 4, 16, 64, 256; 1 and 2 threads); `--quick` a small part of it.
+Each cell prints the median CPU time per run of the whole process (all its threads: on a shared
+machine CPU time survives preemption by other jobs, wall time does not) and the median wall
+time, then every column's speed against onnxruntime int8 (x faster, from CPU time; wall in
+brackets). The load average and this process's cpu/wall share are printed with the tables.
+`--nbits` measures MatMulNBits' settings (block size, symmetric or with zero points,
+accuracy_level) against onnxruntime int8 instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -19,33 +29,86 @@ from onnx import TensorProto, helper, numpy_helper
 from . import contract as C
 from . import register
 
-SHAPES = [(768, 3072), (3072, 768), (2048, 2048), (4096, 4096)]
+SHAPES = [(768, 3072), (3072, 768), (2048, 2048), (4096, 4096), (4096, 11008)]
+MS = [1, 4, 16, 64, 256]
 BLOCK = 32
+BCQ_GROUP = 128  # the bcq2 / bcq3 schemes' group_size
+# column -> what it is (printed in the legend)
+COLUMNS = {
+    "fp32": "onnxruntime MatMul, fp32",
+    "ort_int8": "onnxruntime quantize_dynamic (per channel, int8 weights): DynamicQuantizeMatMul",
+    "nbits4": "MatMulNBits 4-bit, block 32, accuracy_level 4, no zero points",
+    "q_int8": "qcompiler int8 (insert_qdq's dynamic form: DynamicQuantizeLinear + MatMulInteger)",
+    "q_int4": "qcompiler int4 (quantize_int4's form: MatMulNBits block 32 with zero points, level 4)",
+    "ternary": "TernaryMatMul, per output channel (the ternary scheme)",
+    "bcq2": "BinaryCodeMatMul 2 planes, group 128 (bcq2 scheme)",
+    "bcq3": "BinaryCodeMatMul 3 planes, group 128 (bcq3 scheme)",
+    "kmeans4": "CodebookMatMul 4-bit (kmeans4 scheme)",
+}
 
 
-def _single_node_model(node, inits, K, N, functions=()):
+def _single_node_model(nodes, inits, K, N, functions=()):
+    nodes = nodes if isinstance(nodes, list) else [nodes]
     graph = helper.make_graph(
-        [node], "bench", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", K])],
+        nodes, "bench", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", K])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", N])], inits)
     opsets = [helper.make_opsetid("", C.STANDARD_OPSET), helper.make_opsetid("com.microsoft", 1),
               helper.make_opsetid(C.DOMAIN, C.OPSET_VERSION)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=10, functions=list(functions))
 
 
-def fp32_model(K, N, rng):
-    W = (rng.standard_normal((K, N)) * 0.05).astype(np.float32)
+def _weight(K, N, rng):
+    return (rng.standard_normal((K, N)) * 0.05).astype(np.float32)
+
+
+def fp32_model(K, N, rng, W=None):
+    W = _weight(K, N, rng) if W is None else W
     node = helper.make_node("MatMul", ["A", "W"], ["Y"])
     return _single_node_model(node, [numpy_helper.from_array(W, "W")], K, N)
 
 
-def matmul_nbits_model(K, N, bits, rng):
-    n_blocks = (K + BLOCK - 1) // BLOCK
-    blob = BLOCK * bits // 8
+def ort_int8_model(K, N, rng, W=None):
+    """onnxruntime's own quantize_dynamic of the fp32 MatMul (per channel, int8 weights)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+        m = fp32_model(K, N, rng, W)
+        m.opset_import[0].version = 17  # quantize_dynamic's supported range
+        onnx.save(m, src)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
+        return onnx.load(dst)
+
+
+def q_int8_model(K, N, rng, W=None):
+    """The form qcompiler's insert_qdq (activations "dynamic") writes for a linear."""
+    W = _weight(K, N, rng) if W is None else W
+    scale = (np.abs(W).max(0) / 127.0).astype(np.float32)
+    Wq = np.clip(np.rint(W / scale), -127, 127).astype(np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["A"], ["xq", "xs", "xzp"]),
+             helper.make_node("MatMulInteger", ["xq", "Wq", "xzp", "wzp"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "wscale"], ["s"]),
+             helper.make_node("Mul", ["accf", "s"], ["Y"])]
+    inits = [numpy_helper.from_array(Wq, "Wq"), numpy_helper.from_array(np.zeros(N, np.int8), "wzp"),
+             numpy_helper.from_array(scale, "wscale")]
+    return _single_node_model(nodes, inits, K, N)
+
+
+def matmul_nbits_model(K, N, bits, rng, block=BLOCK, zero_points=False, level=4):
+    n_blocks = (K + block - 1) // block
+    blob = block * bits // 8
     B = rng.integers(0, 256, (N, n_blocks, blob), dtype=np.uint8)
     scales = (rng.random(N * n_blocks) * 0.01).astype(np.float32)
-    node = helper.make_node("MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft",
-                            K=K, N=N, bits=bits, block_size=BLOCK, accuracy_level=4)
-    return _single_node_model(node, [numpy_helper.from_array(B, "B"), numpy_helper.from_array(scales, "scales")], K, N)
+    inits = [numpy_helper.from_array(B, "B"), numpy_helper.from_array(scales, "scales")]
+    inputs = ["A", "B", "scales"]
+    if zero_points:  # packed 4-bit zero points, one per block, rows padded to whole bytes
+        zp = rng.integers(0, 256, (N * ((n_blocks * bits + 7) // 8),), dtype=np.uint8)
+        inits.append(numpy_helper.from_array(zp, "zp"))
+        inputs.append("zp")
+    node = helper.make_node("MatMulNBits", inputs, ["Y"], domain="com.microsoft",
+                            K=K, N=N, bits=bits, block_size=block, accuracy_level=level)
+    return _single_node_model(node, inits, K, N)
 
 
 _VALID_TERNARY_BYTES = np.array([a | b << 2 | c << 4 | d << 6 for a in (0, 1, 3) for b in (0, 1, 3)
@@ -71,20 +134,20 @@ def our_model(op, K, N, rng, bits=None, level=4, group_size=None):
     return C.make_model(op, {**w, **common}, K=K, N=N, group_size=gs, bits=bits, accuracy_level=level)
 
 
-def columns(K, N, rng, group_size=None, level0=False):
-    extra = {}
-    if level0:  # the fp32-activation path of the same formats
-        extra = {"tern_l0": our_model("TernaryMatMul", K, N, rng, level=0, group_size=group_size),
-                 "bcq2_l0": our_model("BinaryCodeMatMul", K, N, rng, bits=2, level=0, group_size=group_size),
-                 "cb4_l0": our_model("CodebookMatMul", K, N, rng, bits=4, level=0)}
-    return extra | {
-        "fp32": fp32_model(K, N, rng),
-        "nbits4": matmul_nbits_model(K, N, 4, rng),
-        "nbits2": matmul_nbits_model(K, N, 2, rng),
-        "ternary": our_model("TernaryMatMul", K, N, rng, group_size=group_size),
-        "bcq2": our_model("BinaryCodeMatMul", K, N, rng, bits=2, group_size=group_size),
-        "cb4": our_model("CodebookMatMul", K, N, rng, bits=4),
+def columns(K, N, rng, names):
+    W = _weight(K, N, rng)
+    build = {
+        "fp32": lambda: fp32_model(K, N, rng, W),
+        "ort_int8": lambda: ort_int8_model(K, N, rng, W),
+        "nbits4": lambda: matmul_nbits_model(K, N, 4, rng),
+        "q_int8": lambda: q_int8_model(K, N, rng, W),
+        "q_int4": lambda: matmul_nbits_model(K, N, 4, rng, zero_points=True),
+        "ternary": lambda: our_model("TernaryMatMul", K, N, rng),
+        "bcq2": lambda: our_model("BinaryCodeMatMul", K, N, rng, bits=2, group_size=BCQ_GROUP),
+        "bcq3": lambda: our_model("BinaryCodeMatMul", K, N, rng, bits=3, group_size=BCQ_GROUP),
+        "kmeans4": lambda: our_model("CodebookMatMul", K, N, rng, bits=4),
     }
+    return {n: build[n]() for n in names}
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -93,97 +156,144 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # The columns are interleaved, so every session's pool would otherwise keep its worker
-    # spinning after each run: six spinning threads on two cores made every 2-thread column,
-    # onnxruntime's own MatMul included, 2-4x SLOWER than one thread.
+    # spinning after each run: spinning threads of other sessions on two cores made every 2-thread
+    # column 2-4x SLOWER than one thread (and would count as CPU time).
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     register(so)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-_FLUSH = None
-
-
-def flush_caches():
-    """Evict the caches: write then read a buffer larger than the last-level cache."""
-    global _FLUSH
-    if _FLUSH is None:
-        _FLUSH = np.ones(64 << 20 >> 3, np.float64)
-    _FLUSH += 1.0
-    return float(_FLUSH[::4096].sum())
-
-
-def time_interleaved(sessions: dict, feed: dict, cold: bool, budget: float) -> dict:
-    """Median time per run (us) of each session; runs alternate between sessions."""
+def time_interleaved(sessions: dict, feed: dict, budget: float, min_rounds: int = 5) -> dict:
+    """Median (CPU us, wall us) per run of each session; runs alternate between sessions.
+    CPU time is the whole process's (every thread of the pool)."""
     for s in sessions.values():  # warm-up: first runs allocate
         s.run(None, feed)
-        s.run(None, feed)
-    times = {k: [] for k in sessions}
+    cpu = {k: [] for k in sessions}
+    wall = {k: [] for k in sessions}
     t_end = time.perf_counter() + budget
     rounds = 0
-    while rounds < 5 or (time.perf_counter() < t_end and rounds < 2000):
+    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < 2000):
         for k, s in sessions.items():
-            if cold:
-                flush_caches()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             s.run(None, feed)
-            times[k].append(time.perf_counter() - t0)
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
         rounds += 1
-    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+    return {k: (statistics.median(cpu[k]) * 1e6, statistics.median(wall[k]) * 1e6) for k in sessions}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="KxN list, e.g. 768x3072")
-    ap.add_argument("--M", default="1,8,32")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--modes", default="warm,cold")
-    ap.add_argument("--budget", type=float, default=0.6, help="seconds per (shape, M, threads, mode) cell")
-    ap.add_argument("--group-size", type=int, default=None, help="group size of our ops (default: per channel)")
-    ap.add_argument("--quick", action="store_true", help="768x3072 and 2048x2048, M=1,32, warm only")
-    ap.add_argument("--level0", action="store_true", help="also our ops at accuracy_level 0 (fp32 activations)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.shapes, args.M, args.modes, args.budget = "768x3072,2048x2048", "1,32", "warm", 0.4
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _header(args):
+    print(f"CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs; onnxruntime {ort.__version__}; "
+          f"QCOMPILER_ISA={os.environ.get('QCOMPILER_ISA', '(auto)')}; "
+          f"QCOMPILER_GEMM_MIN_M={os.environ.get('QCOMPILER_GEMM_MIN_M', '(default)')}")
+    print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
+
+
+def run_grid(args) -> dict:
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     Ms = [int(m) for m in args.M.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    modes = args.modes.split(",")
+    names = [n for n in args.columns.split(",")]
+    for n in names:
+        if n not in COLUMNS:
+            raise SystemExit(f"unknown column {n!r}: choose from {', '.join(COLUMNS)}")
     rng = np.random.default_rng(0)
-    names = ["fp32", "nbits4", "nbits2", "ternary", "bcq2", "cb4"] + (
-        ["tern_l0", "bcq2_l0", "cb4_l0"] if args.level0 else [])
-    print(f"onnxruntime {ort.__version__}; QCOMPILER_ISA={os.environ.get('QCOMPILER_ISA', '(auto)')}; "
-          "times in us (median, session.run); ratios: x faster than nbits4 / fp32")
-    print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
+    _header(args)
+    for n in names:
+        print(f"  {n}: {COLUMNS[n]}")
+    print("CPU us per run (process CPU time, median) / x faster than ort_int8 by CPU time [by wall time]")
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    header = f"{'KxN':>10} {'M':>3} {'thr':>3} {'mode':>4} " + " ".join(f"{n:>8}" for n in names)
-    header += "  tern/nb4 bcq2/nb4 cb4/nb4 tern/fp32 bcq2/fp32"
-    print(header)
     results = {}
     for K, N in shapes:
-        models = columns(K, N, rng, args.group_size, args.level0)
+        models = columns(K, N, rng, names)
         for t in threads:
             sessions = {n: session(models[n], t) for n in names}
+            print(f"\n{K}x{N}, {t} thread{'s' if t > 1 else ''}, load {os.getloadavg()[0]:.1f}")
+            print("| M | " + " | ".join(names) + " | " + " | ".join(f"{n}/int8" for n in names if n != "ort_int8")
+                  + " |")
+            print("|---" * (1 + 2 * len(names) - ("ort_int8" in names)) + "|")
             for M in Ms:
                 feed = {"A": rng.standard_normal((M, K)).astype(np.float32)}
-                for mode in modes:
-                    r = time_interleaved(sessions, feed, mode == "cold", args.budget)
-                    results[(K, N, M, t, mode)] = r
-                    line = f"{K}x{N:<5} {M:>3} {t:>3} {mode:>4} " + " ".join(f"{r[n]:8.1f}" for n in names)
-                    line += (f"  {r['nbits4'] / r['ternary']:8.2f} {r['nbits4'] / r['bcq2']:8.2f}"
-                             f" {r['nbits4'] / r['cb4']:7.2f} {r['fp32'] / r['ternary']:9.2f}"
-                             f" {r['fp32'] / r['bcq2']:9.2f}")
-                    print(line, flush=True)
+                r = time_interleaved(sessions, feed, args.budget)
+                results[f"{K}x{N}/M{M}/t{t}"] = r
+                line = f"| {M} | " + " | ".join(f"{r[n][0]:.0f}" for n in names)
+                if "ort_int8" in names:
+                    base = r["ort_int8"]
+                    line += " | " + " | ".join(f"{base[0] / r[n][0]:.2f} [{base[1] / r[n][1]:.2f}]"
+                                               for n in names if n != "ort_int8")
+                print(line + " |", flush=True)
             del sessions
     if len(threads) > 1 and 1 in threads:
-        print("\nmore threads vs 1 thread (x faster), same mode:")
-        for (K, N, M, t, mode), r in results.items():
-            if t == 1:
+        print("\n2 threads vs 1 thread, wall time (x faster):")
+        for key, r in results.items():
+            shape, m, t = key.split("/")
+            if t == "t1":
                 continue
-            r1 = results[(K, N, M, 1, mode)]
-            print(f"{K}x{N:<5} M={M:<3} t={t} {mode:>4} " + " ".join(f"{n}={r1[n] / r[n]:.2f}" for n in names))
-    print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
-    # one thread alone on a core gives about 1.0; other jobs on the cores lower it
+            r1 = results[f"{shape}/{m}/t1"]
+            print(f"{shape:>10} {m:>5} {t}: " + " ".join(f"{n}={r1[n][1] / r[n][1]:.2f}" for n in names))
+    print("\nload average at end: %.2f %.2f %.2f" % os.getloadavg())
     print("cpu time / wall time of this process: %.2f" % ((time.process_time() - cpu0) / (time.perf_counter() - wall0)))
+    return results
+
+
+def run_nbits(args) -> dict:
+    """MatMulNBits' settings against onnxruntime int8 (item 2 of issue 14)."""
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    Ms = [int(m) for m in args.M.split(",")]
+    rng = np.random.default_rng(1)
+    _header(args)
+    settings = [(b, zp, lvl) for b in (16, 32, 64, 128) for zp in (False, True) for lvl in (0, 4)]
+    results = {}
+    for K, N in shapes:
+        W = _weight(K, N, rng)
+        models = {"ort_int8": ort_int8_model(K, N, rng, W)}
+        for b, zp, lvl in settings:
+            models[f"b{b}{'zp' if zp else 'sym'}l{lvl}"] = matmul_nbits_model(K, N, 4, rng, block=b, zero_points=zp,
+                                                                            level=lvl)
+        sessions = {n: session(m, 1) for n, m in models.items()}
+        print(f"\n{K}x{N}, 1 thread: x faster than ort_int8 by CPU time (ort_int8 CPU us in the first column)")
+        print("| M | ort_int8 us | " + " | ".join(n for n in models if n != "ort_int8") + " |")
+        print("|---" * (len(models) + 1) + "|")
+        for M in Ms:
+            feed = {"A": rng.standard_normal((M, K)).astype(np.float32)}
+            r = time_interleaved(sessions, feed, args.budget)
+            results[f"{K}x{N}/M{M}"] = r
+            base = r["ort_int8"][0]
+            print(f"| {M} | {base:.0f} | " + " | ".join(f"{base / r[n][0]:.2f}" for n in models if n != "ort_int8")
+                  + " |", flush=True)
+        del sessions
+    print("\nload average at end: %.2f %.2f %.2f" % os.getloadavg())
+    return results
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="KxN list, e.g. 768x3072")
+    ap.add_argument("--M", default=",".join(map(str, MS)))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--columns", default=",".join(COLUMNS), help="which columns (default: all)")
+    ap.add_argument("--budget", type=float, default=1.0, help="seconds per (shape, M, threads) cell")
+    ap.add_argument("--quick", action="store_true", help="768x3072 and 2048x2048, M=1,16,64, one thread")
+    ap.add_argument("--nbits", action="store_true", help="MatMulNBits settings vs onnxruntime int8")
+    ap.add_argument("--json", help="also write the medians (CPU us, wall us) to this file")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shapes, args.M, args.threads, args.budget = "768x3072,2048x2048", "1,16,64", "1", 0.4
+    results = run_nbits(args) if args.nbits else run_grid(args)
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ def test_native_harness(tmp_path):
     k = os.path.join(ROOT, "runtime_ops", "csrc", "kernels")
     objs = []
     x86 = os.uname().machine == "x86_64"
-    isa_flags = {"matmul_avx2.c": ["-mavx2", "-mfma"],
+    isa_flags = {"matmul_avx2.c": ["-mavx2", "-mfma"], "gemm_int8_avx2.c": ["-mavx2", "-mfma"],
                  "matmul_avx512.c": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
-    for src in ("qc_core.c", "dispatch.c", "matmul_scalar.c", "matmul_avx2.c", "matmul_avx512.c", "matmul_neon.c"):
+    for src in ("qc_core.c", "dispatch.c", "matmul_scalar.c", "matmul_avx2.c", "matmul_avx512.c", "matmul_neon.c",
+                "gemm_int8.c", "gemm_int8_avx2.c", "gemm_int8_neon.c"):
         flags = isa_flags.get(src, []) if x86 else []
         obj = str(tmp_path / (src + ".o"))
         subprocess.run([cc, "-std=c11", "-O2", "-ffp-contract=off", *flags, "-c", os.path.join(k, src), "-o", obj],
@@ -35,6 +36,8 @@ def test_native_harness(tmp_path):
     r = subprocess.run([exe], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
     assert _closing(r.stdout).endswith(" 0 failed")
+    if x86 and "avx2" in open("/proc/cpuinfo").read():  # the batched int8 path was compared, not skipped
+        assert "gemm_i8 ISA comparisons: 0" not in r.stdout
 
 
 def test_neon_under_qemu(tmp_path):
@@ -45,3 +48,5 @@ def test_neon_under_qemu(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "isa chosen: neon" in r.stdout
     assert _closing(r.stdout).endswith(" 0 failed")
+    # qemu's default CPU has the dot-product extension: the sdot kernel was compared with scalar
+    assert "gemm_i8 ISA comparisons: 0" not in r.stdout

@@ -1,7 +1,7 @@
 /* AVX2 + FMA inner loops: LUT GEMV with _mm256_shuffle_epi8 on int8 tables, FMA panels,
  * codebook lookups with pshufb + maddubs. Integer parts are exact, float epilogues use the same
  * mul-then-add order as the scalar code, so the int8 paths match scalar bit for bit. */
-#include "qc_kernels.h"
+#include "qc_internal.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -355,7 +355,8 @@ static void cbf_dot_avx2(const uint8_t *nib, const float *cb, int NC, const floa
 }
 
 static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2,
-                             flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf, lut_pair_block_avx2_pf, 0};
+                             flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf, lut_pair_block_avx2_pf, 0,
+                             qc_i8_gemm_avx2, 1, qc_i8_decode_avx2};
 const qc_isa *qc_isa_avx2(void) {
     return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? &kAvx2 : 0;
 }

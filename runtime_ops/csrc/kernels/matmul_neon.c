@@ -1,6 +1,6 @@
 /* NEON (AArch64) inner loops: LUT GEMV with vqtbl1q_s8, FMA panels, codebook lookups.
  * Integer parts exact; float epilogues in the scalar code's mul-then-add order. */
-#include "qc_kernels.h"
+#include "qc_internal.h"
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
@@ -164,9 +164,12 @@ static void cb_dot_neon(const uint8_t *nib0, const int8_t *cb0, const int32_t *w
 
 void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T);
 
+/* kNeonDot: the same with the batched int8 path's sdot kernel, where the CPU has the extension */
 static const qc_isa kNeon = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
-                             qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0};
-const qc_isa *qc_isa_neon(void) { return &kNeon; }
+                             qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL};
+static const qc_isa kNeonDot = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
+                                qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, qc_i8_gemm_neon_dot, 0, NULL};
+const qc_isa *qc_isa_neon(void) { return qc_neon_has_dotprod() ? &kNeonDot : &kNeon; }
 #else
 const qc_isa *qc_isa_neon(void) { return 0; }
 #endif

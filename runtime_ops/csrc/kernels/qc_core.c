@@ -1,7 +1,7 @@
 /* Common C of the qcompiler kernels: prepacking, drivers, activation tables, epilogue,
  * PackedGather. Compiled with -ffp-contract=off: every float operation here is rounded as
  * written, identically on every ISA. The per-ISA inner loops sit behind qc_isa. */
-#include "qc_kernels.h"
+#include "qc_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -23,32 +23,7 @@
 
 typedef float qc_v8f __attribute__((vector_size(32)));
 
-enum { PATH_FMA = 0, PATH_LUT = 1, PATH_CB = 2, PATH_FLUT = 3, PATH_CBF = 4 };
 static const float kTernaryValue[4] = {0.f, 1.f, 0.f, -1.f}; /* 0b10 reads as 0 */
-
-struct qc_matmul {
-    int kind, bits, level, path;
-    int64_t K, N, gs, G, row_bytes, n_planes;
-    const qc_isa *isa;
-    uint8_t *packed;   /* copy of the contract bytes (fma path only; freed after prepacking) */
-    float *scales;     /* fp32 scales / alphas / codebook */
-    int64_t n_out;
-    int64_t *oidx;
-    float *ow, *bias;
-    uint8_t *is_outlier; /* [K] */
-    /* table paths (lut: int8 tables of 4-element sums; lut_f32: fp32 tables of 3-element sums) */
-    int epg, steps;                /* elements per table, lookup steps per group */
-    int64_t glen, gsp, Kv, Q, ncb; /* group length, padded length, K padded, tables per row, blocks */
-    uint8_t *nib;                  /* prepacked indices */
-    int prefetch;                  /* large: the LUT loops prefetch the index stream */
-    float *lscales;                /* [block][plane][group][32] scales (x 0.5 for paired planes) */
-    /* codebook paths (cb_i8, cb_f32) */
-    int64_t kp;
-    uint8_t *cbnib;
-    int8_t *cbq;
-    int32_t *cbsum;
-    float *cbs;
-};
 
 static inline unsigned get_code(const uint8_t *row, int64_t rb, int64_t k, int b) {
     int64_t bp = k * b, by = bp >> 3;
@@ -417,6 +392,7 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
             w->path = PATH_FLUT;
         }
     }
+    if (qc_gemm_prepare(w)) { qc_matmul_free(w); return NULL; } /* the batched int8 path, where it applies */
     if (w->path != PATH_FMA) { /* only the fma path reads the contract bytes: keep one copy of the weights */
         free(w->packed);
         w->packed = NULL;
@@ -428,12 +404,17 @@ void qc_matmul_free(qc_matmul *w) {
     if (!w) return;
     free(w->packed); free(w->scales); free(w->is_outlier); free(w->oidx); free(w->ow); free(w->bias);
     free(w->nib); free(w->lscales); free(w->cbnib); free(w->cbq); free(w->cbsum); free(w->cbs);
+    qc_gemm_free(w);
     free(w);
 }
 
 const char *qc_matmul_path(const qc_matmul *w) {
     return w->path == PATH_LUT ? "lut" : w->path == PATH_CB ? "cb_i8" : w->path == PATH_FLUT ? "lut_f32"
                                                                                      : w->path == PATH_CBF ? "cb_f32" : "fma";
+}
+
+const char *qc_matmul_path_for(const qc_matmul *w, int64_t M) {
+    return w->gemm_min_m > 0 && M >= w->gemm_min_m ? "gemm_i8" : qc_matmul_path(w);
 }
 
 /* ------------------------------------------------------------------------------- the runs */
@@ -485,39 +466,6 @@ static void fma_task(void *p, size_t t) {
     epilogue(w, r->A, r->M, r->Y, n_begin, n_end);
 }
 
-/* One row of one block of columns [n0, n0 + nc): y = acc * ts, then the outliers, then the bias
- * (the reference's order), while the block is in cache. nc is a constant 32 for full blocks, so
- * the loops vectorize. */
-static inline __attribute__((always_inline)) void finish_block(const qc_matmul *w, const float *a, const float *acc,
-                                                                float ts, float *y, int64_t n0, const int nc) {
-    /* 8 columns at a time, so the partial results stay in one register across the outlier loop */
-    for (int c0 = 0; c0 < nc; c0 += 8) {
-        float v[8];
-        if (nc - c0 >= 8) {
-            for (int c = 0; c < 8; ++c) v[c] = acc[c0 + c] * ts;
-            for (int64_t j = 0; j < w->n_out; ++j) {
-                const float av = a[w->oidx[j]];
-                const float *o = w->ow + j * w->N + n0 + c0;
-                for (int c = 0; c < 8; ++c) v[c] = v[c] + av * o[c];
-            }
-            if (w->bias)
-                for (int c = 0; c < 8; ++c) v[c] = v[c] + w->bias[n0 + c0 + c];
-            for (int c = 0; c < 8; ++c) y[n0 + c0 + c] = v[c];
-        } else {
-            const int e = nc - c0;
-            for (int c = 0; c < e; ++c) v[c] = acc[c0 + c] * ts;
-            for (int64_t j = 0; j < w->n_out; ++j) {
-                const float av = a[w->oidx[j]];
-                const float *o = w->ow + j * w->N + n0 + c0;
-                for (int c = 0; c < e; ++c) v[c] = v[c] + av * o[c];
-            }
-            if (w->bias)
-                for (int c = 0; c < e; ++c) v[c] = v[c] + w->bias[n0 + c0 + c];
-            for (int c = 0; c < e; ++c) y[n0 + c0 + c] = v[c];
-        }
-    }
-}
-
 QC_CLONES static void lut_task(void *p, size_t t) {
     const run_ctx *r = (const run_ctx *)p;
     const qc_matmul *w = r->w;
@@ -551,9 +499,9 @@ QC_CLONES static void lut_task(void *p, size_t t) {
                 const float *a = r->A + (m + rr) * w->K;
                 float *y = r->Y + (m + rr) * w->N;
                 if (n0 + QC_LUT_COLS <= w->N)
-                    finish_block(w, a, acc + rr * 32, r->tscale[m + rr], y, n0, QC_LUT_COLS);
+                    qc_finish_block(w, a, acc + rr * 32, r->tscale[m + rr], y, n0, QC_LUT_COLS);
                 else
-                    finish_block(w, a, acc + rr * 32, r->tscale[m + rr], y, n0, (int)(w->N - n0));
+                    qc_finish_block(w, a, acc + rr * 32, r->tscale[m + rr], y, n0, (int)(w->N - n0));
             }
         }
     }
@@ -675,6 +623,7 @@ static void run_parallel(qc_parallel_fn par, void *host, qc_task_fn fn, void *ct
 
 int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
     if (M <= 0 || w->N <= 0) return 0;
+    if (w->gemm_min_m > 0 && M >= w->gemm_min_m) return qc_gemm_run(w, A, M, Y, par, host);
     run_ctx r = {w, A, M, Y, 0, NULL, NULL, NULL, NULL, NULL, NULL};
     if (w->path == PATH_LUT) {
         int8_t *T = (int8_t *)malloc((size_t)(M * w->Q * 16));

@@ -14,6 +14,8 @@ extern "C" {
 enum { QC_TERNARY = 0, QC_BINARY = 1, QC_CODEBOOK = 2 };
 enum { QC_LUT_COLS = 32, QC_FMA_COLS = 16, QC_FMA_KB = 256, QC_CB_KB = 128 };
 
+typedef struct qc_matmul qc_matmul;
+
 /* One instruction-set variant: the inner loops. Everything else is common C. */
 typedef struct qc_isa {
     const char *name;
@@ -65,6 +67,18 @@ typedef struct qc_isa {
     /* 0: lut_block reads nib as above. 1: paired layout, like the ternary one: column c reads byte
      * 2*(c%16) (lookup group 2s) and 2*(c%16)+1 (group 2s+1), low nibbles for c < 16, high for c >= 16. */
     int lut_binary_pair;
+    /* Batched int8 GEMM (gemm_int8.c) on one block of 32 decoded columns and M rows:
+     * out[m*32 + c] += sum_{q < nq} sum_{j < 4} act(a[m*a_stride + 4q + j]) * wt[q*128 + 4c + j]
+     * (wt 32-byte aligned), act(x) = x read as uint8 when i8_act_offset (activations stored + 128;
+     * the driver removes 128 x the column's weight sum) and as int8 otherwise. small: |wt| <= 1 and
+     * nq <= 64 (int16 partial sums cannot overflow); otherwise |wt| <= 64 (no maddubs saturation).
+     * NULL: the ISA has no batched path. */
+    void (*i8_gemm)(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *out);
+    int i8_act_offset;
+    /* Optional faster decoder of kernel rows [q0, q0 + nq) of scale group g of column block cb to
+     * wt (layout as above, the values gemm_int8.c's portable decoder gives); returns how many
+     * leading rows it decoded (the portable decoder does the rest). NULL: none. */
+    int (*i8_decode)(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
 } qc_isa;
 
 /* A LUT block entry point (the lut_block / lut_pair_block signature) calling `rows`, an always-inline
@@ -95,8 +109,6 @@ const qc_isa *qc_isa_by_name(const char *name);
 typedef void (*qc_task_fn)(void *ctx, size_t i);
 typedef void (*qc_parallel_fn)(void *host, qc_task_fn fn, void *ctx, size_t total);
 
-typedef struct qc_matmul qc_matmul;
-
 typedef struct qc_matmul_desc {
     int kind;            /* QC_TERNARY / QC_BINARY / QC_CODEBOOK */
     int64_t K, N, group_size;
@@ -115,8 +127,11 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa);
 void qc_matmul_free(qc_matmul *w);
 /* Y [M][N] from A [M][K]. Returns 0, or -1 on allocation failure. */
 int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host);
-/* Which path the run takes ("lut", "fma", "cb_i8") for tests and benchmarks. */
+/* Which path a run of one row takes ("lut", "fma", "cb_i8", ...) for tests and benchmarks. */
 const char *qc_matmul_path(const qc_matmul *w);
+/* The path a run of M rows takes: "gemm_i8" (the batched int8 path) from M >= the crossover
+ * (QCOMPILER_GEMM_MIN_M overrides it when the weights are prepacked; 0 disables the path). */
+const char *qc_matmul_path_for(const qc_matmul *w, int64_t M);
 
 /* PackedGather: out [n_idx][D]. row_offsets/row_bits must be validated by the caller
  * (qc_packed_gather_check). Returns 0, or the position+1 of the first out-of-range index. */

@@ -1,5 +1,5 @@
 /* Kernel micro-benchmark (no onnxruntime): median us of qc_matmul_run per kind, ISA and shape.
- * `qc_kernel_bench [K N M isa evict_kb]`; evict_kb > 0 writes that many KB between runs (weights
+ * `qc_kernel_bench [K N M isa evict_kb runs kind gs]` (thread CPU time); evict_kb > 0 writes that many KB between runs (weights
  * then come from L3 or memory, as in runtime_ops.bench's interleaved "warm" columns). For development only:
  * performance claims come from runtime_ops.bench through session.run. */
 #include <stdio.h>
@@ -9,9 +9,10 @@
 
 #include "../kernels/qc_kernels.h"
 
+/* thread CPU time: the machine is shared, and CPU time survives preemption by other jobs */
 static double now_us(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
 }
 static int cmp(const void *a, const void *b) {
@@ -53,10 +54,11 @@ int main(int argc, char **argv) {
             }
             packed[i] = b;
         }
-        const int64_t ns = kind == QC_CODEBOOK ? N * 16 : planes * N;
+        const int64_t ns = kind == QC_CODEBOOK ? N * 16 : planes * N * (argc > 8 ? (K + atoll(argv[8]) - 1) / atoll(argv[8]) : 1);
         float *sc = malloc(sizeof(float) * (size_t)ns);
         for (int64_t i = 0; i < ns; ++i) sc[i] = (float)((int)(rnd() % 2001) - 1000) / 20000.f;
-        qc_matmul_desc d = {kind, K, N, K, bits, 4, packed, sc, 2, oidx, ow, N <= (1 << 14) ? bias : NULL};
+        const int64_t gs = argc > 8 && kind != QC_CODEBOOK ? atoll(argv[8]) : K, G = (K + gs - 1) / gs;
+        qc_matmul_desc d = {kind, K, N, gs, bits, 4, packed, sc, 2, oidx, ow, N <= (1 << 14) ? bias : NULL};
         qc_matmul *w = qc_matmul_create(&d, isa);
         double *t = malloc(sizeof(double) * (size_t)runs);
         for (int r = 0; r < runs + 10; ++r) {
@@ -70,7 +72,8 @@ int main(int argc, char **argv) {
             if (r >= 10) t[r - 10] = now_us() - t0;
         }
         qsort(t, (size_t)runs, sizeof(double), cmp);
-        printf("%-8s %-6s median %8.2f us  p10 %8.2f\n", names[kind], qc_matmul_path(w), t[runs / 2], t[runs / 10]);
+        printf("%-8s %-7s median %8.2f us  p10 %8.2f  (gs %lld)\n", names[kind], qc_matmul_path_for(w, M), t[runs / 2],
+               t[runs / 10], (long long)(G ? (K + G - 1) / G : K));
         qc_matmul_free(w); free(packed); free(sc); free(t);
     }
     return 0;

@@ -21,7 +21,7 @@ static void put_bits(uint8_t *row, int64_t k, int b, unsigned v) {
         if ((v >> j) & 1) row[(k * b + j) / 8] |= (uint8_t)(1u << ((k * b + j) % 8));
 }
 
-static int passed, failed;
+static int passed, failed, gemm_cases;
 
 static void check(const char *what, const float *got, const float *want, const float *bound, int64_t n) {
     int64_t bad = -1;
@@ -79,14 +79,26 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
     for (int64_t k = 0; k < K; ++k) /* packed rows of outlier channels are ignored */
         if (is_out[k])
             for (int64_t n = 0; n < N; ++n) W[k * N + n] = 0.f;
-    /* the contract transcription: k ascending, outliers, bias */
+    /* the contract transcription: k ascending, outliers, bias; and the level-4 bound, whose
+     * weight term reads Wabs = |W| (ternary, codebook) or sum_i |alpha_i| (binary codes) */
     float *ref = calloc((size_t)(M * N) + 1, sizeof(float)), *bound = malloc(sizeof(float) * (size_t)(M * N + 1));
+    float *bound4 = malloc(sizeof(float) * (size_t)(M * N + 1));
     for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) {
-            float y = 0.f, ab = 0.f;
+            float y = 0.f, ab = 0.f, amax = 0.f, asum = 0.f, wsum = 0.f, wmax = 0.f;
             for (int64_t k = 0; k < K; ++k) {
                 y = y + A[m * K + k] * W[k * N + n];
                 ab += fabsf(A[m * K + k] * W[k * N + n]);
+                if (is_out[k]) continue;
+                float wa = fabsf(W[k * N + n]);
+                if (kind == QC_BINARY) {
+                    wa = 0.f;
+                    for (int64_t i = 0; i < planes; ++i) wa += fabsf(scales[(i * N + n) * G + k / gs]);
+                }
+                amax = fabsf(A[m * K + k]) > amax ? fabsf(A[m * K + k]) : amax;
+                asum += fabsf(A[m * K + k]);
+                wsum += wa;
+                wmax = wa > wmax ? wa : wmax;
             }
             for (int j = 0; j < n_out; ++j) {
                 y = y + A[m * K + oidx[j]] * ow[j * N + n];
@@ -94,6 +106,8 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
             }
             ref[m * N + n] = y + bias[n];
             bound[m * N + n] = 1e-4f * ab + 1e-6f;
+            /* x 0.999: the float sums above round; the bound must not be looser than the contract's */
+            bound4[m * N + n] = bound[m * N + n] + 0.999f * (amax * wsum + wmax * asum) / 64.f;
         }
     qc_matmul_desc d = {kind, K, N, gs, bits, 0, packed, scales, n_out, oidx, ow, bias};
     char name[160];
@@ -130,8 +144,36 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
         check(name, y, y4, NULL, M * N);
         qc_matmul_free(w);
     }
+    /* the batched int8 path (forced from M = 1): scalar within the level-4 bound, every ISA equal */
+    setenv("QCOMPILER_GEMM_MIN_M", "1", 1);
+    d.accuracy_level = 4;
+    w = qc_matmul_create(&d, qc_isa_scalar());
+    const char *gpath = qc_matmul_path_for(w, M);
+    qc_matmul_run(w, A, M, y4, NULL, NULL);
+    qc_matmul_free(w);
+    if (!strcmp(gpath, "gemm_i8")) {
+        snprintf(name, sizeof name, "kind%d bits%d M%lld K%lld N%lld gs%lld scalar gemm_i8 within level-4 bound", kind,
+                 bits, (long long)M, (long long)K, (long long)N, (long long)gs);
+        check(name, y4, ref, bound4, M * N);
+        for (int i = 0; i < 4; ++i) {
+            if (!isas[i] || (i == 2 && isas[2] == isas[1])) continue;
+            w = qc_matmul_create(&d, isas[i]);
+            const char *p = qc_matmul_path_for(w, M);
+            if (strcmp(p, "gemm_i8")) { /* an ISA without the batched path: nothing to compare */
+                qc_matmul_free(w);
+                continue;
+            }
+            qc_matmul_run(w, A, M, y, NULL, NULL);
+            snprintf(name, sizeof name, "kind%d bits%d M%lld K%lld N%lld gs%lld %s gemm_i8 == scalar", kind, bits,
+                     (long long)M, (long long)K, (long long)N, (long long)gs, isas[i]->name);
+            check(name, y, y4, NULL, M * N);
+            ++gemm_cases;
+            qc_matmul_free(w);
+        }
+    }
+    unsetenv("QCOMPILER_GEMM_MIN_M");
     free(packed); free(scales); free(A); free(W); free(bias); free(ow); free(is_out);
-    free(ref); free(bound); free(y0); free(y4); free(y);
+    free(ref); free(bound); free(bound4); free(y0); free(y4); free(y);
 }
 
 static void gather_case(void) {
@@ -170,7 +212,8 @@ int main(void) {
     static const int64_t shapes[][4] = {
         {1, 64, 32, 64}, {3, 70, 45, 16}, {5, 200, 33, 200}, {2, 37, 11, 8}, {4, 256, 64, 32},
         {1, 600, 40, 600}, {6, 96, 70, 48}, {1, 1, 1, 1}, {2, 9, 3, 4},
-        {2, 2100, 40, 2100}}; /* > 128 lookup steps per group: the int16 sums are flushed mid-group */
+        {2, 2100, 40, 2100}, /* > 128 lookup steps per group: the int16 sums are flushed mid-group */
+        {67, 300, 70, 300}, {13, 520, 33, 128}, {9, 1030, 65, 1030}}; /* row tails, 64-row tasks, chunks */
     const int ns = (int)(sizeof shapes / sizeof shapes[0]);
     for (int s = 0; s < ns + 2; ++s) {
         if (s >= ns) setenv("QCOMPILER_PREFETCH", "1", 1); /* the prefetching LUT loops, on two shapes */
@@ -181,6 +224,7 @@ int main(void) {
         for (int b = 2; b <= 4; ++b) run_case(QC_CODEBOOK, b, M, K, N, gs, s % 3 == 0 ? 3 : 0);
     }
     gather_case();
+    printf("gemm_i8 ISA comparisons: %d\n", gemm_cases);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

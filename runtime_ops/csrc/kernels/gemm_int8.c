@@ -1,0 +1,312 @@
+/* The batched int8 path of TernaryMatMul / BinaryCodeMatMul / CodebookMatMul at accuracy_level 4,
+ * for M >= a crossover (many rows: encoders, prompts, batches). Per block of 32 columns and chunk
+ * of up to 256 elements, the packed weights are decoded once to int8 into a cache-resident tile
+ * (wt[q][c][4]: kernel row q = 4 consecutive elements, column c) that an int8 dot-product kernel
+ * (qc_isa.i8_gemm: AVX2 maddubs, NEON sdot, the portable one here) runs over all rows.
+ *
+ * Numerics (inside the contract's level-4 bound; integer parts exact, one float order for every
+ * ISA, so every variant equals the portable one bit for bit):
+ * - activations: one int8 scale per row, s = amax / 127 over the non-outlier channels,
+ *   q = clamp(lrintf(a * 127 / amax), -127, 127), laid out like the lookup tables' groups;
+ * - weights: ternary codes and 1-bit codes decode exactly to -1/0/+1 with the format's scale per
+ *   (column, group); 2-4 binary-code planes and codebooks decode each code's value to int8 in
+ *   [-64, 64] on a per (column, group) scale vmax / 64 (vmax: the largest |value|): rounding
+ *   <= vmax / 128 per weight, inside the bound's weight term (max |W| sum |A| / 64);
+ * - y = (sum over groups g, ascending, of (float)isum_g * scale_g) * s, then outliers, then bias. */
+#include "qc_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(QC_NO_CLONES)
+#define QC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define QC_CLONES
+#endif
+
+enum { GEMM_CHUNK_Q = 64, GEMM_ROWS = 64 }; /* kernel rows per tile (256 elements), rows per task */
+
+/* Crossover M (one thread, measured with runtime_ops.bench on the AVX2 machine: see README):
+ * below it the lookup-table / codebook GEMV paths are faster. */
+static int64_t default_min_m(int kind) { return kind == QC_CODEBOOK ? 4 : 8; }
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* nibble v -> bit j of v in byte j */
+#define QC_N4(v) ((uint32_t)((v) & 1) | (uint32_t)((v) >> 1 & 1) << 8 | (uint32_t)((v) >> 2 & 1) << 16 | \
+                  (uint32_t)((v) >> 3 & 1) << 24)
+static const uint32_t kNib4[16] = {QC_N4(0),  QC_N4(1),  QC_N4(2),  QC_N4(3), QC_N4(4),  QC_N4(5),
+                                   QC_N4(6),  QC_N4(7),  QC_N4(8),  QC_N4(9), QC_N4(10), QC_N4(11),
+                                   QC_N4(12), QC_N4(13), QC_N4(14), QC_N4(15)};
+/* four bytes v_j in 0..2 -> v_j - 1 (no borrow between bytes) */
+static inline uint32_t minus_one4(uint32_t v) { return (v + 0x7F7F7F7Fu) ^ 0x80808080u; }
+
+/* ----------------------------------------------------------------------------------- decoders */
+/* Portable ternary decoder: kernel row q is step q of the paired layout (4 elements; column c reads
+ * plane a from byte 2(c%16), plane b from byte 2(c%16)+1, low nibbles for c < 16), w = a + b - 1. */
+static void decode_ternary_rows(const uint8_t *rec, int nq, int8_t *wt) {
+    for (int q = 0; q < nq; ++q, rec += 32, wt += 128)
+        for (int c = 0; c < 16; ++c) {
+            const unsigned x = rec[2 * c], y = rec[2 * c + 1];
+            const uint32_t lo = minus_one4(kNib4[x & 15u] + kNib4[y & 15u]);
+            const uint32_t hi = minus_one4(kNib4[x >> 4] + kNib4[y >> 4]);
+            memcpy(wt + 4 * c, &lo, 4);
+            memcpy(wt + 64 + 4 * c, &hi, 4);
+        }
+}
+
+/* Kernel rows [q0, q0 + nq) of scale group g of column block cb into wt. */
+static void decode_portable(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
+    if (w->kind == QC_TERNARY) {
+        decode_ternary_rows(w->nib + ((cb * w->G + g) * w->steps + q0) * 32, nq, wt);
+        return;
+    }
+    if (w->kind == QC_BINARY) { /* step s = 8 elements: kernel rows 2s (low nibbles) and 2s + 1 */
+        const int64_t P = w->n_planes, G = w->G, S = w->steps;
+        for (int i = 0; i < nq; ++i) {
+            const int64_t q = q0 + i, s = q >> 1;
+            const unsigned sh = (unsigned)(q & 1) * 4;
+            int8_t *row = wt + (size_t)i * 128;
+            if (P == 1) {
+                const uint8_t *rec = w->nib + ((cb * G + g) * S + s) * 32;
+                for (int c = 0; c < 32; ++c) {
+                    const uint32_t v = minus_one4(kNib4[(rec[c] >> sh) & 15u] << 1); /* 2 bit - 1 */
+                    memcpy(row + 4 * c, &v, 4);
+                }
+                continue;
+            }
+            for (int c = 0; c < 32; ++c) {
+                uint32_t combo = 0; /* byte j: bit p = sign bit of plane p for element j */
+                for (int64_t p = 0; p < P; ++p)
+                    combo |= kNib4[(w->nib[(((cb * P + p) * G + g) * S + s) * 32 + c] >> sh) & 15u] << p;
+                const int64_t n = cb * 32 + c;
+                if (n >= w->N) {
+                    memset(row + 4 * c, 0, 4);
+                    continue;
+                }
+                const int8_t *vt = w->gvt + (n * G + g) * 16;
+                for (int j = 0; j < 4; ++j) row[4 * c + j] = vt[(combo >> (8 * j)) & 15u];
+            }
+        }
+        return;
+    }
+    /* codebook: chunk t (128 elements) of column n at cbnib + (n/8) 8 (kp/2) + (8t + n%8) 64, byte j
+     * = idx(128t + j) | idx(128t + 64 + j) << 4 */
+    for (int c = 0; c < 32; ++c) {
+        const int64_t n = cb * 32 + c;
+        if (n >= w->N) {
+            for (int i = 0; i < nq; ++i) memset(wt + (size_t)i * 128 + 4 * c, 0, 4);
+            continue;
+        }
+        const int8_t *vt = w->gvt + n * 16;
+        const uint8_t *col = w->cbnib + (n / 8) * 8 * (w->kp / 2) + (n % 8) * 64;
+        for (int i = 0; i < nq; ++i) {
+            const int64_t k = (q0 + i) * 4, t = k / QC_CB_KB, j = k % QC_CB_KB;
+            const uint8_t *b = col + t * 512 + (j & 63);
+            const unsigned sh = j >= 64 ? 4u : 0u;
+            int8_t *o = wt + (size_t)i * 128 + 4 * c;
+            for (int e = 0; e < 4; ++e) o[e] = vt[(b[e] >> sh) & 15u];
+        }
+    }
+}
+
+static void decode_tile(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
+    const int done = w->isa->i8_decode ? w->isa->i8_decode(w, cb, g, q0, nq, wt) : 0;
+    if (done < nq) decode_portable(w, cb, g, q0 + done, nq - done, wt + (size_t)done * 128);
+}
+
+/* ---------------------------------------------------------------------- the portable kernel */
+void qc_i8_gemm_scalar(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
+                       int32_t *out) {
+    (void)small;
+    for (int64_t m = 0; m < M; ++m) {
+        const int8_t *am = (const int8_t *)(a + (size_t)m * a_stride);
+        int32_t *o = out + m * 32;
+        for (int c = 0; c < 32; ++c) {
+            int32_t s = 0;
+            for (int q = 0; q < nq; ++q)
+                for (int j = 0; j < 4; ++j) s += (int32_t)am[4 * q + j] * wt[q * 128 + 4 * c + j];
+            o[c] += s;
+        }
+    }
+}
+
+/* ----------------------------------------------------------------------------- preparation */
+void qc_gemm_free(qc_matmul *w) {
+    free(w->gscale); free(w->gwsum); free(w->gvt);
+    w->gscale = NULL; w->gwsum = NULL; w->gvt = NULL;
+    w->gemm_min_m = 0;
+}
+
+int qc_gemm_prepare(qc_matmul *w) {
+    w->gemm_min_m = 0;
+    if (w->level < 4 || !w->isa->i8_gemm) return 0;
+    if (w->path == PATH_LUT) {
+        /* the paired binary layout (AVX-512 VBMI) has no decoder: not testable on the machines
+         * this was written on */
+        if (w->kind == QC_BINARY && w->isa->lut_binary_pair) return 0;
+        w->gemm_lq = w->gsp / 4;
+        w->gemm_G = w->G;
+        w->gemm_ncb = w->ncb;
+    } else if (w->path == PATH_CB) {
+        w->gemm_lq = w->kp / 4;
+        w->gemm_G = 1;
+        w->gemm_ncb = cdiv(w->N, 32);
+    } else {
+        return 0;
+    }
+    const int64_t G = w->gemm_G, ncb = w->gemm_ncb, N = w->N, P = w->n_planes;
+    w->gemm_small = w->kind == QC_TERNARY || (w->kind == QC_BINARY && P == 1);
+    w->gscale = (float *)calloc((size_t)(ncb * G * 32), sizeof(float));
+    w->gwsum = (int32_t *)calloc((size_t)(ncb * G * 32), sizeof(int32_t));
+    const int tables = !w->gemm_small;
+    if (tables) w->gvt = (int8_t *)calloc((size_t)(N * G * 16), 1);
+    if (!w->gscale || !w->gwsum || (tables && !w->gvt)) { qc_gemm_free(w); return -1; }
+    for (int64_t n = 0; n < N; ++n) {
+        const int64_t cb = n / 32, c = n % 32;
+        for (int64_t g = 0; g < G; ++g) {
+            float *gs = w->gscale + (cb * G + g) * 32 + c;
+            if (w->kind == QC_TERNARY || w->gemm_small) {
+                *gs = w->scales[n * w->G + g]; /* ternary: scales [N][G]; 1 plane: alphas [1][N][G] */
+                continue;
+            }
+            float v[16], vmax = 0.f;
+            const int E = w->kind == QC_BINARY ? 1 << P : 1 << w->bits;
+            for (int e = 0; e < E; ++e) {
+                if (w->kind == QC_BINARY) { /* the value as the reference sums it: planes in order */
+                    float s = 0.f;
+                    for (int64_t p = 0; p < P; ++p) s = s + w->scales[(p * N + n) * w->G + g] * ((e >> p) & 1 ? 1.f : -1.f);
+                    v[e] = s;
+                } else {
+                    v[e] = w->scales[(n << w->bits) + e];
+                }
+                vmax = fabsf(v[e]) > vmax ? fabsf(v[e]) : vmax;
+            }
+            const float inv = vmax > 0.f ? 64.f / vmax : 0.f;
+            *gs = vmax > 0.f ? vmax / 64.f : 0.f;
+            int8_t *vt = w->gvt + (w->kind == QC_BINARY ? n * G + g : n) * 16;
+            for (int e = 0; e < E; ++e) {
+                const long q = lrintf(v[e] * inv);
+                vt[e] = (int8_t)(q > 64 ? 64 : q < -64 ? -64 : q);
+            }
+        }
+    }
+    /* column sums of the decoded weights (padding included: its activations are 0 but the offset
+     * kernels see them as 128) */
+    int8_t *tile = (int8_t *)aligned_alloc(32, (size_t)GEMM_CHUNK_Q * 128); /* decoders store aligned registers */
+    if (!tile) { qc_gemm_free(w); return -1; }
+    for (int64_t cb = 0; cb < ncb; ++cb)
+        for (int64_t g = 0; g < G; ++g) {
+            int32_t *ws = w->gwsum + (cb * G + g) * 32;
+            for (int64_t q0 = 0; q0 < w->gemm_lq; q0 += GEMM_CHUNK_Q) {
+                const int nq = (int)(w->gemm_lq - q0 < GEMM_CHUNK_Q ? w->gemm_lq - q0 : GEMM_CHUNK_Q);
+                decode_tile(w, cb, g, q0, nq, tile);
+                for (int i = 0; i < nq; ++i)
+                    for (int c = 0; c < 32; ++c)
+                        for (int j = 0; j < 4; ++j) ws[c] += tile[i * 128 + 4 * c + j];
+            }
+        }
+    free(tile);
+    const char *env = getenv("QCOMPILER_GEMM_MIN_M");
+    w->gemm_min_m = env && *env ? atoll(env) : default_min_m(w->kind);
+    if (w->gemm_min_m <= 0) qc_gemm_free(w);
+    return 0;
+}
+
+/* -------------------------------------------------------------------------------------- run */
+typedef struct gemm_ctx {
+    const qc_matmul *w;
+    const float *A;
+    int64_t M;
+    float *Y;
+    const uint8_t *aq; /* [M][KL] rows, KL bytes apart */
+    const float *as;   /* [M] */
+    int64_t KL, parts;
+} gemm_ctx;
+
+/* Row m's activations as int8 in the padded group layout (outlier channels and padding 0),
+ * stored + 128 for kernels that read them unsigned. */
+QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *dst, int64_t KL, float *scale) {
+    float amax = 0.f;
+    for (int64_t k = 0; k < w->K; ++k)
+        if (!w->is_outlier[k]) amax = fabsf(a[k]) > amax ? fabsf(a[k]) : amax;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    *scale = amax > 0.f ? amax / 127.f : 0.f;
+    const uint8_t off = w->isa->i8_act_offset ? 128 : 0;
+    memset(dst, off, (size_t)KL);
+    const int64_t seg = w->path == PATH_LUT ? w->gs : w->K, seg_pad = w->path == PATH_LUT ? w->gsp : w->kp;
+    for (int64_t g = 0, k0 = 0; k0 < w->K; ++g, k0 += seg) {
+        const int64_t len = w->K - k0 < seg ? w->K - k0 : seg;
+        uint8_t *d = dst + g * seg_pad;
+        for (int64_t i = 0; i < len; ++i) {
+            /* round to nearest even by the 1.5 * 2^23 trick (|x| <= 127: exact), which vectorizes */
+            float x = a[k0 + i] * inv;
+            x = x >= -127.f ? x : -127.f; /* NaN -> -127: defined conversions on hostile inputs */
+            x = x <= 127.f ? x : 127.f;
+            const float r = (x + 12582912.f) - 12582912.f;
+            d[i] = (uint8_t)((int)r + off);
+        }
+    }
+    for (int64_t j = 0; j < w->n_out; ++j) { /* outlier channels: fp32 in the epilogue */
+        const int64_t k = w->oidx[j], g = k / seg;
+        dst[g * seg_pad + (k - g * seg)] = off;
+    }
+}
+
+QC_CLONES static void gemm_task(void *p, size_t t) {
+    const gemm_ctx *r = (const gemm_ctx *)p;
+    const qc_matmul *w = r->w;
+    const int64_t cb = (int64_t)t / r->parts, m0 = ((int64_t)t % r->parts) * GEMM_ROWS;
+    const int64_t Mr = r->M - m0 < GEMM_ROWS ? r->M - m0 : GEMM_ROWS;
+    const int64_t G = w->gemm_G, Lq = w->gemm_lq, n0 = cb * 32;
+    int8_t tile[GEMM_CHUNK_Q * 128] __attribute__((aligned(32)));
+    int32_t acc[GEMM_ROWS * 32] __attribute__((aligned(32)));
+    float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
+    const int offset = w->isa->i8_act_offset;
+    for (int64_t g = 0; g < G; ++g) {
+        memset(acc, 0, (size_t)Mr * 32 * sizeof(int32_t));
+        for (int64_t q0 = 0; q0 < Lq; q0 += GEMM_CHUNK_Q) {
+            const int nq = (int)(Lq - q0 < GEMM_CHUNK_Q ? Lq - q0 : GEMM_CHUNK_Q);
+            decode_tile(w, cb, g, q0, nq, tile);
+            w->isa->i8_gemm(r->aq + m0 * r->KL + (g * Lq + q0) * 4, (size_t)r->KL, tile, nq, Mr, w->gemm_small, acc);
+        }
+        const int32_t *ws = w->gwsum + (cb * G + g) * 32;
+        const float *gs = w->gscale + (cb * G + g) * 32;
+        for (int64_t m = 0; m < Mr; ++m)
+            for (int c = 0; c < 32; ++c) {
+                const int32_t isum = acc[m * 32 + c] - (offset ? 128 * ws[c] : 0);
+                const float x = (float)isum * gs[c];
+                facc[m * 32 + c] = g ? facc[m * 32 + c] + x : x;
+            }
+    }
+    for (int64_t m = 0; m < Mr; ++m) {
+        const int64_t row = m0 + m;
+        const float *a = r->A + row * w->K;
+        float *y = r->Y + row * w->N;
+        if (n0 + 32 <= w->N)
+            qc_finish_block(w, a, facc + m * 32, r->as[row], y, n0, 32);
+        else
+            qc_finish_block(w, a, facc + m * 32, r->as[row], y, n0, (int)(w->N - n0));
+    }
+}
+
+int qc_gemm_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
+    const int64_t KL = w->gemm_G * w->gemm_lq * 4;
+    /* row stride an odd multiple of 64 bytes: rows 2 KB / 4 KB apart all fell in the same L1 sets
+     * (the kernel reads 4-6 rows at once; measured 27% faster on K = 4096) */
+    const int64_t stride = ((KL + 63) / 64 | 1) * 64;
+    uint8_t *aq = (uint8_t *)malloc((size_t)(M * stride));
+    float *as = (float *)malloc((size_t)M * sizeof(float));
+    if (!aq || !as) { free(aq); free(as); return -1; }
+    for (int64_t m = 0; m < M; ++m) quantize_row(w, A + m * w->K, aq + m * stride, KL, as + m);
+    gemm_ctx r = {w, A, M, Y, aq, as, stride, cdiv(M, GEMM_ROWS)};
+    /* tasks: column block major, then parts of 64 rows (a block's decoded weights stay in cache) */
+    const size_t total = (size_t)(w->gemm_ncb * r.parts);
+    if (par && total > 1)
+        par(host, gemm_task, &r, total);
+    else
+        for (size_t i = 0; i < total; ++i) gemm_task(&r, i);
+    free(aq); free(as);
+    return 0;
+}

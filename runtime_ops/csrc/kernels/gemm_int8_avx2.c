@@ -1,0 +1,210 @@
+/* AVX2 loops of the batched int8 path (gemm_int8.c): the register-blocked kernel and the ternary
+ * decoder. maddubs reads the activations unsigned (stored + 128) and the decoded weights signed:
+ * pair sums <= 2 * 255 * 64 never saturate; with |w| <= 1 (ternary, 1-bit codes) they are <= 510,
+ * so 64 kernel rows sum in int16 (2 instructions per 32 multiply-adds instead of 3). */
+#include "qc_internal.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#include <string.h>
+
+/* R rows x 16 columns (two registers of 8 columns x 4 elements) with the accumulators as named
+ * variables: with arrays GCC copied every accumulator once per step (8-12 extra moves). */
+#define QC_DECL(i) __m256i c##i##0 = _mm256_setzero_si256(), c##i##1 = c##i##0;
+typedef int32_t qc_i32u __attribute__((may_alias, aligned(1)));
+#define QC_BCAST(i) b = _mm256_set1_epi32(*(const qc_i32u *)(a + (i) * as + 4 * q));
+/* small: int16 sums (pairs <= 510, at most 64 rows); otherwise pairs widened to int32 by madd */
+#define QC_STEP_S(i) { QC_BCAST(i) c##i##0 = _mm256_add_epi16(c##i##0, _mm256_maddubs_epi16(b, w0)); \
+                       c##i##1 = _mm256_add_epi16(c##i##1, _mm256_maddubs_epi16(b, w1)); }
+#define QC_STEP_B(i) { QC_BCAST(i) \
+        c##i##0 = _mm256_add_epi32(c##i##0, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w0), ones)); \
+        c##i##1 = _mm256_add_epi32(c##i##1, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w1), ones)); }
+#define QC_SAVE(i) t[2 * (i)] = c##i##0; t[2 * (i) + 1] = c##i##1;
+#define QC_R1(X, ...) X(0 __VA_ARGS__)
+#define QC_R2(X, ...) QC_R1(X, __VA_ARGS__) X(1 __VA_ARGS__)
+#define QC_R3(X, ...) QC_R2(X, __VA_ARGS__) X(2 __VA_ARGS__)
+#define QC_R4(X, ...) QC_R3(X, __VA_ARGS__) X(3 __VA_ARGS__)
+#define QC_R5(X, ...) QC_R4(X, __VA_ARGS__) X(4 __VA_ARGS__)
+#define QC_R6(X, ...) QC_R5(X, __VA_ARGS__) X(5 __VA_ARGS__)
+#define QC_KERNEL16(name, RR, RN, STEP, small)                                                                     \
+    static void name(const uint8_t *a, size_t as, const int8_t *wt, int nq, int32_t *out) {                 \
+        RR(QC_DECL)                                                                                          \
+        for (int q = 0; q < nq; ++q) {                                                                       \
+            const __m256i ones = _mm256_set1_epi16(1);                                                       \
+            __m256i b;                                                                                       \
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(wt + q * 128));                           \
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(wt + q * 128 + 32));                      \
+            RR(STEP)                                                                                         \
+            (void)ones;                                                                                      \
+        }                                                                                                    \
+        /* through an array: adding into out straight from the named variables made GCC spill them */       \
+        __m256i t[12];                                                                                       \
+        RR(QC_SAVE)                                                                                          \
+        const __m256i ones = _mm256_set1_epi16(1);                                                           \
+        for (int r = 0; r < 2 * RN; ++r) {                                                                   \
+            __m256i *o = (__m256i *)(out + (r / 2) * 32) + (r & 1);                                          \
+            _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), small ? _mm256_madd_epi16(t[r], ones) : t[r])); \
+        }                                                                                                    \
+    }
+QC_KERNEL16(ks1, QC_R1, 1, QC_STEP_S, 1) QC_KERNEL16(ks2, QC_R2, 2, QC_STEP_S, 1) QC_KERNEL16(ks3, QC_R3, 3, QC_STEP_S, 1)
+QC_KERNEL16(ks4, QC_R4, 4, QC_STEP_S, 1) QC_KERNEL16(ks5, QC_R5, 5, QC_STEP_S, 1) QC_KERNEL16(ks6, QC_R6, 6, QC_STEP_S, 1)
+QC_KERNEL16(kb1, QC_R1, 1, QC_STEP_B, 0) QC_KERNEL16(kb2, QC_R2, 2, QC_STEP_B, 0) QC_KERNEL16(kb3, QC_R3, 3, QC_STEP_B, 0)
+QC_KERNEL16(kb4, QC_R4, 4, QC_STEP_B, 0) QC_KERNEL16(kb5, QC_R5, 5, QC_STEP_B, 0)
+
+typedef void (*qc_k16)(const uint8_t *, size_t, const int8_t *, int, int32_t *);
+static const qc_k16 kSmall[7] = {0, ks1, ks2, ks3, ks4, ks5, ks6}, kBig[6] = {0, kb1, kb2, kb3, kb4, kb5};
+
+void qc_i8_gemm_avx2(const uint8_t *a, size_t as, const int8_t *wt, int nq, int64_t M, int small, int32_t *out) {
+    const int R = small ? 6 : 5; /* 2R accumulators + 2 weights + broadcast / temporaries <= 16 registers */
+    const qc_k16 *k = small ? kSmall : kBig;
+    for (int64_t m = 0; m < M; m += R) {
+        const int r = (int)(M - m < R ? M - m : R);
+        k[r](a + m * as, as, wt, nq, out + m * 32);           /* columns 0-15 */
+        k[r](a + m * as, as, wt + 64, nq, out + m * 32 + 16); /* columns 16-31 */
+    }
+}
+
+/* Paired ternary step records -> kernel rows. Column c (< 8 per lane pair) gets plane a from byte
+ * 2c and plane b from byte 2c + 1 of its record half; bit j of the low (c < 16) or high nibble is
+ * element j; w = a + b - 1 = ~(-a - b) with the bit tests as 0 / -1 masks. */
+static void decode_ternary(const uint8_t *rec, int nq, int8_t *wt) {
+    const __m256i ia = _mm256_setr_epi8(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6, 8, 8, 8, 8, 10, 10, 10, 10, 12,
+                                        12, 12, 12, 14, 14, 14, 14);
+    const __m256i ib = _mm256_add_epi8(ia, _mm256_set1_epi8(1));
+    const __m256i mlo = _mm256_set1_epi32(0x08040201), mhi = _mm256_set1_epi32((int)0x80402010u);
+    const __m256i all = _mm256_set1_epi8(-1);
+    for (int q = 0; q < nq; ++q) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(rec + (size_t)q * 32));
+        for (int h = 0; h < 2; ++h) { /* h = 0: columns 0-7 and 16-23; h = 1: 8-15 and 24-31 */
+            const __m256i xs = h ? _mm256_permute4x64_epi64(x, 0xEE) : _mm256_permute4x64_epi64(x, 0x44);
+            const __m256i A = _mm256_shuffle_epi8(xs, ia), B = _mm256_shuffle_epi8(xs, ib);
+            const __m256i lo = _mm256_xor_si256(
+                _mm256_add_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(A, mlo), mlo), _mm256_cmpeq_epi8(_mm256_and_si256(B, mlo), mlo)),
+                all);
+            const __m256i hi = _mm256_xor_si256(
+                _mm256_add_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(A, mhi), mhi), _mm256_cmpeq_epi8(_mm256_and_si256(B, mhi), mhi)),
+                all);
+            _mm256_store_si256((__m256i *)(wt + (size_t)q * 128 + 32 * h), lo);
+            _mm256_store_si256((__m256i *)(wt + (size_t)q * 128 + 64 + 32 * h), hi);
+        }
+    }
+}
+
+/* v[c] holds column c's 32 int8 values in element order (8 dwords = 8 kernel rows): transposed
+ * by 8 x 8 dwords to kernel rows 0-7 of columns c0 .. c0 + 7 (row i at wt + 128 i + 4 c0). */
+static inline void store_transposed8(const __m256i *v, int8_t *wt, int c0) {
+    const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    const __m256i r[8] = {_mm256_permute2x128_si256(u0, u4, 0x20), _mm256_permute2x128_si256(u1, u5, 0x20),
+                          _mm256_permute2x128_si256(u2, u6, 0x20), _mm256_permute2x128_si256(u3, u7, 0x20),
+                          _mm256_permute2x128_si256(u0, u4, 0x31), _mm256_permute2x128_si256(u1, u5, 0x31),
+                          _mm256_permute2x128_si256(u2, u6, 0x31), _mm256_permute2x128_si256(u3, u7, 0x31)};
+    for (int i = 0; i < 8; ++i) _mm256_store_si256((__m256i *)(wt + 128 * i + 4 * c0), r[i]);
+}
+
+/* Binary codes, 4 steps (32 elements, 8 kernel rows) at a time: per plane, byte c of 4 records
+ * transposed to one 32-bit word per column (bit e = element e), spread to a byte per element,
+ * the plane bits combined into the code, and the column's 16-entry value table looked up. */
+static int decode_binary(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
+    const int64_t P = w->n_planes, G = w->G, S = w->steps;
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                            3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i pm1 = _mm256_setr_epi8(-1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         0, 0, 0, 0, 0, 0);
+    __m256i tab[32];
+    for (int c = 0; c < 32; ++c) {
+        const int64_t n = cb * 32 + c;
+        if (P == 1)
+            tab[c] = pm1; /* -1 / +1 */
+        else if (n < w->N)
+            tab[c] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w->gvt + (n * G + g) * 16)));
+        else
+            tab[c] = _mm256_setzero_si256();
+    }
+    int done = 0;
+    for (; done + 8 <= nq; done += 8) {
+        const int64_t s = (q0 + done) / 2;
+        uint32_t bits[4][32];
+        for (int64_t p = 0; p < P; ++p) {
+            const uint8_t *rec = w->nib + (((cb * P + p) * G + g) * S + s) * 32;
+            const __m256i r0 = _mm256_loadu_si256((const __m256i *)rec), r1 = _mm256_loadu_si256((const __m256i *)(rec + 32));
+            const __m256i r2 = _mm256_loadu_si256((const __m256i *)(rec + 64)), r3 = _mm256_loadu_si256((const __m256i *)(rec + 96));
+            const __m256i x01l = _mm256_unpacklo_epi8(r0, r1), x23l = _mm256_unpacklo_epi8(r2, r3);
+            const __m256i x01h = _mm256_unpackhi_epi8(r0, r1), x23h = _mm256_unpackhi_epi8(r2, r3);
+            const __m256i v[4] = {_mm256_unpacklo_epi16(x01l, x23l), _mm256_unpackhi_epi16(x01l, x23l),
+                                  _mm256_unpacklo_epi16(x01h, x23h), _mm256_unpackhi_epi16(x01h, x23h)};
+            for (int i = 0; i < 4; ++i) { /* v[i]: columns 4i..4i+3 (low lane) and 16+4i.. (high lane) */
+                _mm_storeu_si128((__m128i *)(bits[p] + 4 * i), _mm256_castsi256_si128(v[i]));
+                _mm_storeu_si128((__m128i *)(bits[p] + 16 + 4 * i), _mm256_extracti128_si256(v[i], 1));
+            }
+        }
+        for (int c0 = 0; c0 < 32; c0 += 8) {
+            __m256i vals[8];
+            for (int c = 0; c < 8; ++c) {
+                __m256i code = _mm256_setzero_si256();
+                for (int64_t p = 0; p < P; ++p) {
+                    const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits[p][c0 + c]), spread);
+                    const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+                    code = _mm256_or_si256(code, _mm256_and_si256(m, _mm256_set1_epi8((char)(1 << p))));
+                }
+                vals[c] = _mm256_shuffle_epi8(tab[c0 + c], code);
+            }
+            store_transposed8(vals, wt + (size_t)done * 128, c0);
+        }
+    }
+    return done;
+}
+
+/* Codebooks, 128-element chunks: per column, 32 index bytes give 32 low-nibble (elements j..j+31)
+ * and 32 high-nibble (64 + j ..) indices, looked up in the column's centroid table. */
+static int decode_codebook(const qc_matmul *w, int64_t cb, int64_t q0, int nq, int8_t *wt) {
+    if (q0 % 32) return 0;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i tab[32];
+    for (int c = 0; c < 32; ++c) {
+        const int64_t n = cb * 32 + c;
+        tab[c] = n < w->N ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w->gvt + n * 16)))
+                          : _mm256_setzero_si256();
+    }
+    int done = 0;
+    for (; done + 32 <= nq; done += 32) { /* one 128-element chunk: kernel rows 0-15 low, 16-31 high */
+        const int64_t t = (q0 + done) * 4 / QC_CB_KB;
+        for (int c0 = 0; c0 < 32; c0 += 8) {
+            if (cb * 32 + c0 >= w->N) { /* past the interleaved columns that exist: zeros */
+                for (int i = 0; i < 32; ++i) _mm256_store_si256((__m256i *)(wt + (size_t)(done + i) * 128 + 4 * c0), _mm256_setzero_si256());
+                continue;
+            }
+            const uint8_t *base = w->cbnib + ((cb * 32 + c0) / 8) * 8 * (w->kp / 2) + t * 512;
+            for (int h = 0; h < 2; ++h) { /* bytes 32h .. 32h + 31 */
+                __m256i lo[8], hi[8];
+                for (int c = 0; c < 8; ++c) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(base + c * 64 + 32 * h));
+                    lo[c] = _mm256_shuffle_epi8(tab[c0 + c], _mm256_and_si256(v, m4));
+                    hi[c] = _mm256_shuffle_epi8(tab[c0 + c], _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                }
+                store_transposed8(lo, wt + (size_t)(done + 8 * h) * 128, c0);
+                store_transposed8(hi, wt + (size_t)(done + 16 + 8 * h) * 128, c0);
+            }
+        }
+    }
+    return done;
+}
+
+int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
+    if (w->kind == QC_TERNARY) {
+        decode_ternary(w->nib + ((cb * w->G + g) * w->steps + q0) * 32, nq, wt);
+        return nq;
+    }
+    if (w->kind == QC_BINARY) return (q0 & 1) ? 0 : decode_binary(w, cb, g, q0, nq, wt);
+    return decode_codebook(w, cb, q0, nq, wt);
+}
+#else
+typedef int qc_gemm_int8_avx2_unused;
+#endif
