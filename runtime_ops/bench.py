@@ -150,7 +150,22 @@ def columns(K, N, rng, names):
     return {n: build[n]() for n in names}
 
 
-def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+OURS = ("ternary", "bcq2", "bcq3", "kmeans4")
+
+
+def session(model: onnx.ModelProto, threads: int, gemm_min_m: str | None = None) -> ort.InferenceSession:
+    """gemm_min_m: the batched path's crossover for this session's kernels (QCOMPILER_GEMM_MIN_M is
+    read when onnxruntime creates them); None leaves the environment as it is."""
+    if gemm_min_m is not None:
+        saved = os.environ.get("QCOMPILER_GEMM_MIN_M")
+        os.environ["QCOMPILER_GEMM_MIN_M"] = gemm_min_m
+        try:
+            return session(model, threads)
+        finally:
+            if saved is None:
+                del os.environ["QCOMPILER_GEMM_MIN_M"]
+            else:
+                os.environ["QCOMPILER_GEMM_MIN_M"] = saved
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -211,13 +226,17 @@ def run_grid(args) -> dict:
     _header(args)
     for n in names:
         print(f"  {n}: {COLUMNS[n]}")
+    if args.paths:  # each of our columns twice: lookup-table / codebook path, and the batched int8 path
+        names = [v for n in names for v in ((n + "@lut", n + "@gemm") if n in OURS else (n,))]
+        print("  @lut: QCOMPILER_GEMM_MIN_M=0 (lookup tables / codebook GEMV), @gemm: =1 (batched int8 path)")
     print("CPU us per run (process CPU time, median) / x faster than ort_int8 by CPU time [by wall time]")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     results = {}
     for K, N in shapes:
-        models = columns(K, N, rng, names)
+        models = columns(K, N, rng, list(dict.fromkeys(n.split("@")[0] for n in names)))
         for t in threads:
-            sessions = {n: session(models[n], t) for n in names}
+            mode = {"lut": "0", "gemm": "1"}
+            sessions = {n: session(models[n.split("@")[0]], t, mode.get(n.partition("@")[2])) for n in names}
             print(f"\n{K}x{N}, {t} thread{'s' if t > 1 else ''}, load {os.getloadavg()[0]:.1f}")
             print("| M | " + " | ".join(names) + " | " + " | ".join(f"{n}/int8" for n in names if n != "ort_int8")
                   + " |")
@@ -286,6 +305,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="768x3072 and 2048x2048, M=1,16,64, one thread")
     ap.add_argument("--nbits", action="store_true", help="MatMulNBits settings vs onnxruntime int8")
     ap.add_argument("--json", help="also write the medians (CPU us, wall us) to this file")
+    ap.add_argument("--paths", action="store_true",
+                    help="our columns on both paths (lookup tables / batched int8): how the crossover is chosen")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.M, args.threads, args.budget = "768x3072,2048x2048", "1,16,64", "1", 0.4

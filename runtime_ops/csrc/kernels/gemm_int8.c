@@ -118,16 +118,21 @@ static void decode_tile(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, i
 
 /* ---------------------------------------------------------------------- the portable kernel */
 void qc_i8_gemm_scalar(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
-                       int32_t *out) {
+                       int32_t *acc, int acc_in, const qc_gemm_epi *epi) {
     (void)small;
     for (int64_t m = 0; m < M; ++m) {
         const int8_t *am = (const int8_t *)(a + (size_t)m * a_stride);
-        int32_t *o = out + m * 32;
         for (int c = 0; c < 32; ++c) {
-            int32_t s = 0;
+            int32_t s = acc_in ? acc[m * 32 + c] : 0;
             for (int q = 0; q < nq; ++q)
                 for (int j = 0; j < 4; ++j) s += (int32_t)am[4 * q + j] * wt[q * 128 + 4 * c + j];
-            o[c] += s;
+            if (!epi) {
+                acc[m * 32 + c] = s;
+                continue;
+            }
+            const float x = (float)(s - epi->corr[c]) * epi->scale[c];
+            float *f = epi->facc + m * 32 + c;
+            *f = epi->first ? x : *f + x;
         }
     }
 }
@@ -228,24 +233,38 @@ typedef struct gemm_ctx {
 /* Row m's activations as int8 in the padded group layout (outlier channels and padding 0),
  * stored + 128 for kernels that read them unsigned. */
 QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *dst, int64_t KL, float *scale) {
+    float m8[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}; /* max is exact in any order: 8 lanes */
+    int64_t k = 0;
+    for (; k + 8 <= w->K; k += 8)
+        for (int j = 0; j < 8; ++j) {
+            const float v = w->is_outlier[k + j] ? 0.f : fabsf(a[k + j]);
+            m8[j] = v > m8[j] ? v : m8[j];
+        }
+    for (; k < w->K; ++k) {
+        const float v = w->is_outlier[k] ? 0.f : fabsf(a[k]);
+        m8[0] = v > m8[0] ? v : m8[0];
+    }
     float amax = 0.f;
-    for (int64_t k = 0; k < w->K; ++k)
-        if (!w->is_outlier[k]) amax = fabsf(a[k]) > amax ? fabsf(a[k]) : amax;
+    for (int j = 0; j < 8; ++j) amax = m8[j] > amax ? m8[j] : amax;
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *scale = amax > 0.f ? amax / 127.f : 0.f;
     const uint8_t off = w->isa->i8_act_offset ? 128 : 0;
-    memset(dst, off, (size_t)KL);
     const int64_t seg = w->path == PATH_LUT ? w->gs : w->K, seg_pad = w->path == PATH_LUT ? w->gsp : w->kp;
     for (int64_t g = 0, k0 = 0; k0 < w->K; ++g, k0 += seg) {
         const int64_t len = w->K - k0 < seg ? w->K - k0 : seg;
         uint8_t *d = dst + g * seg_pad;
+        memset(d + len, off, (size_t)(seg_pad - len)); /* padding */
         for (int64_t i = 0; i < len; ++i) {
-            /* round to nearest even by the 1.5 * 2^23 trick (|x| <= 127: exact), which vectorizes */
-            float x = a[k0 + i] * inv;
-            x = x >= -127.f ? x : -127.f; /* NaN -> -127: defined conversions on hostile inputs */
-            x = x <= 127.f ? x : 127.f;
-            const float r = (x + 12582912.f) - 12582912.f;
-            d[i] = (uint8_t)((int)r + off);
+            /* round to nearest even as lrintf does, by adding 1.5 * 2^23 and reading the low bits
+             * (exact for |x| <= 2^22; x is within +-127 here), then clamped as integers: vectorizes,
+             * and NaN / inf inputs give defined (clamped) codes */
+            const float r = a[k0 + i] * inv + 12582912.f;
+            int32_t q;
+            memcpy(&q, &r, 4);
+            q -= 0x4B400000;
+            q = q < -127 ? -127 : q;
+            q = q > 127 ? 127 : q;
+            d[i] = (uint8_t)(q + off);
         }
     }
     for (int64_t j = 0; j < w->n_out; ++j) { /* outlier channels: fp32 in the epilogue */
@@ -265,20 +284,17 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
     float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
     const int offset = w->isa->i8_act_offset;
     for (int64_t g = 0; g < G; ++g) {
-        memset(acc, 0, (size_t)Mr * 32 * sizeof(int32_t));
+        const int32_t *ws = w->gwsum + (cb * G + g) * 32;
+        int32_t corr[32];
+        for (int c = 0; c < 32; ++c) corr[c] = offset ? 128 * ws[c] : 0;
+        const qc_gemm_epi epi = {corr, w->gscale + (cb * G + g) * 32, facc, g == 0};
+        /* the int32 sums stay in registers when the group is one chunk (groups of <= 256) */
         for (int64_t q0 = 0; q0 < Lq; q0 += GEMM_CHUNK_Q) {
             const int nq = (int)(Lq - q0 < GEMM_CHUNK_Q ? Lq - q0 : GEMM_CHUNK_Q);
             decode_tile(w, cb, g, q0, nq, tile);
-            w->isa->i8_gemm(r->aq + m0 * r->KL + (g * Lq + q0) * 4, (size_t)r->KL, tile, nq, Mr, w->gemm_small, acc);
+            w->isa->i8_gemm(r->aq + m0 * r->KL + (g * Lq + q0) * 4, (size_t)r->KL, tile, nq, Mr, w->gemm_small, acc,
+                            q0 > 0, q0 + nq >= Lq ? &epi : NULL);
         }
-        const int32_t *ws = w->gwsum + (cb * G + g) * 32;
-        const float *gs = w->gscale + (cb * G + g) * 32;
-        for (int64_t m = 0; m < Mr; ++m)
-            for (int c = 0; c < 32; ++c) {
-                const int32_t isum = acc[m * 32 + c] - (offset ? 128 * ws[c] : 0);
-                const float x = (float)isum * gs[c];
-                facc[m * 32 + c] = g ? facc[m * 32 + c] + x : x;
-            }
     }
     for (int64_t m = 0; m < Mr; ++m) {
         const int64_t row = m0 + m;

@@ -8,6 +8,26 @@
 #include <immintrin.h>
 #include <string.h>
 
+/* t[2r + i]: row r, columns 16h + 8i .. + 7 of the block: the running int32 sums, or the group's
+ * float epilogue in the portable order (convert, mul, then add). */
+static inline void finish(const __m256i *t, int n, int small, int32_t *acc, int acc_in, const qc_gemm_epi *epi,
+                          int h) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int k = 0; k < n; ++k) {
+        const int r = k / 2, c = 16 * h + 8 * (k & 1);
+        __m256i s = small ? _mm256_madd_epi16(t[k], ones) : t[k];
+        if (acc_in) s = _mm256_add_epi32(s, _mm256_loadu_si256((const __m256i *)(acc + r * 32 + c)));
+        if (!epi) {
+            _mm256_storeu_si256((__m256i *)(acc + r * 32 + c), s);
+            continue;
+        }
+        s = _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)(epi->corr + c)));
+        const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_loadu_ps(epi->scale + c));
+        float *f = epi->facc + r * 32 + c;
+        _mm256_storeu_ps(f, epi->first ? x : _mm256_add_ps(_mm256_loadu_ps(f), x));
+    }
+}
+
 /* R rows x 16 columns (two registers of 8 columns x 4 elements) with the accumulators as named
  * variables: with arrays GCC copied every accumulator once per step (8-12 extra moves). */
 #define QC_DECL(i) __m256i c##i##0 = _mm256_setzero_si256(), c##i##1 = c##i##0;
@@ -26,8 +46,9 @@ typedef int32_t qc_i32u __attribute__((may_alias, aligned(1)));
 #define QC_R4(X, ...) QC_R3(X, __VA_ARGS__) X(3 __VA_ARGS__)
 #define QC_R5(X, ...) QC_R4(X, __VA_ARGS__) X(4 __VA_ARGS__)
 #define QC_R6(X, ...) QC_R5(X, __VA_ARGS__) X(5 __VA_ARGS__)
-#define QC_KERNEL16(name, RR, RN, STEP, small)                                                                     \
-    static void name(const uint8_t *a, size_t as, const int8_t *wt, int nq, int32_t *out) {                 \
+#define QC_KERNEL16(name, RR, RN, STEP, small)                                                           \
+    static void name(const uint8_t *a, size_t as, const int8_t *wt, int nq, int32_t *acc, int acc_in,            \
+                     const qc_gemm_epi *epi, int h) {                                                         \
         RR(QC_DECL)                                                                                          \
         for (int q = 0; q < nq; ++q) {                                                                       \
             const __m256i ones = _mm256_set1_epi16(1);                                                       \
@@ -37,30 +58,29 @@ typedef int32_t qc_i32u __attribute__((may_alias, aligned(1)));
             RR(STEP)                                                                                         \
             (void)ones;                                                                                      \
         }                                                                                                    \
-        /* through an array: adding into out straight from the named variables made GCC spill them */       \
+        /* through an array: using the named variables after the loop made GCC spill them in it */          \
         __m256i t[12];                                                                                       \
         RR(QC_SAVE)                                                                                          \
-        const __m256i ones = _mm256_set1_epi16(1);                                                           \
-        for (int r = 0; r < 2 * RN; ++r) {                                                                   \
-            __m256i *o = (__m256i *)(out + (r / 2) * 32) + (r & 1);                                          \
-            _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), small ? _mm256_madd_epi16(t[r], ones) : t[r])); \
-        }                                                                                                    \
+        finish(t, 2 * RN, small, acc, acc_in, epi, h);                                                       \
     }
 QC_KERNEL16(ks1, QC_R1, 1, QC_STEP_S, 1) QC_KERNEL16(ks2, QC_R2, 2, QC_STEP_S, 1) QC_KERNEL16(ks3, QC_R3, 3, QC_STEP_S, 1)
 QC_KERNEL16(ks4, QC_R4, 4, QC_STEP_S, 1) QC_KERNEL16(ks5, QC_R5, 5, QC_STEP_S, 1) QC_KERNEL16(ks6, QC_R6, 6, QC_STEP_S, 1)
 QC_KERNEL16(kb1, QC_R1, 1, QC_STEP_B, 0) QC_KERNEL16(kb2, QC_R2, 2, QC_STEP_B, 0) QC_KERNEL16(kb3, QC_R3, 3, QC_STEP_B, 0)
 QC_KERNEL16(kb4, QC_R4, 4, QC_STEP_B, 0) QC_KERNEL16(kb5, QC_R5, 5, QC_STEP_B, 0)
 
-typedef void (*qc_k16)(const uint8_t *, size_t, const int8_t *, int, int32_t *);
+typedef void (*qc_k16)(const uint8_t *, size_t, const int8_t *, int, int32_t *, int, const qc_gemm_epi *, int);
 static const qc_k16 kSmall[7] = {0, ks1, ks2, ks3, ks4, ks5, ks6}, kBig[6] = {0, kb1, kb2, kb3, kb4, kb5};
 
-void qc_i8_gemm_avx2(const uint8_t *a, size_t as, const int8_t *wt, int nq, int64_t M, int small, int32_t *out) {
+void qc_i8_gemm_avx2(const uint8_t *a, size_t as, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
+                     int acc_in, const qc_gemm_epi *epi) {
     const int R = small ? 6 : 5; /* 2R accumulators + 2 weights + broadcast / temporaries <= 16 registers */
     const qc_k16 *k = small ? kSmall : kBig;
     for (int64_t m = 0; m < M; m += R) {
         const int r = (int)(M - m < R ? M - m : R);
-        k[r](a + m * as, as, wt, nq, out + m * 32);           /* columns 0-15 */
-        k[r](a + m * as, as, wt + 64, nq, out + m * 32 + 16); /* columns 16-31 */
+        qc_gemm_epi e;
+        if (epi) e = (qc_gemm_epi){epi->corr, epi->scale, epi->facc + m * 32, epi->first};
+        for (int h = 0; h < 2; ++h) /* columns 0-15, 16-31 */
+            k[r](a + m * as, as, wt + 64 * h, nq, acc + m * 32, acc_in, epi ? &e : NULL, h);
     }
 }
 

@@ -83,12 +83,13 @@ void qc_gemm_free(qc_matmul *w);
 
 /* The portable int8 kernel (the reference of qc_isa.i8_gemm, true signed dot products). */
 void qc_i8_gemm_scalar(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
-                       int32_t *out);
+                       int32_t *acc, int acc_in, const qc_gemm_epi *epi);
 /* gemm_int8_avx2.c (x86-64), gemm_int8_neon.c (aarch64, sdot; NULL-returning chooser when the CPU
  * lacks the dot-product extension) */
-void qc_i8_gemm_avx2(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *out);
+void qc_i8_gemm_avx2(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
+                     int acc_in, const qc_gemm_epi *epi);
 int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
 void qc_i8_gemm_neon_dot(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
-                         int32_t *out);
+                         int32_t *acc, int acc_in, const qc_gemm_epi *epi);
 int qc_neon_has_dotprod(void);
 #endif

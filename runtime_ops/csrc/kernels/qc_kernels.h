@@ -15,6 +15,13 @@ enum { QC_TERNARY = 0, QC_BINARY = 1, QC_CODEBOOK = 2 };
 enum { QC_LUT_COLS = 32, QC_FMA_COLS = 16, QC_FMA_KB = 256, QC_CB_KB = 128 };
 
 typedef struct qc_matmul qc_matmul;
+/* The end of a scale group in the batched int8 kernels (qc_isa.i8_gemm). */
+typedef struct qc_gemm_epi {
+    const int32_t *corr; /* [32] */
+    const float *scale;  /* [32] */
+    float *facc;         /* [M][32] */
+    int first;
+} qc_gemm_epi;
 
 /* One instruction-set variant: the inner loops. Everything else is common C. */
 typedef struct qc_isa {
@@ -68,12 +75,14 @@ typedef struct qc_isa {
      * 2*(c%16) (lookup group 2s) and 2*(c%16)+1 (group 2s+1), low nibbles for c < 16, high for c >= 16. */
     int lut_binary_pair;
     /* Batched int8 GEMM (gemm_int8.c) on one block of 32 decoded columns and M rows:
-     * out[m*32 + c] += sum_{q < nq} sum_{j < 4} act(a[m*a_stride + 4q + j]) * wt[q*128 + 4c + j]
+     * s[m][c] = (acc_in ? acc[m*32 + c] : 0) + sum_{q < nq} sum_{j < 4} act(a[m*a_stride + 4q + j]) * wt[q*128 + 4c + j]
      * (wt 32-byte aligned), act(x) = x read as uint8 when i8_act_offset (activations stored + 128;
-     * the driver removes 128 x the column's weight sum) and as int8 otherwise. small: |wt| <= 1 and
+     * epi->corr then holds 128 x the weight sums) and as int8 otherwise. small: |wt| <= 1 and
      * nq <= 64 (int16 partial sums cannot overflow); otherwise |wt| <= 64 (no maddubs saturation).
-     * NULL: the ISA has no batched path. */
-    void (*i8_gemm)(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *out);
+     * epi NULL: acc[m*32 + c] = s. Otherwise the group's end: x = (float)(s - corr[c]) * scale[c],
+     * facc[m*32 + c] = first ? x : facc[m*32 + c] + x (mul, then add). NULL: no batched path. */
+    void (*i8_gemm)(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
+                    int acc_in, const struct qc_gemm_epi *epi);
     int i8_act_offset;
     /* Optional faster decoder of kernel rows [q0, q0 + nq) of scale group g of column block cb to
      * wt (layout as above, the values gemm_int8.c's portable decoder gives); returns how many
