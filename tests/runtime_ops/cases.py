@@ -108,15 +108,15 @@ def all_cases() -> list[Case]:
         matmul_case("TernaryMatMul", 4096, 2080, 4096, 2, n_out=2, level=4, seed=20),
         matmul_case("CodebookMatMul", 1024, 4101, 1024, 2, bits=4, n_out=1, level=4, seed=22),
     ]
-    # rows above the batched path's crossover (its int8 kernel): row-block and 64-row task tails,
+    # rows above the batched path's crossover (its int8 kernel): row-block and 128-row task tails,
     # several 256-element chunks per group, groups of 128 and odd ones, 1 and 2-4 binary planes
     cases += [
-        matmul_case("TernaryMatMul", 600, 70, 600, 67, n_out=2, level=4, seed=30),
+        matmul_case("TernaryMatMul", 600, 70, 600, 131, n_out=2, level=4, seed=30),
         matmul_case("TernaryMatMul", 256, 40, 64, 9, level=4, seed=31),
         matmul_case("BinaryCodeMatMul", 300, 45, 128, 13, bits=1, n_out=1, level=4, seed=32),
         matmul_case("BinaryCodeMatMul", 256, 33, 128, 20, bits=2, n_out=2, level=4, seed=33),
         matmul_case("BinaryCodeMatMul", 130, 40, 37, 11, bits=3, level=4, batch=(2,), seed=34),
-        matmul_case("CodebookMatMul", 520, 50, 520, 16, bits=4, n_out=2, level=4, seed=35),
+        matmul_case("CodebookMatMul", 520, 50, 520, 70, bits=4, n_out=2, level=4, seed=35),
         matmul_case("CodebookMatMul", 75, 31, 75, 10, bits=2, level=4, seed=36),
     ]
     cases += [gather_case(), gather_case(V=5, D=7, gs=7, idx_shape=(6,), dtype=np.int32, seed=1)]

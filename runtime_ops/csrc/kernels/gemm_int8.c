@@ -25,11 +25,18 @@
 #define QC_CLONES
 #endif
 
-enum { GEMM_CHUNK_Q = 64, GEMM_ROWS = 64 }; /* kernel rows per tile (256 elements), rows per task */
+enum { GEMM_CHUNK_Q = 64, GEMM_ROWS = 128 }; /* kernel rows per tile (256 elements), rows per task */
 
-/* Crossover M (one thread, measured with runtime_ops.bench on the AVX2 machine: see README):
- * below it the lookup-table / codebook GEMV paths are faster. */
-static int64_t default_min_m(int kind) { return kind == QC_CODEBOOK ? 4 : 8; }
+/* Crossover M: from it on the batched path runs. Chosen by `runtime_ops.bench --paths` on the
+ * 2-core AVX2 EPYC (one thread, CPU time; README): codebooks win from M = 8 (the codebook GEMV
+ * is the slowest small-M path); ternary / 1-bit codes (int16 kernel) and 3-4 planes tie with
+ * the lookup tables around M = 64 and win above; 2 planes never won there (lookup tables
+ * 1.0-1.2x faster up to M = 256), so 0: off unless QCOMPILER_GEMM_MIN_M asks for it. */
+static int64_t default_min_m(const qc_matmul *w) {
+    if (w->kind == QC_CODEBOOK) return 8;
+    if (w->kind == QC_BINARY && w->n_planes == 2) return 0;
+    return 64;
+}
 
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -214,7 +221,7 @@ int qc_gemm_prepare(qc_matmul *w) {
         }
     free(tile);
     const char *env = getenv("QCOMPILER_GEMM_MIN_M");
-    w->gemm_min_m = env && *env ? atoll(env) : default_min_m(w->kind);
+    w->gemm_min_m = env && *env ? atoll(env) : default_min_m(w);
     if (w->gemm_min_m <= 0) qc_gemm_free(w);
     return 0;
 }
@@ -280,7 +287,7 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
     const int64_t Mr = r->M - m0 < GEMM_ROWS ? r->M - m0 : GEMM_ROWS;
     const int64_t G = w->gemm_G, Lq = w->gemm_lq, n0 = cb * 32;
     int8_t tile[GEMM_CHUNK_Q * 128] __attribute__((aligned(32)));
-    int32_t acc[GEMM_ROWS * 32] __attribute__((aligned(32)));
+    int32_t acc[GEMM_ROWS * 32] __attribute__((aligned(32))); /* 2 x 16 KB: fine on pool threads' stacks */
     float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
     const int offset = w->isa->i8_act_offset;
     for (int64_t g = 0; g < G; ++g) {
@@ -317,7 +324,7 @@ int qc_gemm_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_para
     if (!aq || !as) { free(aq); free(as); return -1; }
     for (int64_t m = 0; m < M; ++m) quantize_row(w, A + m * w->K, aq + m * stride, KL, as + m);
     gemm_ctx r = {w, A, M, Y, aq, as, stride, cdiv(M, GEMM_ROWS)};
-    /* tasks: column block major, then parts of 64 rows (a block's decoded weights stay in cache) */
+    /* tasks: column block major, then parts of 128 rows (a block's decoded weights stay in cache) */
     const size_t total = (size_t)(w->gemm_ncb * r.parts);
     if (par && total > 1)
         par(host, gemm_task, &r, total);

@@ -213,7 +213,7 @@ int main(void) {
         {1, 64, 32, 64}, {3, 70, 45, 16}, {5, 200, 33, 200}, {2, 37, 11, 8}, {4, 256, 64, 32},
         {1, 600, 40, 600}, {6, 96, 70, 48}, {1, 1, 1, 1}, {2, 9, 3, 4},
         {2, 2100, 40, 2100}, /* > 128 lookup steps per group: the int16 sums are flushed mid-group */
-        {67, 300, 70, 300}, {13, 520, 33, 128}, {9, 1030, 65, 1030}}; /* row tails, 64-row tasks, chunks */
+        {131, 300, 70, 300}, {13, 520, 33, 128}, {9, 1030, 65, 1030}}; /* row tails, 128-row tasks, chunks */
     const int ns = (int)(sizeof shapes / sizeof shapes[0]);
     for (int s = 0; s < ns + 2; ++s) {
         if (s >= ns) setenv("QCOMPILER_PREFETCH", "1", 1); /* the prefetching LUT loops, on two shapes */
