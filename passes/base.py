@@ -132,7 +132,7 @@ def drop_unused_weights(graph: ir.Graph, linears) -> None:
         for use in list(lin.weight.uses()):
             user = use.node
             if user.op_type == "Transpose" and not any(o.uses() or o.is_graph_output() for o in user.outputs):
-                graph.remove(user, safe=True)
+                user.graph.remove(user, safe=True)
         for value in (lin.weight, lin.bias):
             if value is not None and value.name in graph.initializers and not list(value.uses()) \
                     and not value.is_graph_output():

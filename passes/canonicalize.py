@@ -69,9 +69,17 @@ class Canonicalize(QPass):
        reads ``Transpose(table)`` again; the copy goes. Analyze then sees the tied head and
        quantize_embeddings gives it the table's format; onnxruntime folds the Transpose at
        session start.
-    6. Identity elimination, dead-node (and unused initializer) removal, topological sort.
+    6. Identity elimination (an Identity that makes a subgraph output of an outer-scope value, as
+       deberta's ``If`` else-branch does, is kept: removing it would make the outer value an output
+       of the subgraph), dead-node (and unused initializer) removal, topological sort.
     7. Shape inference (onnx_ir's ShapeInferencePass: initializers over 1 KB are stripped
        before serializing, so large models are fine; on failure shapes are left as they are).
+
+    Subgraphs (If / Loop / Scan bodies) get the same treatment: their initializers move to the main
+    graph (weights read in two branches of a merged decoder are then one initializer each), their
+    values are renamed where a name is already used elsewhere in the model (sibling branches of
+    Optimum's merged decoder reuse every name; calibration and verification tap values by name),
+    Gemm is rewritten inside them too, and folding, identity removal and sorting recurse.
 
     Leaves alone: a graph already in canonical form (opset 21, MatMul, no Identity, nothing
     dead, default attributes present) comes out with the same nodes.
@@ -89,6 +97,12 @@ class Canonicalize(QPass):
         self.report("nodes_before", nodes_before)
 
         modified |= self._upgrade_opset(model)
+        if any(True for _ in model.graphs() if _ is not model.graph):
+            lifted = ir_common.LiftSubgraphInitializersToMainGraphPass()(model).modified
+            renamed = _unique_subgraph_names(model)
+            self.report("subgraphs", {"graphs": sum(1 for _ in model.graphs()) - 1,
+                                      "initializers_lifted": bool(lifted), "values_renamed": renamed})
+            modified |= lifted or renamed > 0
         modified |= ir_common.AddDefaultAttributesPass()(model).modified
         modified |= ir_common.LiftConstantsToInitializersPass(
             lift_all_constants=False, size_limit=opt.lift_constants_min_size
@@ -118,7 +132,7 @@ class Canonicalize(QPass):
             modified |= n_tied > 0
 
         # Constant folding already forwards most Identity nodes; this pass takes the rest.
-        modified |= ir_common.IdentityEliminationPass()(model).modified
+        modified |= _ScopedIdentityElimination()(model).modified
         self.report("identity_removed", n_identity - _count_nodes(model, "Identity"))
         modified |= ir_common.RemoveUnusedNodesPass()(model).modified
         modified |= ir_common.TopologicalSortPass()(model).modified
@@ -156,6 +170,52 @@ class Canonicalize(QPass):
         return after != current
 
 
+class _ScopedIdentityElimination(ir_common.IdentityEliminationPass):
+    """onnx_ir's identity elimination, except `y = Identity(x)` where y is an output of the
+    node's graph and x comes from another (outer) graph: x cannot become that graph's output."""
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1 and len(node.outputs) == 1:
+            x, y = node.inputs[0], node.outputs[0]
+            if x is not None and y.is_graph_output() and _owner_graph(x) is not node.graph:
+                return False
+        return super()._try_eliminate_identity_node(node)
+
+
+def _owner_graph(value: ir.Value):
+    """The graph that defines `value`: its producer's graph, or the graph it is an input/initializer of."""
+    producer = value.producer()
+    return producer.graph if producer is not None else value.graph
+
+
+def _unique_subgraph_names(model: ir.Model) -> int:
+    """Rename subgraph values whose name is used elsewhere in the model (main-graph names stay);
+    returns how many were renamed."""
+    g = model.graph
+    taken = {v.name for v in g.inputs} | set(g.initializers) | {v.name for v in g.outputs}
+    taken |= {v.name for n in g for v in n.outputs}
+    count = 0
+
+    def claim(value: ir.Value) -> None:
+        nonlocal count
+        if value.name and value.name in taken:
+            value.name = fresh_name(value.name, taken)
+            count += 1
+        if value.name:
+            taken.add(value.name)
+
+    def enter(graph) -> None:
+        if graph is not g:
+            for v in graph.inputs:
+                claim(v)
+
+    for node in ir.traversal.RecursiveGraphIterator(g, enter_graph=enter):
+        if node.graph is not g:
+            for v in node.outputs:
+                claim(v)
+    return count
+
+
 def _count_nodes(model: ir.Model, op_type: str | None = None) -> int:
     return sum(1 for n in model.graph.all_nodes() if op_type is None or n.op_type == op_type)
 
@@ -184,7 +244,8 @@ def _const_array(value: ir.Value | None) -> np.ndarray | None:
 def _retie_transposed_copies(graph: ir.Graph) -> int:
     """MatMul(x, W) with W == table.T exactly, for a table some Gather reads: W becomes Transpose(table)."""
     tables: dict[tuple[int, int], list[ir.Value]] = {}
-    for node in graph:
+    all_nodes = list(ir.traversal.RecursiveGraphIterator(graph))   # a merged decoder's heads are in its branches
+    for node in all_nodes:
         if node.op_type == "Gather" and node.domain in _DEFAULT_DOMAINS and node.attributes.get_int("axis", 0) == 0:
             t = node.inputs[0]
             if t is not None and t.is_initializer() and t.const_value is not None and len(t.const_value.shape) == 2:
@@ -195,7 +256,7 @@ def _retie_transposed_copies(graph: ir.Graph) -> int:
         return 0
     names = _Names(graph)
     count = 0
-    for node in list(graph):
+    for node in all_nodes:
         if node.op_type != "MatMul" or node.domain not in _DEFAULT_DOMAINS:
             continue
         w = node.inputs[1]
@@ -216,17 +277,21 @@ def _retie_transposed_copies(graph: ir.Graph) -> int:
         transpose = ir.node("Transpose", [table], attributes={"perm": [1, 0]},
                             name=names.fresh(f"{node.name or 'MatMul'}/TransposeTable"))
         transpose.outputs[0].name = names.fresh(f"{table.name}_transposed")
-        graph.insert_before(node, transpose)
+        node.graph.insert_before(node, transpose)
         node.replace_input_with(1, transpose.outputs[0])
         count += 1
     return count
 
 
 def _gemm_to_matmul(graph: ir.Graph) -> int:
-    """Rewrite every default-domain Gemm of the main graph as MatMul (+ Add); return the count."""
+    """Rewrite every default-domain Gemm (subgraphs included) as MatMul (+ Add); return the count.
+    New initializers go to the main graph `graph` (visible in every subgraph)."""
     names = _Names(graph)
     count = 0
-    for node in list(graph):
+    main = graph
+    stored: dict[tuple, ir.Value] = {}     # one [K, N] copy per (weight, transB, alpha): shared weights stay shared
+    for node in list(ir.traversal.RecursiveGraphIterator(main)):
+        graph = node.graph
         if node.op_type != "Gemm" or node.domain not in _DEFAULT_DOMAINS:
             continue
         a, b = node.inputs[0], node.inputs[1]
@@ -254,20 +319,23 @@ def _gemm_to_matmul(graph: ir.Graph) -> int:
                 w = (w.astype(np.float64) * alpha).astype(b_const.dtype)
                 scale_after = 1.0
             if trans_b or alpha != 1.0:
-                b = add_initializer(graph, names.fresh(f"{b.name or base}_kn"), np.ascontiguousarray(w))
+                key = (id(b), trans_b, alpha)
+                if key not in stored:
+                    stored[key] = add_initializer(main, names.fresh(f"{b.name or base}_kn"), np.ascontiguousarray(w))
+                b = stored[key]
         elif trans_b:
             b = add_node("Transpose", [b], "TransposeB", perm=[1, 0])
         y = add_node("MatMul", [a, b], "MatMul")
         if scale_after != 1.0:
-            y = add_node("Mul", [y, add_initializer(graph, names.fresh(f"{base}_alpha"),
+            y = add_node("Mul", [y, add_initializer(main, names.fresh(f"{base}_alpha"),
                                                       np.array(scale_after, dtype=np.float32))], "MulAlpha")
         if c is not None and beta != 0.0:
             c_const = _const_array(c)
             if c_const is not None and beta != 1.0:
-                c = add_initializer(graph, names.fresh(f"{c.name or base}_beta"),
+                c = add_initializer(main, names.fresh(f"{c.name or base}_beta"),
                                      (c_const.astype(np.float64) * beta).astype(c_const.dtype))
             elif beta != 1.0:
-                c = add_node("Mul", [c, add_initializer(graph, names.fresh(f"{base}_beta"),
+                c = add_node("Mul", [c, add_initializer(main, names.fresh(f"{base}_beta"),
                                                           np.array(beta, dtype=np.float32))], "MulBeta")
             y = add_node("Add", [y, c], "Add")
         # The last new node's output takes over the Gemm's output (name, shape, consumers).

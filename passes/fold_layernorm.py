@@ -210,6 +210,10 @@ class FoldLayerNorm(QPass):
             modified |= self._fuse(model, opset)
         if self.options.fold_into_linears:
             modified |= self._fold(model.graph)
+            inner = sum(len(_find_norms(g)) for g in model.graphs() if g is not model.graph)
+            if inner:
+                self.report("subgraphs", f"{inner} norm(s) inside If/Loop/Scan bodies left unfolded: folding rewrites "
+                                         "the weights, which the bodies of a merged decoder share")
         if modified:
             ir_common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified)
@@ -244,7 +248,7 @@ class FoldLayerNorm(QPass):
 
     # (b)
     def _fold(self, graph: ir.Graph) -> bool:
-        linears = {id(lin.node): lin for lin in find_linears(graph)}
+        linears = {id(lin.node): lin for lin in find_linears(graph, recursive=False)}
         names = {n.name for n in graph.all_nodes()} | {v.name for v in graph.initializers.values()}
         names |= {v.name for n in graph.all_nodes() for v in n.outputs}
         modified = False

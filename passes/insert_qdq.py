@@ -151,7 +151,7 @@ class InsertQDQ(QPass):
             if lin.name in tables or wp.role == "embedding":
                 self.report_append("skipped", {"weight": lin.name, "reason": "tied to an embedding table (quantize_embeddings owns it)"})
                 continue
-            if lin.node.graph is not graph or _weight_source(lin.node.inputs[1]) != (lin.weight, lin.transposed):
+            if lin.node.graph is None or _weight_source(lin.node.inputs[1]) != (lin.weight, lin.transposed):
                 self.report_append("skipped", {"weight": lin.name, "reason": "graph changed since analyze"})
                 continue
             self._rewrite(graph, lin)
@@ -174,7 +174,7 @@ class InsertQDQ(QPass):
         base = lin.node.name or lin.weight.name
         tape = ir.tape.Tape()
 
-        inp = self._prepare_input(tape, x, idx, stats)
+        inp = self._prepare_input(tape, x, idx, stats, lin.node.graph)
         w_q, w_scale, w_zp, w_out, w_err = self._weight(tape, lin, idx)
 
         if opts.activations == "dynamic":
@@ -196,14 +196,15 @@ class InsertQDQ(QPass):
             y = self._names.op(tape, "Add", [y, extra], name=f"{base}_outlier_Add")
 
         old_out = lin.output
-        for init in tape.initializers:
+        for init in tape.initializers:   # the main graph's initializers are visible in every subgraph
             graph.register_initializer(init)
-        graph.insert_before(lin.node, tape.nodes)
+        home = lin.node.graph            # the main graph, or the If/Loop/Scan body the linear is in
+        home.insert_before(lin.node, tape.nodes)
         name = old_out.name
         ir.convenience.replace_all_uses_with(old_out, y, replace_graph_outputs=True)
         old_nodes = [lin.node] + ([lin.bias_node] if lin.bias_node is not None else [])
         for node in reversed(old_nodes):
-            graph.remove(node, safe=True)
+            home.remove(node, safe=True)
         # The old value (now detached) keeps its name too: the pipeline reads lin.output.name later.
         y.name = name
         y.type, y.shape = old_out.type, old_out.shape
@@ -219,8 +220,9 @@ class InsertQDQ(QPass):
             entry["activation_range"] = [round(v, 6) for v in inp.act_range]
         self.report_append("linears", entry)
 
-    def _prepare_input(self, tape: ir.tape.Tape, x: ir.Value, idx: np.ndarray, stats) -> _Input:
-        key = (id(x), tuple(int(i) for i in idx))
+    def _prepare_input(self, tape: ir.tape.Tape, x: ir.Value, idx: np.ndarray, stats, home) -> _Input:
+        # Per graph: a value of the main graph read in two branches is quantized once in each.
+        key = (id(x), id(home), tuple(int(i) for i in idx))
         if key in self._inputs:
             return self._inputs[key]
         tag = x.name + (f"_out{len(idx)}" if len(idx) else "")
@@ -294,7 +296,7 @@ class InsertQDQ(QPass):
         for use in list(w.uses()):  # a Transpose(W) nobody reads any more
             node = use.node
             if node.op_type == "Transpose" and not list(node.outputs[0].uses()) and not node.outputs[0].is_graph_output():
-                graph.remove(node, safe=True)
+                node.graph.remove(node, safe=True)
         if not list(w.uses()) and not w.is_graph_output() and w.name in graph.initializers:
             del graph.initializers[w.name]
 

@@ -184,6 +184,7 @@ class QuantizeEmbeddings(QPass):
             raise SchemeError(f"quantize_embeddings: scale_dtype must be float16 or float32, not '{self.options.scale_dtype}'")
         ctx = self.ctx
         graph = model.graph
+        self._main = graph        # new initializers go here: visible in every If/Loop/Scan body
         self._names = UniqueNames(graph)
         by_table: dict[str, list[Embedding]] = {}
         for emb in ctx.roles.embeddings if ctx.roles else []:
@@ -220,7 +221,7 @@ class QuantizeEmbeddings(QPass):
                 del graph.initializers[table.name]
             self.report_append("tables", entry)
             modified = True
-        if any(n.domain == contract.DOMAIN for n in graph):
+        if any(n.domain == contract.DOMAIN for n in graph.all_nodes()):
             contract.attach_functions(model)
         return ir.passes.PassResult(model, modified)
 
@@ -437,8 +438,8 @@ class QuantizeEmbeddings(QPass):
 
     def _commit(self, graph: ir.Graph, tape: ir.tape.Tape, before: ir.Node) -> None:
         for init in tape.initializers:
-            graph.register_initializer(init)
-        graph.insert_before(before, tape.nodes)
+            self._main.register_initializer(init)
+        before.graph.insert_before(before, tape.nodes)
 
     def _rewrite_gather(self, graph: ir.Graph, emb: Embedding, stored: _Stored) -> None:
         tape = ir.tape.Tape()
@@ -449,7 +450,7 @@ class QuantizeEmbeddings(QPass):
         old = node.outputs[0]
         name = old.name
         ir.convenience.replace_all_uses_with(old, y, replace_graph_outputs=True)
-        graph.remove(node, safe=True)
+        node.graph.remove(node, safe=True)
         # The old value is detached; it keeps its name (analysis results may still refer to it).
         y.name = name
         y.type, y.shape = old.type, old.shape

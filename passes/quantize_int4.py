@@ -52,7 +52,7 @@ import onnx_ir as ir
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
-                                   planned_linears)
+                                   fresh_name, planned_linears)
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import output_error, recover, shrinkage_for, too_few_rows
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
@@ -207,7 +207,8 @@ class _Packed:
     q: Quantized
     rel_error: float
     inputs: list[ir.Value | None]          # MatMulNBits [B, scales, zp] or DQ [x, scale, zp]
-    dequantized: ir.Value | None = None    # portable: the DequantizeLinear output
+    # portable: the DequantizeLinear output, one per graph (a branch cannot read another's values)
+    dequantized: dict = dataclasses.field(default_factory=dict)
     method: str = "plain"
     outlier_idx: ir.Value | None = None    # int64 [n_out] (gptq with outliers)
     outlier_w: ir.Value | None = None      # float16 [n_out, N]
@@ -252,6 +253,7 @@ class QuantizeInt4(QPass):
             model.opset_imports.setdefault(MS_DOMAIN, 1)
 
         graph = model.graph
+        self._node_names = {n.name for n in graph.all_nodes() if n.name}   # a shared weight's nodes get _2, _3 ...
         stats = ctx.stats or {}
         gptq = [lin for lin, plan in todo if _recovery(lin.name, plan.settings) == "gptq"]
         grams, rows = consumer_grams(gptq, stats), consumer_rows(gptq, stats)
@@ -272,13 +274,13 @@ class QuantizeInt4(QPass):
                 after += sum(v.const_value.nbytes for v in [*packed[key].inputs, packed[key].outlier_idx,
                                                             packed[key].outlier_w] if v is not None)
             entry = packed[key]
-            a, out_name = lin.node.inputs[0], lin.output.name
+            a, out_name, home = lin.node.inputs[0], lin.output.name, lin.node.graph
             if target == "portable":
                 form = self._rewrite_portable(graph, lin, entry)
             else:
                 form = self._rewrite_nbits(graph, lin, entry, block_size, np_dtype)
             if entry.outlier_idx is not None:
-                form += self._add_outlier_path(graph, lin, a, out_name, entry)
+                form += self._add_outlier_path(home, lin, a, out_name, entry, self._fresh_node)
             self.report_append("linears", {
                 "weight": lin.name, "node": lin.node.name, "role": lin.role, "layer": lin.layer,
                 "block_size": block_size, "symmetric": symmetric, "method": entry.method,
@@ -378,26 +380,33 @@ class QuantizeInt4(QPass):
         attributes = {"K": k, "N": n, "bits": 4, "block_size": block_size}
         if self.options.accuracy_level:
             attributes["accuracy_level"] = int(self.options.accuracy_level)
-        node = ir.node("MatMulNBits", inputs, attributes, domain=MS_DOMAIN, name=_node_name(lin, "MatMulNBits"))
+        node = ir.node("MatMulNBits", inputs, attributes, domain=MS_DOMAIN, name=self._fresh_node(_node_name(lin, "MatMulNBits")))
         if bias is not None:
             old_nodes, old_out = [lin.node, lin.bias_node], lin.output
         else:
             old_nodes, old_out = [lin.node], lin.node.outputs[0]
-        ir.convenience.replace_nodes_and_values(graph, old_nodes[-1], old_nodes, [node], [old_out], [node.outputs[0]])
+        ir.convenience.replace_nodes_and_values(lin.node.graph, old_nodes[-1], old_nodes, [node], [old_out],
+                                                [node.outputs[0]])
         form = "MatMulNBits"
         if lin.bias is not None:
             form += " (bias folded)" if bias is not None else " + Add"
         return form
 
+    def _fresh_node(self, name: str) -> str:
+        name = fresh_name(name, self._node_names)
+        self._node_names.add(name)
+        return name
+
     @staticmethod
-    def _add_outlier_path(graph, lin: Linear, a: ir.Value, name: str, entry: _Packed) -> str:
-        """Y = int4 part + A[..., outlier_idx] @ outlier_w, under the linear's output name `name`."""
+    def _add_outlier_path(graph, lin: Linear, a: ir.Value, name: str, entry: _Packed, fresh=lambda n: n) -> str:
+        """Y = int4 part + A[..., outlier_idx] @ outlier_w, under the linear's output name `name`
+        (`graph`: the one the linear is in)."""
         out = next(v for node in graph for v in node.outputs if v.name == name)
         base = _node_name(lin, "outliers")
-        gather = ir.node("Gather", [a, entry.outlier_idx], {"axis": -1}, name=f"{base}_Gather")
-        cast = ir.node("Cast", [entry.outlier_w], {"to": _float_dtype(a)[0]}, name=f"{base}_Cast")
-        matmul = ir.node("MatMul", [gather.outputs[0], cast.outputs[0]], name=f"{base}_MatMul")
-        add = ir.node("Add", [out, matmul.outputs[0]], name=f"{base}_Add")
+        gather = ir.node("Gather", [a, entry.outlier_idx], {"axis": -1}, name=fresh(f"{base}_Gather"))
+        cast = ir.node("Cast", [entry.outlier_w], {"to": _float_dtype(a)[0]}, name=fresh(f"{base}_Cast"))
+        matmul = ir.node("MatMul", [gather.outputs[0], cast.outputs[0]], name=fresh(f"{base}_MatMul"))
+        add = ir.node("Add", [out, matmul.outputs[0]], name=fresh(f"{base}_Add"))
         graph.insert_after(out.producer(), [gather, cast, matmul, add])
         ir.convenience.replace_all_uses_with(out, add.outputs[0], replace_graph_outputs=True)
         add.replace_input_with(0, out)      # the Add itself still reads the int4 part
@@ -407,14 +416,17 @@ class QuantizeInt4(QPass):
         return " + FP16 outlier rows"
 
     def _rewrite_portable(self, graph, lin: Linear, entry: _Packed) -> str:
-        if entry.dequantized is None:
+        home = lin.node.graph
+        if id(home) not in entry.dequantized:
             dq = ir.node("DequantizeLinear", list(entry.inputs) if entry.inputs[2] is not None else entry.inputs[:2],
-                         {"axis": 0, "block_size": int(entry.q.block_size)}, name=_node_name(lin, "DequantizeLinear"))
+                         {"axis": 0, "block_size": int(entry.q.block_size)},
+                         name=self._fresh_node(_node_name(lin, "DequantizeLinear")))
             out = dq.outputs[0]
-            out.name = f"{lin.weight.name}_dequantized"
+            out.name = fresh_name(f"{lin.weight.name}_dequantized", {v.name for v in graph.initializers.values()}
+                                  | {v.name for n in graph.all_nodes() for v in n.outputs})
             out.type = ir.TensorType(entry.inputs[1].const_value.dtype)
             out.shape = ir.Shape(list(entry.q.codes.shape))
-            graph.insert_before(lin.node, dq)
-            entry.dequantized = out
-        lin.node.replace_input_with(1, entry.dequantized)
+            home.insert_before(lin.node, dq)
+            entry.dequantized[id(home)] = out
+        lin.node.replace_input_with(1, entry.dequantized[id(home)])
         return "DequantizeLinear + MatMul"

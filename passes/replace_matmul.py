@@ -296,12 +296,13 @@ class ReplaceMatMul(QPass):
                                                    bits=p.attrs.get("bits"), accuracy_level=accuracy_level))
         node = ir.node(p.op_type, [lin.node.inputs[0], p.inputs[0], p.inputs[1], bias, p.inputs[2], p.inputs[3]],
                        attributes, domain=contract.DOMAIN,
-                       name=_node_name(lin, p.op_type, {n.name for n in graph if n.name}))
+                       name=_node_name(lin, p.op_type, {n.name for n in graph.all_nodes() if n.name}))
         if fold:
             old_nodes, old_out = [lin.node, lin.bias_node], lin.output
         else:
             old_nodes, old_out = [lin.node], lin.node.outputs[0]
-        ir.convenience.replace_nodes_and_values(graph, old_nodes[-1], old_nodes, [node], [old_out], [node.outputs[0]])
+        ir.convenience.replace_nodes_and_values(lin.node.graph, old_nodes[-1], old_nodes, [node], [old_out],
+                                                [node.outputs[0]])
         if lin.bias_node is not None:
             return p.op_type + (" (bias folded)" if fold else " + Add")
         return p.op_type

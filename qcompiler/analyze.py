@@ -13,6 +13,10 @@ runtime indices. Roles come from the dataflow around them:
   SiLU) is `ffn_up`; a linear reached from it through elementwise ops only is `ffn_down`.
 - `lm_head`: a linear whose weight is an embedding table, or whose output is a graph
   output with a vocabulary-sized N. Anything else is `linear`.
+
+Subgraphs (If / Loop / Scan bodies) are searched too: a merged decoder's two branches read the
+same main-graph weights, and each MatMul reading one is a linear of its own (the plan, keyed by
+weight name, quantizes the weight once). Layers are counted within each graph.
 """
 
 from __future__ import annotations
@@ -138,9 +142,13 @@ def _bias_of(node: ir.Node, n: int) -> tuple[ir.Node, ir.Value] | tuple[None, No
     return consumer, other
 
 
-def find_linears(graph: ir.Graph) -> list[Linear]:
+def _nodes(graph: ir.Graph, recursive: bool):
+    return ir.traversal.RecursiveGraphIterator(graph) if recursive else iter(graph)
+
+
+def find_linears(graph: ir.Graph, recursive: bool = True) -> list[Linear]:
     linears = []
-    for node in graph:
+    for node in _nodes(graph, recursive):
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
             continue
         if _const(node.inputs[0]) is not None:
@@ -157,9 +165,9 @@ def find_linears(graph: ir.Graph) -> list[Linear]:
     return linears
 
 
-def find_embeddings(graph: ir.Graph) -> list[Embedding]:
+def find_embeddings(graph: ir.Graph, recursive: bool = True) -> list[Embedding]:
     found = []
-    for node in graph:
+    for node in _nodes(graph, recursive):
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
             continue
         table = node.inputs[0]
@@ -206,7 +214,7 @@ def _walk_forward(value: ir.Value, through: set[str], limit: int = 12) -> Iterab
 
 
 def analyze(model: ir.Model) -> RoleMap:
-    """Assign a role and a layer index to every linear and embedding of the main graph."""
+    """Assign a role and a layer index to every linear and embedding, subgraphs included."""
     graph = model.graph
     linears = find_linears(graph)
     embeddings = find_embeddings(graph)
@@ -225,7 +233,7 @@ def analyze(model: ir.Model) -> RoleMap:
         return hits
 
     qkv_hits: dict[int, set[str]] = {}
-    for node in graph:
+    for node in _nodes(graph, True):
         if node.op_type != "MatMul" or id(node) in by_node or len(node.inputs) != 2:
             continue
         a, b = node.inputs
@@ -268,7 +276,7 @@ def analyze(model: ir.Model) -> RoleMap:
                 other.role = "ffn_down"
 
     tables = {id(e.table): e for e in embeddings}
-    graph_outputs = {id(v) for v in graph.outputs}
+    graph_outputs = {id(v) for g in model.graphs() for v in g.outputs}
     vocab = max((int(e.table.const_value.shape[0]) for e in embeddings), default=0)
     for lin in linears:
         emb = tables.get(id(lin.weight))
@@ -284,16 +292,17 @@ def analyze(model: ir.Model) -> RoleMap:
     # A layer starts at the first attention after an FFN: a decoder layer's cross-attention
     # (a second attn_q before the FFN) stays in its layer.
     has_ffn = any(lin.role in ("ffn_up", "ffn_down") for lin in linears)
-    layer, ffn_seen = -1, True
-    for node in graph:  # graph iteration is topological after canonicalize
-        lin = by_node.get(id(node))
-        if lin is None:
-            continue
-        if lin.role in ("attn_q", "attn_qkv") and (ffn_seen or not has_ffn):
-            layer += 1
-            ffn_seen = False
-        ffn_seen = ffn_seen or lin.role in ("ffn_up", "ffn_down")
-        lin.layer = max(layer, 0) if layer >= 0 or lin.role != "lm_head" else None
+    for g in model.graphs():   # each branch of a merged decoder counts its own layers
+        layer, ffn_seen = -1, True
+        for node in g:  # graph iteration is topological after canonicalize
+            lin = by_node.get(id(node))
+            if lin is None:
+                continue
+            if lin.role in ("attn_q", "attn_qkv") and (ffn_seen or not has_ffn):
+                layer += 1
+                ffn_seen = False
+            ffn_seen = ffn_seen or lin.role in ("ffn_up", "ffn_down")
+            lin.layer = max(layer, 0) if layer >= 0 or lin.role != "lm_head" else None
     for lin in linears:
         if lin.role == "lm_head":
             lin.layer = None

@@ -204,13 +204,23 @@ def session_with_taps(model, taps: list[str], providers=("CPUExecutionProvider",
     from qcompiler.model_io import inline_proto  # external data inlined: a session made from bytes cannot find it
 
     proto = model if isinstance(model, onnx.ModelProto) else inline_proto(model)
+    main_values = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.input}
+    nested = [t for t in taps if t not in main_values]
+    if nested:   # values inside If branches: exposed through the If on a copy (the caller's proto stays)
+        from qcompiler.model_io import expose_nested_values
+
+        if proto is model:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(model)
+        expose_nested_values(proto, nested)
     n_outputs = len(proto.graph.output)
+    readable = main_values | {o for n in proto.graph.node for o in n.output}   # with the exposed ones
     existing = {o.name for o in proto.graph.output}
     value_types = {}
     for vi in list(proto.graph.value_info) + list(proto.graph.input):
         value_types[vi.name] = vi
     for name in taps:
-        if name in existing:
+        if name in existing or name not in readable:   # a Loop/Scan body's value: not readable
             continue
         existing.add(name)
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name) if name not in value_types
@@ -274,7 +284,7 @@ def collect_stats(
         for fed, vals in runs:
             mask = fed.get(mask_name) if mask_name else None
             for name, value in zip(wanted, vals):
-                if value.dtype.kind == "f" and value.ndim >= 1:
+                if value.dtype.kind == "f" and value.ndim >= 1 and value.size:   # empty: a branch not taken
                     if mask is not None and value.ndim == 3 and value.shape[:2] == mask.shape:
                         value = value[mask.astype(bool)]  # padded positions are not data
                     accs[name].add(value)

@@ -336,3 +336,64 @@ def file_size(path: str | os.PathLike) -> int:
                 if data.exists():
                     total += data.stat().st_size
     return total
+
+
+def expose_nested_values(proto: onnx.ModelProto, names) -> list[str]:
+    """Make values computed inside If branches (a merged decoder's, at any depth) readable as
+    outputs of the main graph, under their own names, for calibration and verification taps.
+
+    Each such value becomes an extra output of its branch and of the If; the other branch outputs
+    an empty tensor of the same type there, so whichever branch runs, the output exists, and it is
+    empty when the value was not computed. The proto is changed in place. Values inside Loop/Scan
+    bodies (one per iteration) are not exposed; returns their names."""
+    owner: dict[int, tuple] = {}            # id(subgraph) -> (If/Loop node, attribute name, parent graph)
+    produced: dict[str, onnx.GraphProto] = {}
+    types: dict[str, onnx.TypeProto] = {}
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for vi in [*graph.value_info, *graph.input, *graph.output]:
+            if vi.type.HasField("tensor_type"):
+                types.setdefault(vi.name, vi.type)
+        for node in graph.node:
+            for out in node.output:
+                produced.setdefault(out, graph)
+            for attr in node.attribute:
+                subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                for sub in subs:
+                    owner[id(sub)] = (node, attr.name, graph)
+                    walk(sub)
+
+    walk(proto.graph)
+    skipped = []
+    for name in names:
+        graph = produced.get(name)
+        if graph is None or graph is proto.graph:
+            continue
+        chain, g = [], graph
+        while g is not proto.graph:
+            node, attr_name, parent = owner[id(g)]
+            if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+                break
+            chain.append((g, node, attr_name))
+            g = parent
+        if g is not proto.graph:
+            skipped.append(name)
+            continue
+        tensor_type = types.get(name)
+        elem = tensor_type.tensor_type.elem_type if tensor_type is not None else onnx.TensorProto.FLOAT
+        rank = len(tensor_type.tensor_type.shape.dim) if tensor_type is not None and \
+            tensor_type.tensor_type.HasField("shape") else 1
+        for branch, node, attr_name in chain:
+            out = name
+            if any(o.name == name for o in branch.output):   # listed twice, onnxruntime returns None: a copy
+                out = f"{name}__tap"
+                branch.node.append(onnx.helper.make_node("Identity", [name], [out]))
+            branch.output.append(onnx.helper.make_tensor_value_info(out, elem, None))
+            other_name = "else_branch" if attr_name == "then_branch" else "then_branch"
+            other = next(a.g for a in node.attribute if a.name == other_name)
+            absent = f"{name}__absent_{len(other.node)}"
+            empty = onnx.helper.make_tensor(absent, elem, [0] * max(rank, 1), [])
+            other.node.append(onnx.helper.make_node("Constant", [], [absent], value=empty))
+            other.output.append(onnx.helper.make_tensor_value_info(absent, elem, None))
+            node.output.append(name)
+    return skipped

@@ -92,7 +92,8 @@ def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], 
             out_stats[n]["rel"].append(_rel_l2(r, g))
             out_stats[n]["maxabs"] = max(out_stats[n]["maxabs"], float(np.max(np.abs(r - g))) if r.size else 0.0)
         for n in layers:
-            if ref[n].shape == got[n].shape:  # a pruned FFN's hidden layer has fewer units: not comparable
+            # a pruned FFN's hidden layer has fewer units: not comparable; empty: an If branch not taken
+            if ref[n].shape == got[n].shape and ref[n].size:
                 layer_err[n].append(_rel_l2(ref[n], got[n]))
         if progress:
             progress(i + 1, len(feeds))
