@@ -107,11 +107,26 @@ class RoleMap:
 
 
 def _const(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The constant tensor of an initializer; None for activations and for an initializer that is
+    also a graph input (a default the caller may override at run time: packing it would ignore the feed)."""
     if value is None:
         return None
-    if value.const_value is not None and value.is_initializer():
+    if value.const_value is not None and value.is_initializer() and not value.is_graph_input():
         return value.const_value
     return None
+
+
+def runtime_weights(model: ir.Model) -> list[str]:
+    """Names of 2-D MatMul/Gemm weights that are graph inputs (with or without an initializer
+    default): they are fed at run time, so the compiler leaves them alone."""
+    found = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in ("MatMul", "Gemm") and node.domain in ("", "ai.onnx") and len(node.inputs) >= 2:
+            w = node.inputs[1]
+            if w is not None and w.is_graph_input() and w.shape is not None and len(w.shape) == 2 \
+                    and w.name not in found:
+                found.append(w.name)
+    return found
 
 
 def _weight_source(value: ir.Value) -> tuple[ir.Value, bool] | None:

@@ -332,6 +332,12 @@ def _stack_batches(feeds, batch_size: int):
         return tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(feed.items()))
 
     for feed in feeds:
+        if any(np.ndim(v) == 0 for v in feed.values()):   # a scalar input (an If condition): no batch axis
+            if group:
+                yield {k: np.concatenate([g[k] for g in group]) for k in group[0]}
+                group = []
+            yield feed
+            continue
         if group and (len(group) >= batch_size or shapes(feed) != shapes(group[0])):
             yield {k: np.concatenate([g[k] for g in group]) for k in group[0]}
             group = []

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qcompiler import calibration, model_io, report as report_mod, verify as verify_mod
-from qcompiler.analyze import analyze
+from qcompiler.analyze import analyze, runtime_weights
 from qcompiler.context import CompileContext, CompileOptions
 from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError, require_extra
 from qcompiler.plan import KEEP, make_plan
@@ -205,8 +205,13 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     with steps.stage("analyze + plan"):
         ctx.roles = analyze(model)
         ctx.plan = make_plan(ctx.roles, scheme_obj, list(exclude))
+    fed = runtime_weights(model)
+    if fed:
+        notes.append(f"{len(fed)} MatMul/Gemm weight(s) are graph inputs, fed at run time (an initializer there is "
+                     f"only a default): left alone ({', '.join(fed[:4])}{' ...' if len(fed) > 4 else ''})")
     if not ctx.roles.linears and not ctx.roles.embeddings:
         notes.append("no MatMul/Gemm with constant weights and no embedding table: compiled to a copy")
+    planned_before = sum(wp.format != KEEP for wp in ctx.plan.values())
 
     transform = [p for p in passes if p.stage == "transform"]
     needs_stats = any(getattr(p, "needs_stats", False) for p in transform) and ctx.roles.linears
@@ -239,6 +244,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
                 with steps.bar("calibrating", len(feeds)) as bar, _input_model_errors():
                     ctx.stats = calibration.collect_stats(model, feeds, taps, gram_for=gram_for, seed=options.seed,
                                                           progress=bar)
+            _note_uncalibrated(model, ctx, taps, notes)
 
     with steps.stage("transform + pack"):
         for p in transform:
@@ -252,6 +258,10 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
 
     _mark_unhandled(ctx, model, notes)
     _note_plain_fallbacks(ctx, notes)
+    if planned_before and not any(wp.format != KEEP for wp in ctx.plan.values()):
+        reasons = sorted({wp.reason for wp in ctx.plan.values() if wp.reason})
+        raise UsageError(f"nothing was quantized: the scheme planned {planned_before} weight(s) and every one stayed "
+                         f"FP32 ({'; '.join(reasons)[:400] or 'no pass rewrote them'}); no output written")
     verification = None
     if verify and reference_proto is not None:
         with steps.stage("verify"):
@@ -309,6 +319,48 @@ def _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir,
     notes.append(f"calibrated in {info['pieces']} pieces (at most {info['largest_piece_bytes'] / 1e6:.1f} MB of weights and "
                  f"Gram matrices at a time) on {len(feeds)} samples; {max_rows} reservoir rows per linear input; "
                  f"Gram matrices ({info['gram_files_bytes'] / 1e6:.1f} MB) kept on disk until used")
+
+
+def _note_uncalibrated(model: ir.Model, ctx: CompileContext, taps: list[str], notes: list[str]) -> None:
+    """Say which linear inputs got no statistics: inside a Loop/Scan body (one value per iteration,
+    not tapped) or in an If branch that no calibration sample took. Their weights get plain rounding."""
+    missing = [t for t in taps if t not in ctx.stats]
+    if not missing:
+        return
+    where = {}
+    for graph in model.graphs():
+        for v in [*graph.inputs, *(o for n in graph for o in n.outputs)]:
+            if v.name in missing:
+                where[v.name] = graph
+    bodies = _loop_bodies(model.graph)
+    in_loops = [t for t in missing if t in where and id(where[t]) in bodies]
+    if in_loops:
+        notes.append(f"{len(in_loops)} linear input(s) inside Loop/Scan bodies were not calibrated (a body value "
+                     f"exists once per iteration; onnxruntime cannot output it): plain rounding for their weights")
+    others = len(missing) - len(in_loops)
+    if others:
+        notes.append(f"{others} linear input(s) got no calibration statistics (an If branch no calibration sample "
+                     f"took, e.g. use_cache_branch always one way): plain rounding for their weights")
+
+
+def _loop_bodies(main: ir.Graph) -> set[int]:
+    """ids of the graphs that run once per iteration: Loop/Scan bodies and everything inside them."""
+    bodies: set[int] = set()
+
+    def mark(graph: ir.Graph) -> None:
+        bodies.add(id(graph))
+        for node in graph:
+            for attr in node.attributes.values():
+                for sub in ([attr.value] if attr.type == ir.AttributeType.GRAPH else
+                            list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []):
+                    mark(sub)
+
+    for node in ir.traversal.RecursiveGraphIterator(main):
+        if node.op_type in ("Loop", "Scan") and id(node.graph) not in bodies:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH:
+                    mark(attr.value)
+    return bodies
 
 
 def _grams_within_budget(model: ir.Model, taps: list[str], budget: int, notes: list[str]) -> set[str]:
