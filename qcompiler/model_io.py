@@ -344,8 +344,10 @@ def expose_nested_values(proto: onnx.ModelProto, names) -> list[str]:
 
     Each such value becomes an extra output of its branch and of the If; the other branch outputs
     an empty tensor of the same type there, so whichever branch runs, the output exists, and it is
-    empty when the value was not computed. The proto is changed in place. Values inside Loop/Scan
-    bodies (one per iteration) are not exposed; returns their names."""
+    empty when the value was not computed. A value inside a Loop body (or a Scan body without
+    scan_output_axes/directions) becomes an extra scan output: its values of every iteration,
+    stacked on a new first axis. The proto is changed in place; returns the names that could not
+    be exposed (other bodies)."""
     owner: dict[int, tuple] = {}            # id(subgraph) -> (If/Loop node, attribute name, parent graph)
     produced: dict[str, onnx.GraphProto] = {}
     types: dict[str, onnx.TypeProto] = {}
@@ -361,6 +363,8 @@ def expose_nested_values(proto: onnx.ModelProto, names) -> list[str]:
                 subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
                 for sub in subs:
                     owner[id(sub)] = (node, attr.name, graph)
+                    for inp in sub.input:                 # a body's inputs (loop-carried state) too
+                        produced.setdefault(inp.name, sub)
                     walk(sub)
 
     walk(proto.graph)
@@ -372,7 +376,9 @@ def expose_nested_values(proto: onnx.ModelProto, names) -> list[str]:
         chain, g = [], graph
         while g is not proto.graph:
             node, attr_name, parent = owner[id(g)]
-            if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx") or node.op_type not in ("If", "Loop", "Scan") or (
+                    node.op_type == "Scan" and any(a.name in ("scan_output_axes", "scan_output_directions")
+                                                   for a in node.attribute)):
                 break
             chain.append((g, node, attr_name))
             g = parent
@@ -385,15 +391,18 @@ def expose_nested_values(proto: onnx.ModelProto, names) -> list[str]:
             tensor_type.tensor_type.HasField("shape") else 1
         for branch, node, attr_name in chain:
             out = name
-            if any(o.name == name for o in branch.output):   # listed twice, onnxruntime returns None: a copy
+            # listed twice, onnxruntime returns None; a body input as a body output: a copy either way
+            if any(o.name == name for o in [*branch.output, *branch.input]):
                 out = f"{name}__tap"
                 branch.node.append(onnx.helper.make_node("Identity", [name], [out]))
             branch.output.append(onnx.helper.make_tensor_value_info(out, elem, None))
+            node.output.append(name)
+            if node.op_type != "If":       # a body's extra output is a scan output: one slice per iteration
+                continue
             other_name = "else_branch" if attr_name == "then_branch" else "then_branch"
             other = next(a.g for a in node.attribute if a.name == other_name)
             absent = f"{name}__absent_{len(other.node)}"
             empty = onnx.helper.make_tensor(absent, elem, [0] * max(rank, 1), [])
             other.node.append(onnx.helper.make_node("Constant", [], [absent], value=empty))
             other.output.append(onnx.helper.make_tensor_value_info(absent, elem, None))
-            node.output.append(name)
     return skipped
