@@ -76,8 +76,9 @@ def _feeds(n: int, cache: bool, seed: int) -> list[dict[str, np.ndarray]]:
              "use_cache_branch": np.array([cache])} for _ in range(n)]
 
 
-def _calib_npz(path, n: int = 16):
-    """Half the samples take each branch (the synthesizer's job once it knows use_cache_branch)."""
+def _calib_npz(path, n: int = 48):
+    """Half the samples take each branch (the synthesizer's job once it knows use_cache_branch); 48 x 6
+    tokens: recovery wants at least 128 rows per weight."""
     feeds = _feeds(n // 2, False, 1) + _feeds(n // 2, True, 2)
     np.savez(path, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
     return path

