@@ -1,7 +1,8 @@
 """The quality gate (--min-cosine): refuse to write a compiled model whose verified cosine is too low.
 
-The figure gated is, for each float graph output, the masked mean-pooled cosine when verification
-measured one (what sentence-embedding users see), else the per-row cosine; the worst output counts.
+The figure gated is verification's headline figure (`primary`: the first float output's masked
+mean-pooled cosine for an encoder with an attention mask, what sentence-embedding users see, else
+its per-token cosine); without one, the worst float output's cosine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ _PREFERRED = ("pooled_cosine_mean", "cosine_mean")
 
 
 def gate_figure(verification: dict | None) -> tuple[str, str, float] | None:
-    """(output name, figure name, value) of the worst output, or None when nothing was measured."""
+    """(output name, figure name, value) of the headline output, else of the worst one; None when
+    nothing was measured."""
+    primary = (verification or {}).get("primary")
+    if primary and "cosine_mean" in primary:
+        return primary["output"], primary.get("metric", "cosine_mean"), float(primary["cosine_mean"])
     worst = None
     for name, entry in ((verification or {}).get("outputs") or {}).items():
         key = next((k for k in _PREFERRED if k in entry), None)

@@ -16,6 +16,8 @@ def test_gate_figure_prefers_the_pooled_cosine_and_takes_the_worst_output():
     assert gate_figure({"outputs": {"a": {"cosine_mean": 0.9, "pooled_cosine_mean": 0.95}}}) == \
         ("a", "pooled_cosine_mean", 0.95)
     assert gate_figure(None) is None
+    primary = {"output": "a", "metric": "mean_pooled_cosine", "cosine_mean": 0.995}
+    assert gate_figure({**ver, "primary": primary}) == ("a", "mean_pooled_cosine", 0.995)
 
 
 def test_check_gate():
