@@ -32,7 +32,8 @@ static inline unsigned get_code(const uint8_t *row, int64_t rb, int64_t k, int b
     return (v >> sh) & ((1u << b) - 1u);
 }
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+/* ceil(a / b) for a >= 0, b > 0; (a + b - 1) / b would overflow for b near INT64_MAX. */
+static int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
 /* Zeroed buffer for the prepacked weights; large ones 2 MB aligned, their whole 2 MB pages marked
  * for transparent huge pages (streamed from memory once per run: fewer TLB misses; the tail stays

@@ -7,49 +7,19 @@
 
 #include <cstdint>
 #include <memory>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "../kernels/qc_kernels.h"
+#include "validate.h"
 
 namespace qc {
 
 constexpr const char *kDomain = "ai.qcompiler";
-constexpr int64_t kFormatVersion = 1;
-
-// A user mistake in the model (shapes, packing, attributes): becomes ORT_INVALID_ARGUMENT.
-struct ContractError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
-template <typename... Args>
-[[noreturn]] inline void fail(const char *op, Args &&...args) {
-    std::ostringstream s;
-    s << op << ": ";
-    (s << ... << args);
-    throw ContractError(s.str());
-}
-
-std::string shape_str(const std::vector<int64_t> &shape);
-
-// An input as seen by the kernel: present or not, its type, shape and data.
-struct TensorView {
-    bool present = false;
-    ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-    std::vector<int64_t> shape;
-    const void *data = nullptr;
-    size_t count = 0;
-    template <typename T>
-    const T *as() const { return static_cast<const T *>(data); }
-};
 
 TensorView view(const Ort::ConstValue &v);
-void expect_shape(const char *op, const char *what, const TensorView &t, const std::vector<int64_t> &shape);
-std::vector<float> to_float(const char *op, const char *what, const TensorView &t);  // float32 or float16
 
-int64_t attr_int(const OrtKernelInfo *info, const char *name, int64_t dflt, bool required, const char *op);
+Attr attr_int(const OrtKernelInfo *info, const char *name);
 std::string input_name(const OrtKernelInfo *info, size_t i);
 size_t input_count(const OrtKernelInfo *info);
 // The input as a constant initializer at kernel creation; not present -> .present == false.
@@ -74,19 +44,24 @@ OrtStatusPtr guarded(F &&f) {
     }
 }
 
-// The three MatMul ops share one kernel; the op files only name the kind and the inputs.
+using MatMulPtr = std::unique_ptr<qc_matmul, void (*)(qc_matmul *)>;
+
+// The three MatMul ops share one kernel; the op files only name the kind and the inputs. The
+// object is immutable after construction (concurrent runs of one session share it): weights that
+// are constant initializers are validated and prepacked once, here; weights fed as graph inputs
+// are validated and packed per run into per-call buffers.
 struct MatMulKernel {
     MatMulKernel(const OrtKernelInfo *info, int kind, const char *name);
-    ~MatMulKernel();
     OrtStatusPtr ComputeV2(OrtKernelContext *context);
 
    private:
-    struct Weights;
-    std::unique_ptr<qc_matmul, void (*)(qc_matmul *)> build(const TensorView *w, size_t n) const;
-    int kind_;
+    // exact: the scalar level-0 kernel (bit-exact with the reference, NaN/Inf included)
+    MatMulPtr build(const TensorView *w, bool exact, bool *is_exact = nullptr) const;
     const char *name_;
-    int64_t K_, N_, group_size_, bits_, level_;
-    qc_matmul *prepacked_ = nullptr;
+    MatMulAttrs attrs_;
+    MatMulPtr prepacked_{nullptr, qc_matmul_free};
+    bool prepacked_exact_ = false;
+    TensorView constants_[6];  // the constant initializers (owned by the session, outlive the kernel)
 };
 
 template <typename TOp>

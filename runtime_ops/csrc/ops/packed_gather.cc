@@ -1,17 +1,20 @@
 // onnxruntime glue of ai.qcompiler::PackedGather (contract: runtime_ops/formats.py).
+// The kernel object is immutable after construction: a table of constant initializers is
+// validated and copied once when the kernel is created; a table fed as graph inputs is validated
+// per run and read in place, its fp32 scales in a per-call buffer (concurrent runs of one session
+// share the kernel).
 #include "glue.h"
 
 namespace qc {
 
+namespace {
+constexpr const char *kOp = "PackedGather";
+}
+
 struct PackedGatherKernel {
-    explicit PackedGatherKernel(const OrtKernelInfo *info) {
-        const char *op = "PackedGather";
-        D_ = attr_int(info, "D", 0, true, op);
-        group_size_ = attr_int(info, "group_size", D_, false, op);
-        const int64_t version = attr_int(info, "format_version", kFormatVersion, false, op);
-        if (version != kFormatVersion) fail(op, "unknown format_version ", version, " (this library reads 1)");
-        if (D_ <= 0 || D_ > (int64_t(1) << 31)) fail(op, "D must be positive, got ", D_);
-        if (group_size_ <= 0) fail(op, "group_size must be positive, got ", group_size_);
+    explicit PackedGatherKernel(const OrtKernelInfo *info)
+        : attrs_(validate_gather_attrs(kOp, attr_int(info, "D"), attr_int(info, "group_size"),
+                                       attr_int(info, "format_version"))) {
         TensorView t[4];
         bool all = true;
         for (size_t i = 0; i < 4; ++i) {
@@ -19,71 +22,60 @@ struct PackedGatherKernel {
             t[i] = constant_input(info, i, &c);
             all = all && c;
         }
-        if (all) {
-            prepare(t);
-            prepared_ = true;
-        }
+        if (!all) return;
+        const GatherTable g = validate_gather_table(kOp, attrs_, t);
+        table_.assign(g.table, g.table + g.total_bytes);
+        offsets_.assign(g.row_offsets, g.row_offsets + g.V + 1);
+        row_bits_.assign(g.row_bits, g.row_bits + g.V);
+        prepared_.V = g.V;
+        prepared_.total_bytes = g.total_bytes;
+        prepared_.table = table_.data();
+        prepared_.row_offsets = offsets_.data();
+        prepared_.row_bits = row_bits_.data();
+        prepared_.scales = g.scales;
+        is_prepared_ = true;
     }
 
-    // Validates the table inputs and keeps owned copies of what Compute reads.
-    void prepare(const TensorView *t) {
-        const char *op = "PackedGather";
-        const TensorView &table = t[0], &off = t[1], &rbits = t[2], &sc = t[3];
-        if (table.shape.size() != 1) fail(op, "table must be 1-D, got ", shape_str(table.shape));
-        if (rbits.shape.size() != 1) fail(op, "row_bits must be 1-D, got ", shape_str(rbits.shape));
-        const int64_t V = rbits.shape[0], G = (D_ + group_size_ - 1) / group_size_;
-        expect_shape(op, "row_offsets [V+1]", off, {V + 1});
-        expect_shape(op, "scales [V, G]", sc, {V, G});
-        if (const char *err = qc_packed_gather_check(rbits.as<uint8_t>(), off.as<int64_t>(), V, table.shape[0], D_))
-            fail(op, err);
-        V_ = V;
-        table_.assign(table.as<uint8_t>(), table.as<uint8_t>() + table.count);
-        offsets_.assign(off.as<int64_t>(), off.as<int64_t>() + off.count);
-        row_bits_.assign(rbits.as<uint8_t>(), rbits.as<uint8_t>() + rbits.count);
-        scales_ = to_float(op, "scales", sc);
-    }
-
-    OrtStatusPtr ComputeV2(OrtKernelContext *context) {
+    OrtStatusPtr ComputeV2(OrtKernelContext *context) const {
         return guarded([&] {
-            const char *op = "PackedGather";
             Ort::KernelContext ctx(context);
-            if (!prepared_) {
+            GatherTable per_call;  // this run's table when it is not a constant
+            const GatherTable *g = &prepared_;
+            if (!is_prepared_) {
                 TensorView t[4];
                 for (size_t i = 0; i < 4; ++i) t[i] = view(ctx.GetInput(i));
-                prepare(t);
+                per_call = validate_gather_table(kOp, attrs_, t);
+                g = &per_call;
             }
             const TensorView idx = view(ctx.GetInput(4));
-            if (idx.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 && idx.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
-                fail(op, "indices must be int32 or int64");
-            std::vector<int64_t> shape = idx.shape;
-            shape.push_back(D_);
-            auto out = ctx.GetOutput(0, shape);
+            validate_gather_indices(kOp, idx);
+            auto out = ctx.GetOutput(0, gather_output_shape(kOp, attrs_, idx));
             if (!idx.count) return;
-            const bool is64 = idx.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-            const int64_t bad = qc_packed_gather(table_.data(), offsets_.data(), row_bits_.data(), scales_.data(), V_,
-                                                 D_, group_size_, is64 ? idx.as<int64_t>() : nullptr,
+            const bool is64 = idx.type == kInt64;
+            const int64_t bad = qc_packed_gather(g->table, g->row_offsets, g->row_bits, g->scales.data(), g->V,
+                                                 attrs_.D, attrs_.group_size, is64 ? idx.as<int64_t>() : nullptr,
                                                  is64 ? nullptr : idx.as<int32_t>(), (int64_t)idx.count,
                                                  out.GetTensorMutableData<float>());
             if (bad) {
                 const int64_t v = is64 ? idx.as<int64_t>()[bad - 1] : idx.as<int32_t>()[bad - 1];
-                fail(op, "index ", v, " at position ", bad - 1, " is out of range [-", V_, ", ", V_, ")");
+                fail(kOp, "index ", v, " at position ", bad - 1, " is out of range [-", g->V, ", ", g->V, ")");
             }
         });
     }
 
    private:
-    int64_t D_, group_size_, V_ = 0;
-    bool prepared_ = false;
+    const GatherAttrs attrs_;
+    bool is_prepared_ = false;
+    GatherTable prepared_;  // points into the owned copies below
     std::vector<uint8_t> table_, row_bits_;
     std::vector<int64_t> offsets_;
-    std::vector<float> scales_;
 };
 
 struct PackedGatherOp : Ort::CustomOpBase<PackedGatherOp, PackedGatherKernel, true> {
     OrtStatusPtr CreateKernelV2(const OrtApi &, const OrtKernelInfo *info, void **kernel) const {
         return guarded([&] { *kernel = new PackedGatherKernel(info); });
     }
-    const char *GetName() const { return "PackedGather"; }
+    const char *GetName() const { return kOp; }
     size_t GetInputTypeCount() const { return 5; }
     ONNXTensorElementDataType GetInputType(size_t i) const {
         switch (i) {
