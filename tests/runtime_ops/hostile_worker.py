@@ -38,7 +38,7 @@ def run_one(ort, ops, model: bytes, feed: dict, use_library: bool):
     except Exception as exc:   # noqa: BLE001 - onnxruntime's errors are the refusals
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        return "refuse", str(exc).splitlines()[0][:400]
+        return "refuse", str(exc).splitlines()[0][:2000]
     return "accept", y
 
 

@@ -26,6 +26,9 @@ ADDRESS_LIMIT = 6 << 30   # far above what the corpus needs, far below a bomb
 # intermediates are a small multiple of them. onnxruntime's own arenas and session state account
 # for the fixed part (measured ~10-30 MB on the valid cases).
 PEAK_BOUND_KB = 96 * 1024
+# onnxruntime's words when an allocation fails (under the address-space limit a bomb ends so)
+ALLOCATION_FAILURES = ("Failed to allocate memory", "storage size overflowed", "bad_alloc", "bad allocation",
+                       "out of memory")
 
 
 def _run_corpus(cases, tmp_path):
@@ -79,6 +82,9 @@ def check_corpus(cases, tmp_path):
         peak = max(peak, r["fallback_peak_kb"])
         if r["fallback_peak_kb"] > PEAK_BOUND_KB:
             over.append(f"{r['name']}: fallback peak +{r['fallback_peak_kb']} KB")
+        for mode in ("library", "fallback"):   # a refusal by exhaustion is a memory bomb, not a check
+            if r[mode][0] == "refuse" and any(m in r[mode][1] for m in ALLOCATION_FAILURES):
+                over.append(f"{r['name']}: {mode} ran out of memory: {r[mode][1][-160:]}")
     print(f"\nhostile corpus: {len(results)} cases x 2 runs; accept {counts['accept']}, refuse {counts['refuse']}, "
           f"verdict mismatches {len(mismatches)}, wrong results {len(wrong)}, fallback peak RSS +{peak} KB")
     assert not mismatches, "\n".join(mismatches[:40])
