@@ -6,7 +6,7 @@ One facade over `formats` (the table, packers, references, tolerances) and `onnx
 
 from .formats import (  # noqa: F401
     ACCURACY_LEVELS, DOMAIN, FORMAT_VERSION, MATMUL_OPS, OPS, OPSET_VERSION, STANDARD_OPSET, ContractError,
-    OpFormat, bits_per_weight, dequantize, num_groups, pack_binary_code, pack_bitstream, pack_codebook,
+    OpFormat, bits_per_weight, dequantize, validate, num_groups, pack_binary_code, pack_bitstream, pack_codebook,
     pack_packed_gather, pack_ternary, reference, tolerance, unpack_binary_code, unpack_bitstream,
     unpack_codebook, unpack_packed_gather, unpack_ternary,
 )

@@ -79,7 +79,7 @@ __all__ = [
     "OPS", "MATMUL_OPS", "ContractError", "pack_bitstream", "unpack_bitstream", "num_groups",
     "pack_ternary", "unpack_ternary", "pack_binary_code", "unpack_binary_code", "pack_codebook",
     "unpack_codebook", "pack_packed_gather", "unpack_packed_gather", "dequantize", "reference",
-    "tolerance", "bits_per_weight",
+    "tolerance", "bits_per_weight", "validate",
 ]
 
 
@@ -378,8 +378,86 @@ def _packed_gather_reference(table, row_offsets, row_bits, scales, indices, *, D
     return rows[idx.reshape(-1)].reshape(*idx.shape, D)
 
 
+MAX_DIM = 2**31  # K, N, D beyond this are refused (the native kernels index in int)
+
+
+def _expect(op_type: str, what: str, x, dtypes: tuple, shape: tuple | None) -> None:
+    if np.asarray(x).dtype not in [np.dtype(d) for d in dtypes]:
+        raise ContractError(f"{op_type}: {what} must be {' or '.join(map(str, dtypes))}, got {np.asarray(x).dtype}")
+    if shape is not None and tuple(np.shape(x)) != tuple(shape):
+        raise ContractError(f"{op_type}: {what} has shape {np.shape(x)}, expected {tuple(shape)}")
+
+
+def validate(op_type: str, inputs: list, attrs: dict) -> None:
+    """The contract's checks, as the native library (csrc/ops/validate.cc) and the function bodies
+    make them: inputs in the op's order (None: absent), attrs as on the node (absent: not a key)."""
+    if op_type not in OPS:
+        raise ContractError(f"unknown op {op_type}")
+    _check_version(attrs)
+    get = {k: (None if v is None else int(v)) for k, v in attrs.items()}.get
+    if op_type == "PackedGather":
+        table, offsets, row_bits, scales, indices = (list(inputs) + [None] * 5)[:5]
+        D = get("D")
+        if D is None or not 1 <= D <= MAX_DIM:
+            raise ContractError(f"PackedGather: D must be in 1..2^31, got {D}")
+        gs = D if get("group_size") is None else get("group_size")
+        G = num_groups(D, gs)
+        _expect(op_type, "table", table, ("uint8",), None)
+        _expect(op_type, "row_bits", row_bits, ("uint8",), None)
+        if np.ndim(table) != 1 or np.ndim(row_bits) != 1 or np.size(row_bits) < 1:
+            raise ContractError("PackedGather: table and row_bits must be 1-D, with at least one row")
+        V = int(np.size(row_bits))
+        _expect(op_type, "row_offsets", offsets, ("int64",), (V + 1,))
+        _expect(op_type, "scales", scales, ("float32", "float16"), (V, G))
+        _expect(op_type, "indices", indices, ("int32", "int64"), None)
+        rb = np.asarray(row_bits).astype(np.int64)
+        off = np.asarray(offsets)
+        total = int(np.size(table))
+        if not np.isin(rb, (2, 4, 8)).all():
+            raise ContractError("PackedGather: row_bits values must be 2, 4 or 8")
+        if (off < 0).any() or (off > total).any() or (np.diff(off) < 0).any():
+            raise ContractError("PackedGather: row_offsets must be non-decreasing within [0, table size]")
+        if ((D * rb + 7) // 8 > total - off[:-1]).any():
+            raise ContractError("PackedGather: a row extends past the end of the table")
+        idx = np.asarray(indices).astype(np.int64)
+        if idx.size and (idx.min() < -V or idx.max() >= V):
+            raise ContractError("PackedGather index out of range")
+        return
+    A, packed, scales, bias, outlier_idx, outlier_w = (list(inputs) + [None] * 6)[:6]
+    K, N = get("K"), get("N")
+    if K is None or N is None or not (1 <= K <= MAX_DIM and 1 <= N <= MAX_DIM):
+        raise ContractError(f"{op_type}: K and N must be in 1..2^31, got K={K}, N={N}")
+    level = get("accuracy_level") or 0
+    if level not in ACCURACY_LEVELS:
+        raise ContractError(f"{op_type}: accuracy_level must be 0 or 4, got {level}")
+    gs = K if get("group_size") is None else get("group_size")
+    G = num_groups(K, gs)
+    bits = 2 if op_type == "TernaryMatMul" else get("bits")
+    if bits not in OPS[op_type].allowed_bits:
+        raise ContractError(f"{op_type}: bits must be one of {OPS[op_type].allowed_bits}, got {bits}")
+    _expect(op_type, "A", A, ("float32",), None)
+    if np.ndim(A) < 1 or np.shape(A)[-1] != K:
+        raise ContractError(f"{op_type}: A has shape {np.shape(A)} but K={K}")
+    _expect(op_type, "packed weights", packed, ("uint8",), OPS[op_type].packed_shape(K, N, bits))
+    _expect(op_type, "scales", scales, ("float32", "float16"), OPS[op_type].scale_shape(K, N, bits, gs))
+    if bias is not None:
+        _expect(op_type, "bias", bias, ("float32",), (N,))
+    if (outlier_idx is None) != (outlier_w is None):
+        raise ContractError(f"{op_type}: outlier_idx and outlier_w must be given together")
+    if outlier_idx is not None:
+        _expect(op_type, "outlier_idx", outlier_idx, ("int64",), None)
+        if np.ndim(outlier_idx) != 1:
+            raise ContractError(f"{op_type}: outlier_idx must be 1-D")
+        _expect(op_type, "outlier_w", outlier_w, ("float16",), (np.size(outlier_idx), N))
+        oi = np.asarray(outlier_idx)
+        if oi.size and (oi.min() < 0 or oi.max() >= K):
+            raise ContractError(f"{op_type}: outlier_idx outside [0, K={K})")
+
+
 def reference(op_type: str, *inputs, **attrs) -> np.ndarray:
-    """The numpy reference (the spec) of an op: inputs in the op's order, attributes as kwargs."""
+    """The numpy reference (the spec) of an op: inputs in the op's order, attributes as kwargs.
+    Refuses (ContractError) what the contract refuses: see validate()."""
+    validate(op_type, list(inputs), {k: v for k, v in attrs.items() if v is not None})
     if op_type in MATMUL_OPS:
         with np.errstate(invalid="ignore", over="ignore"):   # NaN / Inf propagate: that is the spec
             return _matmul_reference(op_type, *inputs, **attrs)
