@@ -115,7 +115,11 @@ def model_input_specs(model: ir.Model) -> list[tuple[str, ir.DataType, tuple]]:
 
 
 def load_calibration(path: str | os.PathLike, model: ir.Model) -> list[dict[str, np.ndarray]]:
-    """Read an .npz of model inputs ([samples, ...] each) and check it against the model."""
+    """Read an .npz of model inputs and check it against the model; returns one feed per sample.
+
+    Each array's first axis counts samples ([samples, ...] each, cut into batch-1 feeds). A model
+    whose batch dim is fixed at B > 1 takes either [samples, B, ...] arrays or [N * B, ...] ones
+    (cut into feeds of B rows); fixed dims elsewhere must match."""
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"calibration file not found: {path}")
@@ -132,9 +136,6 @@ def load_calibration(path: str | os.PathLike, model: ir.Model) -> list[dict[str,
         raise CalibrationError(
             f"calibration inputs do not match the model: missing {missing}, unexpected {extra} (model inputs: {names})"
         )
-    counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
-    if len(counts) != 1 or 0 in counts:
-        raise CalibrationError(f"calibration arrays must share a non-empty first (sample) axis; got {sorted(counts)}")
     for name, dtype, dims in specs:
         want = _NP_DTYPES.get(dtype)
         got = arrays[name].dtype
@@ -143,54 +144,51 @@ def load_calibration(path: str | os.PathLike, model: ir.Model) -> list[dict[str,
                 arrays[name] = arrays[name].astype(want)
             elif np.issubdtype(got, np.floating) and np.issubdtype(want, np.floating):
                 arrays[name] = arrays[name].astype(want)
+            elif want == np.bool_ and got.kind in "biu":
+                arrays[name] = arrays[name].astype(want)
             else:
                 raise CalibrationError(f"calibration input '{name}' has dtype {got}, the model wants {np.dtype(want)}")
-        if dims and arrays[name].ndim != len(dims):
+    per_sample = {}                              # name -> [samples, *model dims] view
+    ranked = {v.name: v.shape is not None for v in model.graph.inputs}
+    for name, _dtype, dims in specs:
+        a = arrays[name]
+        if not dims:                              # a scalar input ([samples]), or one of unknown rank
+            per_sample[name] = a.reshape(-1) if ranked.get(name) else (a[:, None] if a.ndim else a.reshape(1, 1))
+            continue
+        batch = dims[0] if isinstance(dims[0], int) and dims[0] > 1 else None
+        if a.ndim == len(dims) + 1:
+            per_sample[name] = a
+        elif a.ndim == len(dims) and batch:
+            if a.shape[0] % batch:
+                raise CalibrationError(f"calibration input '{name}' has {a.shape[0]} rows, not a multiple of the "
+                                       f"model's fixed batch {batch}")
+            per_sample[name] = a.reshape(a.shape[0] // batch, batch, *a.shape[1:])
+        elif a.ndim == len(dims):
+            per_sample[name] = a[:, None]
+        else:
             raise CalibrationError(
-                f"calibration input '{name}' has rank {arrays[name].ndim}, the model wants {len(dims)} (first axis = samples)"
+                f"calibration input '{name}' has rank {a.ndim}, the model wants {len(dims)} (first axis = samples)"
             )
+        shape = per_sample[name].shape[1:]
+        bad = [(i, d, shape[i]) for i, d in enumerate(dims) if isinstance(d, int) and d > 0 and shape[i] != d]
+        if bad:
+            i, d, got_d = bad[0]
+            raise CalibrationError(f"calibration input '{name}' has {got_d} on axis {i} of a sample, the model's "
+                                   f"fixed dim is {d} (model shape {[x if x is not None else '?' for x in dims]})")
+    counts = {v.shape[0] for v in per_sample.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise CalibrationError(f"calibration arrays must share a non-empty first (sample) axis; got {sorted(counts)}")
     n = counts.pop()
-    return [{k: arrays[k][i : i + 1] for k in names} for i in range(n)]
+    return [{k: np.ascontiguousarray(per_sample[k][i]) for k in names} for i in range(n)]
 
 
-def synthesize_inputs(model: ir.Model, samples: int = 16, seq_len: int = 32, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Inputs made from the model's signature when the user gives no calibration data."""
-    rng = np.random.default_rng(seed)
-    vocab = _vocabulary_size(model)
-    feeds = []
-    for _ in range(samples):
-        feed = {}
-        for name, dtype, dims in model_input_specs(model):
-            shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else seq_len) for i, d in enumerate(dims)]
-            lname = name.lower()
-            if dtype in (ir.DataType.INT64, ir.DataType.INT32):
-                if "mask" in lname:
-                    arr = np.ones(shape)
-                elif "type" in lname or "segment" in lname:
-                    arr = np.zeros(shape)
-                elif "position" in lname:
-                    arr = np.broadcast_to(np.arange(shape[-1]), shape)
-                else:
-                    arr = rng.integers(1, max(vocab, 2), size=shape)
-                feed[name] = np.asarray(arr, dtype=_NP_DTYPES[dtype])
-            elif dtype == ir.DataType.BOOL:
-                feed[name] = np.ones(shape, dtype=np.bool_)
-            elif dtype in _NP_DTYPES:
-                feed[name] = rng.standard_normal(shape).astype(_NP_DTYPES[dtype])
-            else:
-                raise CalibrationError(f"cannot synthesize input '{name}' of type {dtype}; give --calib data")
-        feeds.append(feed)
-    return feeds
+def synthesize_inputs(model: ir.Model, samples: int = 16, seq_len: int = 32, seed: int = 0,
+                      config: dict | None = None) -> list[dict[str, np.ndarray]]:
+    """Inputs made from the model's signature when the user gives no data (qcompiler.synthetic_inputs:
+    fixed dims kept, cache inputs filled by running the model's own prompt, sizes from config.json)."""
+    from qcompiler.synthetic_inputs import synthesize
 
-
-def _vocabulary_size(model: ir.Model) -> int:
-    sizes = []
-    for node in model.graph:
-        if node.op_type == "Gather" and node.inputs[0] is not None and node.inputs[0].const_value is not None:
-            shape = node.inputs[0].const_value.shape
-            if len(shape) == 2:
-                sizes.append(int(shape[0]))
-    return max(sizes) if sizes else 100
+    return synthesize(model, samples=samples, seq_len=seq_len, seed=seed, config=config)
 
 
 def session_with_taps(model, taps: list[str], providers=("CPUExecutionProvider",), session_options=None):
@@ -265,7 +263,9 @@ def collect_stats(
     wanted = [n for n in out_names if n in set(taps)]
     accs = {name: _Accumulator(max_rows, name in gram_for, rng) for name in wanted}
     done = 0
-    mask_name = next((k for k in feeds[0] if "mask" in k.lower() and feeds[0][k].ndim == 2), None)
+    mask_name = _mask_name(feeds[0])
+    if any(dims and isinstance(dims[0], int) for _, _, dims in model_input_specs(model)):
+        batch_size = 1          # a fixed batch dim: each feed is already a whole batch
     for batch in _stack_batches(feeds, batch_size):
         try:
             values = session.run(wanted, batch)
@@ -297,6 +297,16 @@ def collect_stats(
         _STATS_CACHE[key] = stats
         return dict(stats)
     return stats
+
+
+def _mask_name(feed: dict) -> str | None:
+    """The feed's own attention mask ([batch, seq]) that marks padded positions of the activations:
+    attention_mask first (a decoder's encoder_attention_mask is about the other sequence)."""
+    masks = [k for k in feed if "mask" in k.lower() and getattr(feed[k], "ndim", 0) == 2]
+    own = [k for k in masks if not k.lower().startswith(("encoder", "cross"))]
+    if own:
+        return next((k for k in own if k == "attention_mask"), own[0])
+    return None
 
 
 # One compile's statistics, reused by the next compile of the same model on the same data
@@ -542,7 +552,7 @@ def collect_stats_in_pieces(
                 if v is not None:
                     last_piece[v.name] = p
     batches = list(_stack_batches(feeds, batch_size))
-    mask_name = next((k for k in feeds[0] if "mask" in k.lower() and feeds[0][k].ndim == 2), None)
+    mask_name = _mask_name(feeds[0])
     # Per batch: {value name: array} of the values crossing the current cut, on disk (memory-mapped,
     # pages dropped after each read): memory holds one batch's activations, not every sample's.
     live = [dict(b) for b in batches]
