@@ -80,11 +80,13 @@ def _parse_size(text: str) -> int:
 
 
 @cli.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--scheme", "-s", default="int8", show_default=True, help="Built-in scheme name or a .toml file.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output path (default: MODEL.<scheme>.onnx beside it).")
+@click.option("--output", "-o", type=click.Path(), help="Output path (default: MODEL.<scheme>.onnx, or FOLDER.<scheme>/, beside it).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON (+ .md, + .png).")
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration inputs: .npz with one array per model input, first axis = samples.")
+@click.option("--calib-text", type=click.Path(dir_okay=False),
+              help="MODEL a folder: calibrate on these sentences (one per line) through the folder's tokenizer.json.")
 @click.option("--exclude", multiple=True, help="Keep in FP32: a role (ffn_down), layer:N, or a glob on weight/node names. Repeatable.")
 @click.option("--target", type=click.Choice(["ort", "portable"]), default="ort", show_default=True,
               help="ort: onnxruntime contrib ops allowed (MatMulNBits); portable: standard ONNX only.")
@@ -103,11 +105,27 @@ def _parse_size(text: str) -> int:
               help="Quality gate: fail (exit 3, nothing written) when the verified cosine vs FP32 is below X.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display or summary.")
 def compile_command(model, scheme, output, report_path, calib, exclude, target, prune_ffn, recover, recover_steps,
-                    memory_budget, no_verify, min_cosine, quiet) -> None:
-    """Compile MODEL with a scheme and print a summary."""
+                    memory_budget, no_verify, min_cosine, quiet, calib_text) -> None:
+    """Compile MODEL (an .onnx file, or an exported folder: every ONNX file in it) and print a summary."""
     from qcompiler import api
     from qcompiler.report import print_summary
 
+    if os.path.isdir(model):
+        from qcompiler import folder
+
+        if calib or report_path or min_cosine is not None:
+            raise click.UsageError("a folder calibrates with --calib-text and records itself in qcompile.json "
+                                   "(--calib / --report / --min-cosine are for one file)")
+        rec = folder.compile_folder(model, scheme=scheme, output=output, calib_text=calib_text, exclude=list(exclude),
+                                    target=target, verify=not no_verify, progress=not quiet, console=_console,
+                                    prune_ffn=prune_ffn, recover=recover, recover_steps=recover_steps,
+                                    memory_budget=_parse_size(memory_budget) if memory_budget is not None else None)
+        if not quiet:
+            folder.print_folder_summary(rec, _console)
+        click.echo(rec["output"])
+        return
+    if calib_text:
+        raise click.UsageError("--calib-text is for a model folder (with tokenizer.json); give one file --calib data.npz")
     result = api.compile(model, scheme=scheme, output=output, report_path=report_path, calib=calib,
                          exclude=list(exclude), target=target, verify=not no_verify, min_cosine=min_cosine,
                          prune_ffn=prune_ffn, recover=recover, recover_steps=recover_steps,

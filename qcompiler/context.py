@@ -22,6 +22,7 @@ class CompileOptions:
     calib_samples: int = 64           # synthesized samples when no calibration data is given
     verify: bool = True
     seed: int = 0
+    model_config: dict = dataclasses.field(default_factory=dict)   # config.json beside the model, if any
 
 
 @dataclasses.dataclass

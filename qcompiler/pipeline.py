@@ -34,6 +34,7 @@ from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageE
 from qcompiler.plan import KEEP, make_plan
 from qcompiler.quality_gate import check_gate
 from qcompiler.schemes import Scheme, load_scheme
+from qcompiler.synthetic_inputs import read_config
 
 STAGES = ("canonical", "transform", "final")
 # Weights above this many bytes are streamed (no in-memory reference copy or verification; calibration
@@ -110,8 +111,13 @@ def compile_model(
     console: Console | None = None,
     memory_budget: int | None = None,
     min_cosine: float | None = None,
+    calib_feeds: list[dict[str, np.ndarray]] | None = None,
+    calib_label: str = "given samples",
 ) -> dict[str, Any]:
     """Compile one model; returns the report dict (also written to report_path as JSON + .md).
+
+    calib_feeds: calibration samples already made ({input: array} each, e.g. by qcompiler.folder
+    following an encoder-decoder chain), instead of a --calib file; calib_label names them.
 
     memory_budget: models whose weights are bigger (bytes; default DEFAULT_MEMORY_BUDGET) are
     compiled streaming (see the module docstring); 0 streams every model.
@@ -143,7 +149,7 @@ def compile_model(
                          "budget) skips: raise --memory-budget")
     external_out = streaming or model_io.has_external_data(model)
     options = CompileOptions(exclude=list(exclude), target=target, calib_path=str(calib) if calib else None,
-                             verify=verify)
+                             verify=verify, model_config=read_config(model_path))
     ctx = CompileContext(model=model, scheme=scheme_obj, options=options)
     passes = build_passes(scheme_obj, ctx)
     if prune_ffn is not None:
@@ -160,7 +166,10 @@ def compile_model(
 
         passes = with_recovery(passes, ctx, recover, recover_steps, steps.console, progress)
     notes: list[str] = []
-    calib_feeds = calibration.load_calibration(calib, model) if calib else None
+    if calib_feeds is not None:
+        calib_feeds, calib = list(calib_feeds) or None, calib_label
+    else:
+        calib_feeds = calibration.load_calibration(calib, model) if calib else None
     spill = model_io.Spill(out_path, model) if streaming else None
     calib_dir = model_io.temporary_name(out_path, ".calib") if streaming else None   # Gram matrices on disk
     try:
@@ -196,6 +205,9 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
         notes.append(f"streaming compile: weights ({model_io._estimated_size(model) / 1e9:.2f} GB) exceed the "
                      f"memory budget ({budget / 1e9:.2f} GB); each packed weight was written out as it was made")
 
+    held_out = None   # the user's samples verification runs on, never calibrated on
+    if calib_feeds and verify and not streaming:
+        calib_feeds, held_out, held_text, _ = verify_mod.split_held_out(calib_feeds, verify_samples)
     with steps.stage("canonicalize"):
         for p in passes:
             if p.stage == "canonical":
@@ -228,11 +240,13 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
         with steps.stage("calibrate"):
             feeds = calib_feeds
             if feeds is None:
-                feeds = calibration.synthesize_inputs(model, samples=options.calib_samples, seed=options.seed)
+                feeds = calibration.synthesize_inputs(model, samples=options.calib_samples, seed=options.seed,
+                                                      config=options.model_config)
                 ctx.calibration_source = f"synthesized ({len(feeds)} samples of random tokens)"
                 ctx.calibration_synthesized = True
             else:
-                ctx.calibration_source = f"{calib} ({len(feeds)} samples)"
+                ctx.calibration_source = f"{calib} ({len(feeds)} samples" + (
+                    f"; {len(held_out)} more held out for verification)" if held_out and held_out is not feeds else ")")
             ctx.calib_feeds = feeds
             taps = sorted({lin.node.inputs[0].name for lin in ctx.roles.linears if ctx.plan[lin.name].format != KEEP})
             for p in transform:
@@ -265,14 +279,19 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     verification = None
     if verify and reference_proto is not None:
         with steps.stage("verify"):
-            if calib_feeds and len(calib_feeds) > 2 * verify_samples:
-                vfeeds = calib_feeds[-verify_samples:]
+            if held_out is not None:
+                vfeeds, vtext = held_out, held_text
             else:
-                vfeeds = calibration.synthesize_inputs(model, samples=verify_samples, seed=options.seed + 1)
+                vfeeds = calibration.synthesize_inputs(model, samples=verify_samples, seed=options.seed + 1,
+                                                       config=options.model_config)
+                vtext = f"{len(vfeeds)} samples synthesized from the model's signature (no --calib data)"
+                notes.append("verified on synthesized inputs (random tokens), not on your data: the figures say "
+                             "little about accuracy on real inputs; give --calib data to verify on a held-out part of it")
             layer_names = [lin.output.name for lin in ctx.roles.linears]
             with steps.bar("verifying", len(vfeeds)) as bar:
                 try:
-                    verification = verify_mod.verify(reference_proto, model, vfeeds, layer_names, progress=bar)
+                    verification = verify_mod.verify(reference_proto, model, vfeeds, layer_names, progress=bar,
+                                                     inputs=vtext, synthesized=held_out is None)
                 except Exception:
                     with _input_model_errors():  # the input itself does not load: the user's model, not our bug
                         verify_mod.make_session(reference_proto)

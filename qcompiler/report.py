@@ -23,6 +23,10 @@ def write_json(report: dict, path: str | os.PathLike) -> None:
 
 def to_markdown(report: dict) -> str:
     lines = [f"# qcompile report: {Path(report['input']).name} -> scheme `{report['scheme']}`", ""]
+    ver = report.get("verification") or {}
+    if ver.get("synthesized"):
+        lines += [f"> **Warning: verified on synthesized inputs, not on your data.** {ver.get('inputs', '')}. "
+                  "The error figures below say little about accuracy on real inputs: give `--calib` data.", ""]
     lines += ["| figure | value |", "|---|---|"]
     lines.append(f"| input | `{report['input']}` |")
     lines.append(f"| output | `{report.get('output')}` |")
@@ -32,10 +36,14 @@ def to_markdown(report: dict) -> str:
     if (report.get("passes") or {}).get("recover"):
         lines.append(f"| recovery | {recovery_text(report['passes']['recover'])} |")
     lines.append(f"| time | {report['seconds_total']:.1f} s |")
-    ver = report.get("verification") or {}
+    if ver.get("inputs"):
+        lines.append(f"| verified on | {ver['inputs']} |")
     for name, o in (ver.get("outputs") or {}).items():
         if "cosine_mean" in o:
             lines.append(f"| `{name}` cosine mean / min | {o['cosine_mean']:.5f} / {o['cosine_min']:.5f} |")
+        if "pooled_cosine_mean" in o:
+            lines.append(f"| `{name}` mean-pooled cosine mean / min | {o['pooled_cosine_mean']:.5f} / "
+                         f"{o['pooled_cosine_min']:.5f} |")
         lines.append(f"| `{name}` relative L2 | {o['rel_l2']:.5f} |")
     if ver.get("worst_layer"):
         w = ver["worst_layer"]
@@ -110,11 +118,17 @@ def print_summary(report: dict, console: Console | None = None) -> None:
     for name, o in (ver.get("outputs") or {}).items():
         if "cosine_mean" in o:
             bits.append(f"{name}: cosine {o['cosine_mean']:.4f} (min {o['cosine_min']:.4f})")
+        if "pooled_cosine_mean" in o:
+            bits.append(f"{name} mean-pooled: cosine {o['pooled_cosine_mean']:.4f} (min {o['pooled_cosine_min']:.4f})")
     if ver.get("worst_layer"):
         bits.append(f"worst layer {ver['worst_layer']['value']} rel L2 {ver['worst_layer']['rel_l2']:.4f}")
     if (report.get("passes") or {}).get("recover"):
         bits.append(f"recovery: {recovery_text(report['passes']['recover'])}")
     bits.append(f"{report['seconds_total']:.1f} s")
     console.print("  ".join(bits), soft_wrap=True)
+    if ver.get("synthesized"):
+        console.print(f"[bold red]verified on SYNTHESIZED inputs, not on your data[/bold red] ({ver.get('inputs')}): "
+                      "give --calib data for figures that mean something", soft_wrap=True)
     for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+        if not (ver.get("synthesized") and note.startswith("verified on synthesized")):   # said in red above
+            console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)

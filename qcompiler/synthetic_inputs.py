@@ -239,19 +239,16 @@ def synthesize(model: ir.Model, samples: int = 16, seq_len: int = 32, seed: int 
     if presents is None:   # no empty past: every sample gets a random past of seq_len
         return [_one_feed(specs, _Sizes(1, new, seq_len, seq_len, config), vocab, default_vocab, rng, 0)
                 for _ in range(samples)]
-    feeds = []
-    for prompt, present in zip(prompts, presents):
-        feeds.append(prompt)
-        if len(feeds) == samples:
-            break
+    conts = []
+    for prompt, present in zip(prompts[: samples - len(prompts)], presents):
         cont = _one_feed(specs, _Sizes(1, new, seq_len, seq_len, config), vocab, default_vocab, rng, 0)
         for name, value in present.items():
             cont[name] = value
         for name in cont:   # inputs the continuation shares with its prompt (the encoder's side)
             if name.startswith("encoder") and name in prompt and cont[name].shape == prompt[name].shape:
                 cont[name] = prompt[name]
-        feeds.append(cont)
-    return feeds
+        conts.append(cont)
+    return prompts + conts       # equal shapes together: calibration runs them as batches
 
 
 def _run_prompts(model: ir.Model, prompts: list[dict], specs) -> list[dict] | None:

@@ -1,9 +1,16 @@
 """Verify: run the compiled model beside the FP32 one on the same inputs and measure the error.
 
-Per output: cosine similarity, relative L2 error and max abs difference. Per layer:
-the relative L2 error of every linear's output (passes keep those value names), so
-the report can show where the error comes from. The compiled model runs with the
-qcompiler op library registered when it uses our custom ops.
+Per output: cosine similarity (per row: per token), relative L2 error and max abs difference;
+for a text encoder's [batch, seq, hidden] outputs with an attention mask also the cosine of the
+masked mean-pooled embeddings (what sentence-embedding users compare). Per layer: the relative
+L2 error of every linear's output (passes keep those value names), so the report can show where
+the error comes from. The compiled model runs with the qcompiler op library registered when it
+uses our custom ops.
+
+Inputs: a held-out part of the user's calibration data when given (split_held_out), never
+synthesized then; without data, inputs synthesized from the signature, and the result says so
+(`synthesized`, `inputs`). The headline figure a gate reads is `primary`: the first float output's
+mean-pooled cosine for an encoder with a mask, its per-token cosine otherwise.
 """
 
 from __future__ import annotations
@@ -66,21 +73,51 @@ def _cosine_rows(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
 
 
+def split_held_out(feeds: list[dict[str, np.ndarray]], n: int) -> tuple[list, list, str, bool]:
+    """(calibration part, verification part, description, held out?) of the user's samples: the last
+    n held out when there are 2n or more, else the last quarter (at least one); a single sample is
+    both calibrated and verified on (said so)."""
+    total = len(feeds)
+    if total >= 2 * n:
+        k = n
+    elif total >= 2:
+        k = max(1, total // 4)
+    else:
+        return feeds, feeds, f"the only calibration sample (not held out: too few samples to hold one out)", False
+    return feeds[:-k], feeds[-k:], f"{k} held-out calibration samples (the last {k} of {total}, not calibrated on)", True
+
+
+def _mask_for(feed: dict, value: np.ndarray):
+    """The feed's attention mask [batch, seq] when `value` is [batch, seq, hidden] over the same positions."""
+    mask = feed.get("attention_mask")
+    if mask is None or value.ndim != 3 or mask.ndim != 2 or mask.shape != value.shape[:2]:
+        return None
+    return mask
+
+
 def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], layer_names: list[str],
-           progress=None) -> dict:
-    """Compare compiled vs reference on `feeds`; returns output and per-layer errors."""
+           progress=None, inputs: str = "", synthesized: bool = False) -> dict:
+    """Compare compiled vs reference on `feeds`; returns output and per-layer errors.
+
+    `inputs` says where the feeds came from; `synthesized` marks feeds not from the user's data."""
+    from qcompiler.embedding_eval import mean_pooled
+
     ref_sess = make_session(reference_model, taps=layer_names)
     ref_outputs = [o.name for o in ref_sess.get_outputs()]
     got_sess = make_session(compiled_model, taps=layer_names)
     got_names = {o.name for o in got_sess.get_outputs()}
     layers = [n for n in layer_names if n in got_names and n in ref_outputs]
-    graph_outputs = [n for n in ref_outputs if n not in set(layer_names)]
-    out_stats = {n: {"cos": [], "rel": [], "maxabs": 0.0} for n in graph_outputs}
+    n_graph = len(reference_model.graph.output) if isinstance(reference_model, onnx.ModelProto) \
+        else len(reference_model.graph.outputs)
+    graph_outputs = ref_outputs[:n_graph]       # taps come after the model's own outputs
+    run_names = graph_outputs + [n for n in layers if n not in graph_outputs]
+    out_stats = {n: {"cos": [], "pooled": [], "rel": [], "maxabs": 0.0} for n in graph_outputs}
+    has_past = any("past" in k.lower() and "mask" not in k.lower() for k in (feeds[0] if feeds else {}))
     layer_err = {n: [] for n in layers}
     for i, feed in enumerate(feeds):
         try:
-            ref = dict(zip(graph_outputs + layers, ref_sess.run(graph_outputs + layers, feed)))
-            got = dict(zip(graph_outputs + layers, got_sess.run(graph_outputs + layers, feed)))
+            ref = dict(zip(run_names, ref_sess.run(run_names, feed)))
+            got = dict(zip(run_names, got_sess.run(run_names, feed)))
         except Exception as exc:
             raise QCompilerError(f"verification run failed: {str(exc).splitlines()[0][:200]}") from None
         for n in graph_outputs:
@@ -89,6 +126,9 @@ def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], 
                 out_stats[n]["rel"].append(float(np.mean(r != g)))
                 continue
             out_stats[n]["cos"].extend(_cosine_rows(r, g).tolist())
+            mask = None if has_past else _mask_for(feed, r)
+            if mask is not None:
+                out_stats[n]["pooled"].extend(_cosine_rows(mean_pooled(r, mask), mean_pooled(g, mask)).tolist())
             out_stats[n]["rel"].append(_rel_l2(r, g))
             out_stats[n]["maxabs"] = max(out_stats[n]["maxabs"], float(np.max(np.abs(r - g))) if r.size else 0.0)
         for n in layers:
@@ -103,11 +143,25 @@ def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], 
         if s["cos"]:
             entry["cosine_mean"] = float(np.mean(s["cos"]))
             entry["cosine_min"] = float(np.min(s["cos"]))
+        if s["pooled"]:
+            entry["pooled_cosine_mean"] = float(np.mean(s["pooled"]))
+            entry["pooled_cosine_min"] = float(np.min(s["pooled"]))
         outputs[n] = entry
+    primary = None
+    first = next((n for n in graph_outputs if "cosine_mean" in outputs[n]), None)
+    if first is not None:
+        o = outputs[first]
+        pooled = "pooled_cosine_mean" in o
+        primary = {"output": first, "metric": "mean_pooled_cosine" if pooled else "per_token_cosine",
+                   "cosine_mean": o["pooled_cosine_mean" if pooled else "cosine_mean"],
+                   "cosine_min": o["pooled_cosine_min" if pooled else "cosine_min"], "rel_l2": o["rel_l2"]}
     per_layer = {n: float(np.mean(v)) for n, v in layer_err.items() if v}
     worst = max(per_layer.items(), key=lambda kv: kv[1]) if per_layer else None
     return {
         "samples": len(feeds),
+        "inputs": inputs,
+        "synthesized": bool(synthesized),
+        "primary": primary,
         "outputs": outputs,
         "per_layer_rel_l2": per_layer,
         "worst_layer": {"value": worst[0], "rel_l2": worst[1]} if worst else None,
