@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 CACHE = Path(os.environ.get("QCOMPILER_CACHE", Path.home() / ".cache" / "qcompiler")) / "exports"
-EXPORT_VERSION = 1           # bump when the configs or the export calls change
+EXPORT_VERSION = 2           # bump when the configs or the export calls change
 VOCAB = 256
 FEATURE, CAUSAL, SEQ2SEQ, SPEECH, IMAGE = ("feature-extraction", "text-generation-with-past",
                                           "text2text-generation-with-past",
@@ -39,12 +39,15 @@ def _common(**kw):
 def _configs():
     import transformers as tf
 
+    # Weights drawn wider than transformers' defaults (0.02), so that random models make distinct
+    # greedy choices instead of repeating one token: the drop-in tests compare generated tokens.
     enc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-               max_position_embeddings=128)
+               max_position_embeddings=128, initializer_range=0.2)
     lm = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              intermediate_size=64, max_position_embeddings=128)
+              intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
     s2s = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-               encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128, decoder_start_token_id=2)
+               encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128, decoder_start_token_id=2,
+               init_std=0.05)
     return {
         "bert": (FEATURE, lambda: tf.BertConfig(**_common(**enc))),
         "roberta": (FEATURE, lambda: tf.RobertaConfig(**_common(**{**enc, "max_position_embeddings": 130}))),
@@ -52,17 +55,19 @@ def _configs():
         "deberta-v2": (FEATURE, lambda: tf.DebertaV2Config(**_common(**enc, relative_attention=True,
                                                                        position_buckets=16, pos_att_type=["p2c", "c2p"]))),
         "distilbert": (FEATURE, lambda: tf.DistilBertConfig(**_common(dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                                                       max_position_embeddings=128))),
+                                                                       max_position_embeddings=128,
+                                                                       initializer_range=0.2))),
         "albert": (FEATURE, lambda: tf.AlbertConfig(**_common(**enc, embedding_size=16))),
         "electra": (FEATURE, lambda: tf.ElectraConfig(**_common(**enc, embedding_size=32))),
         "mpnet": (FEATURE, lambda: tf.MPNetConfig(**_common(**{**enc, "max_position_embeddings": 130}))),
-        "gpt2": (CAUSAL, lambda: tf.GPT2Config(**_common(n_embd=32, n_layer=2, n_head=2, n_positions=128))),
+        "gpt2": (CAUSAL, lambda: tf.GPT2Config(**_common(n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                                              initializer_range=0.2))),
         "llama": (CAUSAL, lambda: tf.LlamaConfig(**_common(**lm))),
         "qwen2": (CAUSAL, lambda: tf.Qwen2Config(**_common(**lm))),
         "phi3": (CAUSAL, lambda: tf.Phi3Config(**_common(**lm))),
         "gemma": (CAUSAL, lambda: tf.GemmaConfig(**_common(**lm, head_dim=8))),
         "t5": (SEQ2SEQ, lambda: tf.T5Config(**_common(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                                                       decoder_start_token_id=0))),
+                                                       decoder_start_token_id=0, initializer_factor=20.0))),
         "bart": (SEQ2SEQ, lambda: tf.BartConfig(**_common(**s2s))),
         "marian": (SEQ2SEQ, lambda: tf.MarianConfig(**{**_common(**s2s), "decoder_start_token_id": 0})),
         "m2m100": (SEQ2SEQ, lambda: tf.M2M100Config(**_common(**s2s))),
@@ -70,7 +75,8 @@ def _configs():
                                                 max_source_positions=1500, max_target_positions=64,
                                                 begin_suppress_tokens=None, suppress_tokens=None)),
         "vit": (IMAGE, lambda: tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                            intermediate_size=64, image_size=32, patch_size=8)),
+                                            intermediate_size=64, image_size=32, patch_size=8,
+                                            initializer_range=0.2)),
     }
 
 

@@ -285,7 +285,7 @@ def compile_folder(folder, scheme="int8", output=None, calib_text=None, exclude=
             rep = compile_model(f, scheme=scheme_obj, output=tmp / f.name, exclude=list(exclude), target=target,
                                 verify=verify, progress=progress, console=console, calib_feeds=feeds,
                                 calib_label=f"{token_text}; {how}", **compile_kwargs)
-            record["files"][f.name] = _file_record(rep)
+            record["files"][f.name] = {"chain": f"{len(feeds)} samples: {how}", **_file_record(rep)}
         for item in sorted(folder.iterdir()):
             if item.suffix == ".onnx" or item.name in skip or item.name == RECORD or item.name.startswith("."):
                 continue

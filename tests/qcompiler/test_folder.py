@@ -1,0 +1,188 @@
+"""`qcompile DIR` on Optimum-exported folders of random tiny models (models/hf_exports.py, cached)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("optimum.exporters.onnx")
+pytestmark = pytest.mark.slow
+
+from models.hf_exports import export  # noqa: E402
+from models.texts import calibration_sentences  # noqa: E402
+from qcompiler.cli import main  # noqa: E402
+
+
+def _listing(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_causal_folder_compiles_whole_with_a_record(tmp_path, capsys):
+    src = export("gpt2")
+    before = _listing(src)
+    out = tmp_path / "gpt2.int8"
+    assert main([str(src), "--scheme", "int8", "-o", str(out), "-q"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert _listing(src) == before                                         # the input is left alone
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "qcompile.json"} <= names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary folder left
+    record = json.loads((out / "qcompile.json").read_text())
+    assert record["scheme"] == "int8" and set(record["files"]) == {"model.onnx"}
+    assert "config.json" in record["copied"] and "tokenizer.json" in record["copied"]
+    model = record["files"]["model.onnx"]
+    assert model["size_after"] < model["size_before"]
+    ver = model["verification"]
+    assert ver["synthesized"] is False and "held-out" in ver["inputs"]      # the chain's own samples
+    assert ver["primary"]["output"] == "logits" and ver["primary"]["cosine_mean"] > 0.98
+    assert "prompts with an empty past" in model["calibration"] and model["chain"].startswith("128 samples")
+    # Again into the same folder: replaced whole.
+    (out / "stale.txt").write_text("x")
+    assert main([str(src), "--scheme", "int8", "-o", str(out), "-q"]) == 0
+    assert not (out / "stale.txt").exists()
+
+
+def test_seq2seq_folder_calibrates_along_the_chain_from_text(tmp_path):
+    src = export("t5")
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(calibration_sentences(40)) + "\n")
+    out = tmp_path / "t5.int4"
+    assert main([str(src), "--scheme", "int4", "-o", str(out), "--calib-text", str(text), "-q"]) == 0
+    record = json.loads((out / "qcompile.json").read_text())
+    assert set(record["files"]) == {"encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx",
+                                    "decoder_model_merged.onnx"}
+    assert record["calibration"].startswith("40 sentences of sentences.txt")
+    files = record["files"]
+    assert "FP32 encoder's outputs" in files["decoder_model.onnx"]["chain"]
+    assert "FP32 decoder's past" in files["decoder_with_past_model.onnx"]["chain"]
+    assert "both branches" in files["decoder_model_merged.onnx"]["chain"]
+    assert "FP32 decoder's past" in files["decoder_with_past_model.onnx"]["calibration"]   # what the compile used
+    for name in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):
+        assert files[name]["size_after"] < files[name]["size_before"], name
+        assert files[name]["verification"]["synthesized"] is False
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--calib-text", "missing.txt"], "cannot read --calib-text"),
+    (["--calib", "x.npz"], "a folder calibrates with --calib-text"),
+])
+def test_folder_usage_errors_are_one_line_exit_2(tmp_path, capsys, args, needle):
+    src = export("bert")
+    assert main([str(src), "-o", str(tmp_path / "out"), "-q", *[str(tmp_path / a) if a.endswith((".txt", ".npz"))
+                                                              else a for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_without_tokenizer_or_onnx_is_refused(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "-q"]) == 2
+    assert "no .onnx file" in capsys.readouterr().err
+    src = export("vit")                    # no tokenizer.json in an image model's folder
+    text = tmp_path / "s.txt"
+    text.write_text("a sentence\nanother one\n")
+    assert main([str(src), "-o", str(tmp_path / "o"), "--calib-text", str(text), "-q"]) == 2
+    assert "needs the folder's tokenizer" in capsys.readouterr().err
+    assert main([str(src), "-o", str(src / "inside"), "-q"]) == 2
+    assert "inside it" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Drop-in: the compiled folder loads as is in Optimum, the op library registered through session
+# options, and greedy decoding gives FP32's tokens.
+# ------------------------------------------------------------------------------------------------
+def _session_options():
+    import onnxruntime as ort
+
+    from qcompiler import ops
+
+    opts = ort.SessionOptions()
+    ops.register(opts)
+    return opts
+
+
+def greedy(model, ids, steps: int = 8):
+    """(generated tokens, per-step logits) of greedy decoding."""
+    import torch
+
+    ids = torch.tensor(ids)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
+                         min_new_tokens=steps, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    return out.sequences[0].tolist(), [s[0].float().numpy() for s in out.scores]
+
+
+def compare_greedy(ref, got, ids, steps: int = 8) -> dict:
+    """Same tokens? Else the first step where they differ and the logit error there (relative L2)."""
+    ref_tokens, ref_scores = greedy(ref, ids, steps)
+    tokens, scores = greedy(got, ids, steps)
+    first = next((i for i, (a, b) in enumerate(zip(ref_tokens, tokens)) if a != b), None)
+    result = {"same": first is None, "tokens": tokens, "fp32_tokens": ref_tokens}
+    if first is not None:
+        step = first - (len(ref_tokens) - len(ref_scores))
+        a, b = ref_scores[step], scores[step]
+        finite = np.isfinite(a) & np.isfinite(b)
+        result.update(first_step=step, logit_rel_l2=float(np.linalg.norm(a[finite] - b[finite]) /
+                                                          np.linalg.norm(a[finite])),
+                      # FP32's preference for its own token over the one taken, in units of the logits' spread
+                      fp32_margin=float((a[ref_tokens[first]] - a[tokens[first]]) / np.std(a[finite])))
+    return result
+
+
+# Measured on this machine (tests print the figures): these differ from FP32 at a clear decision.
+# int4: embedding rows / tied heads and llama's LM head in int4 (gpt2 int4 with --exclude embedding
+# gives FP32's tokens); issue 15's embedding-precision item, not this file's.
+_KNOWN = {("gpt2", "causal", "int4"), ("llama", "causal", "int4"), ("t5", "merged", "int4"),
+          ("t5", "unmerged", "int4"), ("marian", "unmerged", "int4")}
+_CASES = [("gpt2", "causal"), ("llama", "causal"), ("t5", "merged"), ("t5", "unmerged"), ("marian", "merged"),
+          ("marian", "unmerged")]
+
+
+@pytest.mark.parametrize("arch, kind, scheme", [
+    pytest.param(a, k, s, marks=[pytest.mark.xfail(reason="int4 embedding rows / LM head error (issue 15 item 6)",
+                                                   strict=False)] if (a, k, s) in _KNOWN else [])
+    for a, k in _CASES for s in ("int8", "int4")])
+def test_compiled_folder_drops_into_optimum(tmp_path_factory, arch, kind, scheme):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+
+    src = export(arch)
+    out = _compiled(tmp_path_factory, arch, scheme)
+    if kind == "causal":
+        ref = ORTModelForCausalLM.from_pretrained(src)
+        got = ORTModelForCausalLM.from_pretrained(out, session_options=_session_options())
+    else:
+        merged = kind == "merged"
+        ref = ORTModelForSeq2SeqLM.from_pretrained(src, use_merged=merged)
+        got = ORTModelForSeq2SeqLM.from_pretrained(out, use_merged=merged, session_options=_session_options())
+    # Optimum really runs the compiled files (not the source's): their sessions point into `out`.
+    paths = [str(getattr(p, "path", getattr(p, "model_path", ""))) for p in
+             ([got] if kind == "causal" else [got.encoder, got.decoder] + ([got.decoder_with_past]
+                                                                          if getattr(got, "decoder_with_past", None) else []))]
+    assert all(str(out) in p for p in paths if p), paths
+    ids = [[5, 17, 40, 99, 123, 7]]
+    result = compare_greedy(ref, got, ids)
+    print(f"{arch} {kind} {scheme}: {result}")
+    if not result["same"]:
+        # Accepted only as a near tie flipped by a small logit error: FP32's top two within a tenth of
+        # the logits' standard deviation, and the logits there within the scheme's usual error
+        # (int8 3-6%, int4 ~10% relative L2 on these random models, drawn with std 0.2).
+        bound = {"int8": 0.08, "int4": 0.15}[scheme]
+        assert result["fp32_margin"] < 0.1 and result["logit_rel_l2"] < bound, \
+            f"{arch} {kind} {scheme}: tokens differ from FP32 at step {result['first_step']}: {result}"
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(tmp_path_factory, arch, scheme):
+    key = (arch, scheme)
+    if key not in _COMPILED:
+        out = tmp_path_factory.mktemp("dropin") / f"{arch}.{scheme}"
+        assert main([str(export(arch)), "--scheme", scheme, "-o", str(out), "-q"]) == 0
+        _COMPILED[key] = out
+    return _COMPILED[key]
