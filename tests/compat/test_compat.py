@@ -1,0 +1,69 @@
+"""The compatibility suite: random tiny configs of many architectures exported by the installed
+Optimum (and torch.onnx's dynamo exporter with static shapes), compiled, run with and without the
+op library, error vs FP32 beside onnxruntime's quantizers (models/compat.py has the measurement
+and the bar; `python -m models.compat` prints the whole matrix).
+
+Bar per file: compiles and runs (or is refused with a reason); finite; not a silent no-op (a file
+with float weights that comes out with 90% of them still float fails); native kernels agree with
+the ONNX function fallback; int8 error <= 1.5x quantize_dynamic's; int4 with FP32 embeddings (what
+MatMulNBits leaves) <= 1.5x MatMulNBits'. Errors are relative L2 of the first output on 4
+synthesized samples; under 1e-3 passes regardless (both tools then at float rounding).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("optimum.exporters.onnx")
+pytestmark = pytest.mark.slow
+
+from models.compat import judge, matrix_markdown, measure  # noqa: E402
+from models.hf_exports import ARCHS, SEQ2SEQ, SPEECH, _configs  # noqa: E402
+from qcompiler.schemes import builtin_scheme_names  # noqa: E402
+
+# Weights inside If branches (Optimum's merged decoders) are the graph half of issue 15; until that
+# lands these files compile to an FP32 copy, which the bar calls a silent no-op.
+MERGED_XFAIL = pytest.mark.xfail(reason="merged decoder: weights inside If branches not quantized yet "
+                                        "(issue 15, subgraph item)", strict=False)
+
+
+def _files(arch: str) -> list:
+    task = _configs()[arch][0]
+    if task in (SEQ2SEQ, SPEECH):
+        return ["encoder_model.onnx", "decoder_with_past_model.onnx",
+                pytest.param("decoder_model_merged.onnx", marks=MERGED_XFAIL)]
+    return ["model.onnx"]
+
+
+CASES = [pytest.param(arch, *(f.values if hasattr(f, "values") else (f,)), scheme,
+                      marks=getattr(f, "marks", ()), id=f"{arch}-{f.values[0] if hasattr(f, 'values') else f}-{scheme}")
+         for arch in ARCHS for f in _files(arch) for scheme in ("int8", "int4")]
+ROWS: list = []
+
+
+@pytest.mark.parametrize("arch, file, scheme", CASES)
+def test_file_meets_the_bar(arch, file, scheme, tmp_path):
+    row = measure(arch, file, scheme, tmp_path)
+    ROWS.append(row)
+    print("\n" + matrix_markdown([row]).splitlines()[-1])
+    assert not judge(row), f"{arch} {file} {scheme}: {judge(row)}"
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_static_shape_dynamo_export(scheme, tmp_path):
+    """MiniLM-like BERT exported by torch.onnx's dynamo exporter with fixed [2, 12] inputs."""
+    row = measure("bert", "model.onnx", scheme, tmp_path, kind="dynamo-static")
+    print("\n" + matrix_markdown([row]).splitlines()[-1])
+    assert not judge(row), judge(row)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "phi3"])
+def test_decoder_lm_with_past_compiles_with_every_scheme(arch, tmp_path):
+    """Every built-in scheme on a decoder LM with past: compiles, runs (library and fallback), shrinks."""
+    failures = {}
+    for scheme in builtin_scheme_names():
+        row = measure(arch, "model.onnx", scheme, tmp_path)
+        print("\n" + matrix_markdown([row]).splitlines()[-1])
+        if judge(row):
+            failures[scheme] = judge(row)
+    assert not failures, failures
