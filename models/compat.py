@@ -101,6 +101,9 @@ def measure(arch: str, file: str, scheme: str, workdir: Path, kind: str = "optim
         except QCompilerError as exc:          # refused with a reason: recorded, judged by the caller
             row[f"{name}_refused"] = str(exc)
             continue
+        except Exception as exc:               # an internal error: a failure of the bar
+            row[f"{name}_crashed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            continue
         row[f"{name}_seconds"] = round(time.perf_counter() - t0, 2)
         row[f"{name}_notes"] = rep["notes"]
         with_lib = _outputs(out, feeds, library=True)
@@ -131,6 +134,8 @@ def judge(row: dict) -> list[str]:
     embeddings <= 1.5x MatMulNBits (errors under 1e-3 relative pass regardless)."""
     s = row["scheme"]
     fails = []
+    if f"{s}_crashed" in row:
+        return [f"internal error: {row[f'{s}_crashed']}"]
     if f"{s}_refused" in row:
         return [] if row[f"{s}_refused"] else ["refused without a reason"]
     if not row.get(f"{s}_finite"):
@@ -161,6 +166,8 @@ def matrix_markdown(rows: list[dict]) -> str:
         verdict = "; ".join(judge(r)) or "ok"
         if f"{s}_refused" in r:
             verdict = f"refused: {r[f'{s}_refused'][:80]}"
+        if f"{s}_crashed" in r:
+            verdict = f"CRASH: {r[f'{s}_crashed'][:80]}"
         lines.append(f"| {r['arch']} | {r['file']} | {s} | {f(f'{s}_error')} | {f('int4-fp32-emb_error')} | "
                      f"{f('ort_error') if r.get('ort_error') is not None else r.get('ort_failed', '-')[:40]} | "
                      f"{f(f'{s}_lib_vs_fallback')} | {fw[0] // 1000 if fw else '-'}k -> {fw[1] // 1000 if fw else '-'}k | "

@@ -27,8 +27,14 @@ MERGED_XFAIL = pytest.mark.xfail(reason="merged decoder: weights inside If branc
                                         "(issue 15, subgraph item)", strict=False)
 
 
+DEBERTA_XFAIL = pytest.mark.xfail(reason="deberta-v2: canonicalize's identity elimination on an If whose branch "
+                                         "returns its input (issue 15, subgraph item)", strict=False)
+
+
 def _files(arch: str) -> list:
     task = _configs()[arch][0]
+    if arch == "deberta-v2":
+        return [pytest.param("model.onnx", marks=DEBERTA_XFAIL)]
     if task in (SEQ2SEQ, SPEECH):
         return ["encoder_model.onnx", "decoder_with_past_model.onnx",
                 pytest.param("decoder_model_merged.onnx", marks=MERGED_XFAIL)]
