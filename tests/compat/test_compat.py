@@ -63,7 +63,7 @@ def test_static_shape_dynamo_export(scheme, tmp_path):
     assert not judge(row), judge(row)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])   # qwen2, phi3, gemma: llama-like, int8 / int4 above
 def test_decoder_lm_with_past_compiles_with_every_scheme(arch, tmp_path):
     """Every built-in scheme on a decoder LM with past: compiles, runs (library and fallback), shrinks."""
     failures = {}
