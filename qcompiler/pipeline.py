@@ -299,6 +299,10 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     elif verify:
         notes.append("verification skipped: model too large to hold a reference copy in memory")
 
+    if verification and str(verification.get("runtime", "")).startswith("fallback"):
+        notes.append(f"verified through the ai.qcompiler ops' ONNX function fallback, not the native library "
+                     f"({verification['runtime'].removeprefix('fallback: ')}): deployed with the library, the "
+                     f"kernels' int8 activations (accuracy_level 4) may differ slightly")
     gate = check_gate(verification, min_cosine)    # raises before anything is written
     if gate:
         notes.append(gate)

@@ -43,20 +43,31 @@ def _graph_uses_custom_ops(graph: onnx.GraphProto) -> bool:
 
 
 def make_session(proto_or_model, taps=(), threads: int = 1):
-    """An onnxruntime session (with our op library when needed), optionally tapping values."""
+    """An onnxruntime session (with our op library when needed), optionally tapping values.
+
+    The session's `qc_runtime` says what runs the ai.qcompiler ops: "native" (qcompiler.ops),
+    "fallback: <why>" (their ONNX function bodies, when the library cannot be registered), or
+    "standard" (the model has none)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    runtime = "standard"
     if uses_custom_ops(proto_or_model):
         try:
             from qcompiler import ops
 
             ops.register(opts)
-        except Exception as exc:  # the function fallback still runs the model
+            runtime = "native"
+        except Exception as exc:  # the function fallback still runs the model, and the report says so
             opts.log_severity_level = 3
-            _ = exc
-    return session_with_taps(proto_or_model, list(taps), session_options=opts)
+            runtime = f"fallback: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+    sess = session_with_taps(proto_or_model, list(taps), session_options=opts)
+    try:
+        sess.qc_runtime = runtime
+    except AttributeError:
+        pass
+    return sess
 
 
 def _rel_l2(ref: np.ndarray, got: np.ndarray) -> float:
@@ -161,6 +172,7 @@ def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], 
         "samples": len(feeds),
         "inputs": inputs,
         "synthesized": bool(synthesized),
+        "runtime": getattr(got_sess, "qc_runtime", "standard"),
         "primary": primary,
         "outputs": outputs,
         "per_layer_rel_l2": per_layer,

@@ -46,3 +46,16 @@ def test_cli_exit_3_and_nothing_written(tiny_bert, tmp_path, capsys):
 def test_gate_needs_verification(tiny_bert, tmp_path, capsys):
     code = main([str(tiny_bert), "-o", str(tmp_path / "o.onnx"), "--min-cosine", "0.5", "--no-verify", "-q"])
     assert code == 2 and "needs verification" in capsys.readouterr().err
+
+
+def test_verification_says_when_the_library_could_not_run_it(tiny_bert, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    import qcompiler
+
+    result = qcompiler.compile(tiny_bert, "ternary", tmp_path / "n.onnx")
+    assert result.verification["runtime"] == "native"
+    monkeypatch.setattr(ort, "__version__", "1.20.1")          # register() refuses: the fallback runs
+    result = qcompiler.compile(tiny_bert, "ternary", tmp_path / "f.onnx")
+    assert result.verification["runtime"].startswith("fallback: onnxruntime 1.20.1 cannot load")
+    assert any("ONNX function fallback" in n for n in result.notes)
