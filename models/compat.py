@@ -122,6 +122,7 @@ def measure(arch: str, file: str, scheme: str, workdir: Path, kind: str = "optim
         try:
             (ort_quantize_dynamic if scheme == "int8" else ort_matmul_nbits)(str(src), str(base))
             row["ort_error"] = _error(ref, _outputs(base, feeds))
+            row["ort_float_weights"] = _float_weight_bytes(base)
         except Exception as exc:   # onnxruntime's quantizer fails on some graphs: no baseline then
             row["ort_error"] = None
             row["ort_failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''}"
@@ -148,6 +149,8 @@ def judge(row: dict) -> list[str]:
     if row[f"{s}_lib_vs_fallback"] > (2e-2 if s in ("int8", "int4") else 0.1):
         fails.append(f"library vs fallback differ: {row[f'{s}_lib_vs_fallback']:.3g}")
     ort = row.get("ort_error")
+    if ort is not None and row.get("ort_float_weights", 0) >= 0.9 * before > 0:
+        ort = None      # onnxruntime's quantizer left the weights float (inside If branches): no baseline
     if ort is not None:
         # int4: at FP32 embeddings; a file without an embedding table (--exclude embedding refused as
         # matching nothing) compares as compiled.
@@ -173,8 +176,11 @@ def matrix_markdown(rows: list[dict]) -> str:
             verdict = f"refused: {r[f'{s}_refused'][:80]}"
         if f"{s}_crashed" in r:
             verdict = f"CRASH: {r[f'{s}_crashed'][:80]}"
+        ort = f('ort_error') if r.get('ort_error') is not None else r.get('ort_failed', '-')[:40]
+        if fw and r.get("ort_float_weights", 0) >= 0.9 * fw[0] > 0:
+            ort += " (no-op)"
         lines.append(f"| {r['arch']} | {r['file']} | {s} | {f(f'{s}_error')} | {f('int4-fp32-emb_error')} | "
-                     f"{f('ort_error') if r.get('ort_error') is not None else r.get('ort_failed', '-')[:40]} | "
+                     f"{ort} | "
                      f"{f(f'{s}_lib_vs_fallback')} | {fw[0] // 1000 if fw else '-'}k -> {fw[1] // 1000 if fw else '-'}k | "
                      f"{verdict} |")
     return "\n".join(lines)
