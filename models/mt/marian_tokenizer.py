@@ -4,13 +4,16 @@ MarianTokenizer reads source.spm / target.spm (segmentation) and vocab.json (pie
 shared vocabulary both .spm files are the same model. Ids follow the opus-mt checkpoints: `</s>` 0,
 `<unk>` 1, the pieces, `<pad>` last (also the decoder start token). Placeholders (`%s`, `%d`,
 `%1$s`, `{0}` ...) are user-defined pieces, so they stay single tokens and copy through.
+`fast_tokenizer` gives the same ids from the `tokenizers` library (tokenizer.json).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 PLACEHOLDERS = ("%s", "%d", "%u", "%i", "%ld", "%lu", "%zu", "%lld", "%llu", "%x", "%c", "%f", "%%", "%1$s", "%2$s",
@@ -52,3 +55,39 @@ def load_tokenizer(path: str | Path):
     from transformers import MarianTokenizer
 
     return MarianTokenizer.from_pretrained(str(path))
+
+
+def fast_tokenizer(folder: str | Path):
+    """A `tokenizers.Tokenizer` equal to the folder's MarianTokenizer: its sentencepiece model's
+    normalizer and unigram scores, vocab.json's ids, `</s>` appended."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    folder = Path(folder)
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+
+    class _Holder:  # what SpmConverter reads from a slow tokenizer
+        vocab_file = str(folder / "source.spm")
+        legacy = False
+        add_prefix_space = True
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        conv = SpmConverter(_Holder())
+    proto = conv.proto
+    scores = {p.piece: p.score for p in proto.pieces}
+    tok = Tokenizer(models.Unigram([(piece, scores.get(piece, 0.0)) for piece, _ in sorted(vocab.items(), key=lambda kv: kv[1])],
+                                   vocab["<unk>"], byte_fallback=False))
+    tok.normalizer = conv.normalizer(proto)
+    # sentencepiece cuts its user-defined pieces (the placeholders) out of the text wherever they
+    # occur, after the space marker: " %s" is "▁" + "%s".
+    user = sorted((p.piece for p in proto.pieces if p.type == 4), key=len, reverse=True)
+    splits = [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)]
+    if user:
+        splits.append(pre_tokenizers.Split(Regex("|".join(re.escape(u) for u in user)), behavior="isolated"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    tok.decoder = conv.decoder("▁", "always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A $B </s>",
+                                                       special_tokens=[("</s>", vocab["</s>"])])
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("</s>", "<unk>", "<pad>")])
+    return tok

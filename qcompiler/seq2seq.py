@@ -1,0 +1,177 @@
+"""Translate with an exported encoder-decoder folder in onnxruntime: greedy or beam search, batch 1.
+
+The folder is the standard (Optimum) layout: encoder_model.onnx (input_ids, attention_mask ->
+last_hidden_state), and either decoder_model.onnx (first step: -> logits + presents of self- and
+cross-attention) with decoder_with_past_model.onnx (later steps: past_key_values.* -> logits +
+self-attention presents), or decoder_model_merged.onnx (both behind use_cache_branch). config.json
+gives the decoder start, EOS and pad ids; at most max_len tokens come out, EOS included. Any file of the folder may be a compiled one: sessions
+register the qcompiler op library. The search is the one transformers' generate does (log-softmax
+scores, the pad token banned, beams finished on EOS among the top `width`, length penalty 1, the
+search stops when no open beam can beat the worst finished one), so the two agree on FP32.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ENCODER = "encoder_model.onnx"
+DECODER = "decoder_model.onnx"
+DECODER_WITH_PAST = "decoder_with_past_model.onnx"
+DECODER_MERGED = "decoder_model_merged.onnx"
+
+
+@dataclass
+class Seq2SeqFiles:
+    """The ONNX files of one model: encoder, plus first-step + with-past decoders or one merged decoder."""
+
+    encoder: str
+    decoder: str | None = None
+    decoder_with_past: str | None = None
+    decoder_merged: str | None = None
+
+    @classmethod
+    def in_folder(cls, folder: str | Path, prefer_merged: bool = False) -> "Seq2SeqFiles":
+        folder = Path(folder)
+        has = lambda n: (folder / n).is_file()  # noqa: E731
+        if not has(ENCODER):
+            raise FileNotFoundError(f"{folder} has no {ENCODER}")
+        split = has(DECODER) and has(DECODER_WITH_PAST)
+        if has(DECODER_MERGED) and (prefer_merged or not split):
+            return cls(str(folder / ENCODER), decoder_merged=str(folder / DECODER_MERGED))
+        if split:
+            return cls(str(folder / ENCODER), str(folder / DECODER), str(folder / DECODER_WITH_PAST))
+        raise FileNotFoundError(f"{folder} has neither {DECODER} + {DECODER_WITH_PAST} nor {DECODER_MERGED}")
+
+    def paths(self) -> list[str]:
+        return [p for p in (self.encoder, self.decoder, self.decoder_with_past, self.decoder_merged) if p]
+
+
+def special_ids(folder: str | Path) -> dict[str, int]:
+    """decoder_start / eos / pad token ids from the folder's config.json (transformers' names)."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    start = cfg.get("decoder_start_token_id")
+    start = cfg.get("pad_token_id") if start is None else start
+    return {"start": int(start), "eos": int(cfg["eos_token_id"]), "pad": int(cfg.get("pad_token_id", -1))}
+
+
+class Seq2SeqTranslator:
+    """Sessions on the files and the decoding loops; token ids in, token ids out (without specials)."""
+
+    def __init__(self, files: Seq2SeqFiles, start: int, eos: int, pad: int = -1, threads: int = 1, max_len: int = 96):
+        from qcompiler.bench import session
+
+        self.encoder = session(files.encoder, threads)
+        self.merged = files.decoder_merged is not None
+        if self.merged:
+            self.first = self.later = session(files.decoder_merged, threads)
+        else:
+            self.first = session(files.decoder, threads)
+            self.later = session(files.decoder_with_past, threads)
+        self.start, self.eos, self.pad, self.max_len = start, eos, pad, max_len
+        self.past_names = [i.name for i in self.later.get_inputs() if i.name.startswith("past_key_values.")]
+        self.later_outputs = [o.name for o in self.later.get_outputs()]
+        self.first_outputs = [o.name for o in self.first.get_outputs()]
+        past = next(i for i in self.later.get_inputs() if i.name.startswith("past_key_values."))
+        self.heads, self.head_dim = int(past.shape[1]), int(past.shape[3])
+
+    def _encode(self, src_ids: list[int]):
+        ids = np.asarray([src_ids], dtype=np.int64)
+        mask = np.ones_like(ids)
+        hidden = self.encoder.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
+        return mask, hidden
+
+    @staticmethod
+    def _past_name(present: str) -> str:
+        return "past_key_values." + present[len("present."):]
+
+    def _first_step(self, mask, hidden, batch: int):
+        """Logits [B,V] of the start token and the cache (self + cross) as past_key_values.* names."""
+        feeds = {"input_ids": np.full((batch, 1), self.start, np.int64),
+                 "encoder_attention_mask": np.repeat(mask, batch, 0), "encoder_hidden_states": np.repeat(hidden, batch, 0)}
+        if self.merged:
+            z = np.zeros((batch, self.heads, 1, self.head_dim), np.float32)
+            feeds.update({n: z for n in self.past_names})
+            feeds["use_cache_branch"] = np.array([False])
+        outs = self.first.run(self.first_outputs, feeds)
+        cache = {self._past_name(n): v for n, v in zip(self.first_outputs[1:], outs[1:])}
+        return outs[0][:, -1, :], cache
+
+    def _step(self, tokens: np.ndarray, mask, hidden, cache: dict):
+        feeds = {"input_ids": tokens[:, None], "encoder_attention_mask": np.repeat(mask, len(tokens), 0), **cache}
+        if self.merged:
+            feeds["encoder_hidden_states"] = np.repeat(hidden, len(tokens), 0)
+            feeds["use_cache_branch"] = np.array([True])
+        outs = self.later.run(self.later_outputs, feeds)
+        new = dict(cache)
+        for n, v in zip(self.later_outputs[1:], outs[1:]):
+            if ".decoder." in n:  # the cross-attention cache stays as the first step made it
+                new[self._past_name(n)] = v
+        return outs[0][:, -1, :], new
+
+    def _logprobs(self, logits: np.ndarray, last: bool = False) -> np.ndarray:
+        """Log-softmax, then (as transformers' logits processors) pad banned and, at the last
+        position of max_len, EOS forced with score 0."""
+        logits = logits.astype(np.float32)
+        m = logits.max(1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True))
+        if self.pad >= 0:
+            logp[:, self.pad] = -np.inf
+        if last:
+            logp[:] = -np.inf
+            logp[:, self.eos] = 0.0
+        return logp
+
+    def greedy(self, src_ids: list[int]) -> list[int]:
+        mask, hidden = self._encode(src_ids)
+        logits, cache = self._first_step(mask, hidden, 1)
+        out = []
+        for step in range(self.max_len):
+            token = int(self._logprobs(logits, last=step + 1 == self.max_len)[0].argmax())
+            if token == self.eos:
+                break
+            out.append(token)
+            logits, cache = self._step(np.array([token], np.int64), mask, hidden, cache)
+        return out
+
+    def beam(self, src_ids: list[int], width: int = 4, length_penalty: float = 1.0) -> list[int]:
+        """Beam search, beams on the batch axis. A hypothesis is scored sum(logp) / length ** length_penalty,
+        the length counting its tokens and the EOS (transformers' BeamHypotheses with the start token)."""
+        if width <= 1:
+            return self.greedy(src_ids)
+        mask, hidden = self._encode(src_ids)
+        logits, cache = self._first_step(mask, hidden, 1)
+        beams: list[tuple[list[int], float]] = [([], 0.0)]
+        finished: list[tuple[float, list[int]]] = []
+        for step in range(1, self.max_len + 1):
+            scores = np.array([s for _, s in beams])[:, None] + self._logprobs(logits, last=step == self.max_len)
+            next_beams, rows = [], []
+            for rank, flat in enumerate(np.argsort(-scores, axis=None, kind="stable")[: 2 * width]):
+                row, tok = divmod(int(flat), scores.shape[1])
+                seq, score = beams[row][0], float(scores[row, tok])
+                if not np.isfinite(score):
+                    break
+                if tok == self.eos:
+                    if rank < width:
+                        finished.append((score / (len(seq) + 1) ** length_penalty, seq))
+                elif len(next_beams) < width:
+                    next_beams.append((seq + [tok], score))
+                    rows.append(row)
+            if not next_beams:
+                break
+            if len(finished) >= width:
+                best_open = max(sc for _, sc in next_beams) / (step + 1) ** length_penalty
+                if sorted(f[0] for f in finished)[-width] >= best_open:
+                    break
+            beams = next_beams
+            cache = {n: v[rows] for n, v in cache.items()}
+            logits, cache = self._step(np.array([b[-1] for b, _ in beams], np.int64), mask, hidden, cache)
+        if not finished:
+            finished = [(sc / (len(b) + 1) ** length_penalty, b) for b, sc in (next_beams or beams)]
+        return max(finished, key=lambda f: f[0])[1]
+
+    def translate(self, src_ids: list[int], beam: int = 1) -> list[int]:
+        return self.greedy(src_ids) if beam <= 1 else self.beam(src_ids, beam)
