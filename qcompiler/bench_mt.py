@@ -1,5 +1,11 @@
-"""`qcompile bench --task mt`: an encoder + decoder-with-past translation pair, every scheme beside
-FP32 and onnxruntime's own quantizers, in one run.
+"""`qcompile bench --task mt`: a translation model's encoder + decoder files, every scheme beside
+FP32 and onnxruntime's own quantizers (and any anchors the caller adds, e.g. CTranslate2), in one run.
+
+Two folder layouts: the standard one (Optimum's encoder_model.onnx + decoder_model.onnx +
+decoder_with_past_model.onnx or decoder_model_merged.onnx, config.json, and tokenizer.json or a
+tokenizer transformers loads; decoded by qcompiler.seq2seq; schemes compiled with `qcompile DIR`'s
+compile_folder, calibrated from calib_sources.txt or --calib-text source sentences), and the demo's
+own encoder.onnx + decoder.onnx + tokenizer.model (decoded by the source checkout's models/mt).
 
 Each variant quantizes BOTH files (the schemes with qcompiler.pipeline.compile_model and the
 model's own calibration inputs; the onnxruntime baselines with quantize_dynamic / MatMulNBits).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -52,16 +59,19 @@ class MTModel:
         return str(path) if path.exists() else None
 
 
-def locate(model: str, data: str | None) -> MTModel:
-    """MODEL is the model directory or its encoder.onnx; the held-out pairs come from --data or test.tsv there."""
+def locate(model: str, data: str | None, calib_text: str | None = None) -> "MTModel | Seq2SeqModel":
+    """MODEL is the model directory or one of its ONNX files; the held-out pairs come from --data or
+    test.tsv there. A folder with encoder_model.onnx is the standard (Optimum) layout."""
     path = Path(model)
     directory = path if path.is_dir() else path.parent
     if not path.exists():
         raise UsageError(f"model not found: {model}")
+    if (directory / "encoder_model.onnx").is_file():
+        return locate_seq2seq(directory, data, calib_text)
     missing = [n for n in (ENCODER, DECODER, TOKENIZER) if not (directory / n).is_file()]
     if missing:
-        raise UsageError(f"--task mt needs a model directory (or its encoder.onnx) holding {ENCODER}, {DECODER} and "
-                         f"{TOKENIZER}; {directory} lacks {', '.join(missing)}")
+        raise UsageError(f"--task mt needs a model folder: Optimum's encoder_model.onnx + decoder files + config.json, "
+                         f"or {ENCODER} + {DECODER} + {TOKENIZER}; {directory} has neither")
     held_out = Path(data) if data else directory / "test.tsv"
     if not held_out.is_file():
         raise UsageError(f"no held-out pairs to translate: give --data held-out.tsv (source<TAB>reference per line)")
@@ -107,9 +117,13 @@ def _compile_variants(mt: MTModel, schemes, out_dir: Path, baselines: bool, cons
 
 
 def run_mt_bench(mt: MTModel, schemes: list[str], out_dir: str | os.PathLike = "bench-out", sentences: int | None = None,
-                 beam: int = 1, baselines: bool = True, console=None, max_len: int = 64) -> dict:
+                 beam: int = 1, baselines: bool = True, console=None, max_len: int = 64, beams=None, anchors=()) -> dict:
     """Compile every scheme for both files, translate the held-out set with every variant, write JSON/MD/PNG."""
     import numpy as np
+
+    if isinstance(mt, Seq2SeqModel):
+        return run_seq2seq_bench(mt, schemes, out_dir, sentences, tuple(beams or (beam,)), baselines, list(anchors),
+                                 console, max_len=max(max_len, 96))
 
     sacrebleu = require_extra("sacrebleu", "mt", "bench --task mt")
     from rich.console import Console
@@ -209,6 +223,11 @@ COLUMNS = ["variant", "size enc+dec", "BLEU", "chrF", "exact", "tokens/s", "ms/s
 
 
 def to_markdown(result: dict) -> str:
+    if result.get("layout") == "optimum":
+        head = (f"Model `{result['model']}`, task mt, {result['samples']} held-out sentences; batch 1, "
+                f"{result['threads']} thread(s), every sentence translated by every variant in turn; calibration: "
+                f"{result.get('calibration') or 'synthesized'}.")
+        return "\n".join([head, ""] + [ln for b in result["beams"] for ln in _beam_markdown(result, b)])
     lines = [f"Model `{result['model']}`, task mt, {result['samples']} held-out sentences, "
              f"{'greedy' if result['beam'] <= 1 else 'beam ' + str(result['beam'])} decoding; batch 1, one thread, "
              "every sentence translated by every variant in turn.", "",
@@ -235,3 +254,298 @@ def print_table(result: dict, console=None) -> None:
         else:
             table.add_row(*_row(v))
     console.print(table)
+
+
+# --- the standard (Optimum) layout ------------------------------------------------------------
+
+from qcompiler.seq2seq import DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER as S2S_ENCODER  # noqa: E402
+
+CALIB_TEXT = "calib_sources.txt"
+_SPLIT_FILES = (S2S_ENCODER, DECODER, DECODER_WITH_PAST)
+
+
+@dataclasses.dataclass
+class Seq2SeqModel:
+    """An exported encoder-decoder folder (Optimum layout) and its held-out pairs."""
+
+    directory: Path
+    data: Path
+    calib_text: str | None = None
+
+
+@dataclasses.dataclass
+class Anchor:
+    """A translator the caller adds beside the variants (e.g. CTranslate2): translate(text, beam) ->
+    (hypothesis, generated tokens incl. EOS); size = bytes on disk."""
+
+    name: str
+    kind: str
+    size: int
+    translate: object
+
+
+class TextTokenizer:
+    """encode(text) -> ids with the model's EOS, decode(ids) -> text: tokenizer.json through the
+    `tokenizers` library, else the folder's tokenizer through transformers (both in the mt extra)."""
+
+    def __init__(self, folder: Path):
+        if (folder / "tokenizer.json").is_file():
+            tokenizers = require_extra("tokenizers", "mt", "bench --task mt")
+            self._fast = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+            self.encode = lambda text: self._fast.encode(text).ids
+            self.decode = lambda ids: self._fast.decode(list(ids), skip_special_tokens=True)
+        else:
+            transformers = require_extra("transformers", "mt", "bench --task mt")
+            try:
+                self._slow = transformers.AutoTokenizer.from_pretrained(str(folder))
+            except Exception as exc:
+                raise UsageError(f"{folder}: no tokenizer.json and transformers cannot load its tokenizer ({_error(exc)})") from None
+            self.encode = lambda text: self._slow(text)["input_ids"]
+            self.decode = lambda ids: self._slow.decode(list(ids), skip_special_tokens=True)
+
+
+def locate_seq2seq(directory: Path, data: str | None, calib_text: str | None) -> Seq2SeqModel:
+    from qcompiler.seq2seq import Seq2SeqFiles
+
+    try:
+        Seq2SeqFiles.in_folder(directory)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--task mt: {exc}") from None
+    if not (directory / "config.json").is_file():
+        raise UsageError(f"--task mt: {directory} has no config.json (decoder start / EOS / pad ids)")
+    held_out = Path(data) if data else directory / "test.tsv"
+    if not held_out.is_file():
+        raise UsageError("no held-out pairs to translate: give --data held-out.tsv (source<TAB>reference per line)")
+    if calib_text is None and (directory / CALIB_TEXT).is_file():
+        calib_text = str(directory / CALIB_TEXT)
+    return Seq2SeqModel(directory, held_out, calib_text)
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    try:
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise UsageError(f"cannot read the held-out pairs: {path}:{i + 1}: expected source<TAB>reference")
+            pairs.append((parts[0], parts[1]))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read the held-out pairs: {exc}") from None
+    if not pairs:
+        raise UsageError(f"no held-out pairs in {path}")
+    return pairs
+
+
+def _split_view(model: Seq2SeqModel, out_dir: Path) -> Path:
+    """A folder of links to the encoder, the split decoders and the non-ONNX files (the merged
+    decoder left out: the bench decodes with the split pair, compiling the merged copy too would
+    double the work); the merged file alone when the folder has no split pair."""
+    view = out_dir / "fp32"
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    split = all((model.directory / f).is_file() for f in _SPLIT_FILES)
+    for item in sorted(model.directory.iterdir()):
+        if item.is_dir() or item.name.startswith("."):
+            continue
+        if item.suffix == ".onnx" and (item.name not in (_SPLIT_FILES if split else (S2S_ENCODER, DECODER_MERGED))):
+            continue
+        os.symlink(item.resolve(), view / item.name)
+    return view
+
+
+def _seq2seq_variants(model: Seq2SeqModel, schemes, out_dir: Path, baselines: bool, console) -> list[tuple[Variant, Path]]:
+    """(variant, its folder) for FP32, onnxruntime's quantizers (file by file) and every scheme (compile_folder)."""
+    try:
+        from qcompiler.folder import compile_folder
+    except ImportError:  # a checkout without `qcompile DIR`: file by file, synthesized calibration
+        compile_folder = _compile_files
+
+    view = _split_view(model, out_dir)
+    onnx_files = sorted(p.name for p in view.iterdir() if p.suffix == ".onnx")
+    out = [(Variant("fp32", str(view / S2S_ENCODER), "fp32"), view)]
+    jobs = []
+    if baselines:
+        jobs += [("ort quantize_dynamic int8", "ort_int8", "onnxruntime", ort_quantize_dynamic),
+                 ("ort MatMulNBits 4-bit b32", "ort_nbits4", "onnxruntime", ort_matmul_nbits)]
+    jobs += [(f"qcompiler {Path(s).stem}", Path(s).stem, "qcompiler", s) for s in schemes]
+    for name, tag, kind, how in jobs:
+        folder = out_dir / tag
+        v = Variant(name, str(folder / S2S_ENCODER), kind)
+        console.print(f"[bold]compiling[/bold] {name} ({', '.join(onnx_files)})")
+        t, verify_seconds = time.perf_counter(), 0.0
+        try:
+            if kind == "onnxruntime":
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                for item in view.iterdir():
+                    if item.suffix == ".onnx":
+                        how(str(item), str(folder / item.name))
+                    else:
+                        os.symlink(item.resolve(), folder / item.name)
+            else:
+                record = compile_folder(view, scheme=how, output=folder, calib_text=model.calib_text, verify=True,
+                                        progress=True, console=console)
+                for fname, rec in record["files"].items():
+                    ver = rec.get("verification") or {}
+                    v.layers[fname] = ver.get("per_layer_rel_l2", {}) if isinstance(ver, dict) else {}
+        except Exception as exc:
+            v.error = _error(exc)
+            if os.environ.get("QCOMPILE_DEBUG"):
+                traceback.print_exc()
+        v.compile_seconds = time.perf_counter() - t - verify_seconds
+        out.append((v, folder))
+    return out
+
+
+def _compile_files(view: Path, scheme, output: Path, calib_text=None, verify=True, progress=True, console=None) -> dict:
+    from qcompiler.pipeline import compile_model
+
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    record = {"files": {}}
+    for item in sorted(view.iterdir()):
+        if item.suffix == ".onnx":
+            rep = compile_model(str(item), scheme=scheme, output=str(output / item.name), verify=verify, progress=progress,
+                                console=console)
+            record["files"][item.name] = {"verification": rep.get("verification")}
+        else:
+            os.symlink(item.resolve(), output / item.name)
+    return record
+
+
+def _metrics(sacrebleu, hyps, refs, tokens, seconds, n) -> dict:
+    import numpy as np
+
+    return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+            "exact_match": float(np.mean([a == b for a, b in zip(hyps, refs)])), "tokens_per_s": tokens / seconds,
+            "tokens": tokens, "latency_ms": 1e3 * seconds / n}
+
+
+def run_seq2seq_bench(model: Seq2SeqModel, schemes: list[str], out_dir="bench-out", sentences: int | None = None,
+                      beams: tuple[int, ...] = (1,), baselines: bool = True, anchors: list[Anchor] = (), console=None,
+                      max_len: int = 96, threads: int = 1) -> dict:
+    """Compile every scheme (all files of the folder), translate the held-out set with every variant and
+    anchor for each beam width (sentence by sentence, the order rotating), write JSON/MD/PNG/TSV."""
+    sacrebleu = require_extra("sacrebleu", "mt", "bench --task mt")
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from qcompiler.bench import plot
+    from qcompiler.seq2seq import Seq2SeqFiles, Seq2SeqTranslator, special_ids
+
+    console = console or Console(stderr=True)
+    pairs = _read_pairs(model.data)
+    pairs = pairs[:sentences] if sentences else pairs
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = TextTokenizer(model.directory)
+    ids = special_ids(model.directory)
+    built = _seq2seq_variants(model, schemes, out_dir, baselines, console)
+    variants = [v for v, _ in built]
+    runners = {}
+    for v, folder in built:
+        if v.error:
+            continue
+        try:
+            files = Seq2SeqFiles.in_folder(folder)
+            v.size = sum(model_io.file_size(p) for p in files.paths())
+            v.decoder_path = files.decoder_with_past or files.decoder_merged
+            tr = Seq2SeqTranslator(files, **ids, threads=threads, max_len=max_len)
+
+            def run(text, beam, tr=tr):
+                out = tr.translate(tok.encode(text), beam)
+                return tok.decode(out), len(out) + 1
+            runners[v.name] = run
+        except Exception as exc:
+            v.error = _error(exc)
+    for a in anchors:
+        variants.append(Variant(a.name, None, a.kind, size=a.size))
+        runners[a.name] = a.translate
+    names = list(runners)
+    by_name = {v.name: v for v in variants}
+    refs = [fr for _, fr in pairs]
+    hyps_by_beam = {}
+    for beam in beams:
+        hyps = {n: [] for n in names}
+        seconds = {n: 0.0 for n in names}
+        tokens = {n: 0 for n in names}
+        for n in names:  # warm-up
+            runners[n](pairs[0][0], beam)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"beam {beam}: {len(pairs)} sentences x {len(names)} variants (interleaved)", total=len(pairs))
+            for i, (src, _) in enumerate(pairs):
+                for n in names[i % len(names):] + names[: i % len(names)]:
+                    try:
+                        t = time.perf_counter()
+                        text, k = runners[n](src, beam)
+                        seconds[n] += time.perf_counter() - t
+                    except Exception as exc:
+                        text, k = "", 1
+                        by_name[n].error = by_name[n].error or "decoding failed: " + _error(exc)
+                    tokens[n] += k
+                    hyps[n].append(text)
+                progress.update(task, completed=i + 1)
+        for n in names:
+            v = by_name[n]
+            if not v.error:
+                v.metrics.setdefault("by_beam", {})[str(beam)] = _metrics(sacrebleu, hyps[n], refs, tokens[n], seconds[n], len(pairs))
+        hyps_by_beam[beam] = hyps
+    for v in variants:
+        first = v.metrics.get("by_beam", {}).get(str(beams[0]))
+        if first:
+            v.metrics.update({k: first[k] for k in ("bleu", "chrf", "exact_match", "tokens_per_s", "tokens")})
+            v.latency_ms = first["latency_ms"]
+    result = {"model": str(model.directory), "task": "mt", "layout": "optimum", "data": str(model.data),
+              "samples": len(pairs), "beam": beams[0], "beams": list(beams), "threads": threads,
+              "calibration": model.calib_text, "variants": [dataclasses.asdict(v) for v in variants]}
+    _ratios(result, beams)
+    stem = "mt"
+    (out_dir / f"{stem}.bench.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"{stem}.bench.md").write_text(to_markdown(result))
+    for beam, hyps in hyps_by_beam.items():
+        (out_dir / f"{stem}.translations.beam{beam}.tsv").write_text(
+            "".join("\t".join([en, ref, *(hyps[n][i] for n in names)]) + "\n" for i, (en, ref) in enumerate(pairs)))
+    plot(result, out_dir / f"{stem}.bench.png")
+    result["files"] = {k: str(out_dir / f"{stem}.bench.{k}") for k in ("json", "md", "png")}
+    return result
+
+
+def _ratios(result: dict, beams) -> None:
+    rows = result["variants"]
+    fp32 = next(r for r in rows if r["kind"] == "fp32")
+    ort = next((r for r in rows if r["name"] == "ort quantize_dynamic int8" and not r["error"]), None)
+    for r in rows:
+        for b in beams:
+            m = r["metrics"].get("by_beam", {}).get(str(b))
+            f = fp32["metrics"].get("by_beam", {}).get(str(b))
+            o = ort["metrics"].get("by_beam", {}).get(str(b)) if ort else None
+            if m and f:
+                m["bleu_delta_vs_fp32"] = m["bleu"] - f["bleu"]
+                m["tokens_per_s_vs_fp32"] = m["tokens_per_s"] / f["tokens_per_s"]
+            if m and o:
+                m["tokens_per_s_vs_ort_int8"] = m["tokens_per_s"] / o["tokens_per_s"]
+        first = r["metrics"].get("by_beam", {}).get(str(beams[0]), {})
+        r["size_ratio_vs_fp32"] = r["size"] / fp32["size"] if r["size"] and fp32["size"] else None
+        r["tokens_per_s_vs_fp32"] = first.get("tokens_per_s_vs_fp32")
+        r["tokens_per_s_vs_ort_int8"] = first.get("tokens_per_s_vs_ort_int8")
+        r["speedup_vs_fp32"] = first.get("tokens_per_s_vs_fp32")
+        if "bleu_delta_vs_fp32" in first:
+            r["bleu_delta_vs_fp32"] = first["bleu_delta_vs_fp32"]
+
+
+BEAM_COLUMNS = ["variant", "size on disk", "BLEU", "chrF", "BLEU vs FP32", "tokens/s", "tok/s vs FP32", "vs ort int8"]
+
+
+def _beam_markdown(result: dict, beam: int) -> list[str]:
+    ratio = lambda x: f"{x:.2f}x" if x else "-"  # noqa: E731
+    lines = [f"{'Greedy' if beam <= 1 else f'Beam {beam}'}:", "", "| " + " | ".join(BEAM_COLUMNS) + " |",
+             "|" + "---|" * len(BEAM_COLUMNS)]
+    for v in result["variants"]:
+        m = v["metrics"].get("by_beam", {}).get(str(beam))
+        if v["error"] or not m:
+            lines.append(f"| {v['name']} | failed: {v['error']} |" + " |" * (len(BEAM_COLUMNS) - 2))
+            continue
+        lines.append("| " + " | ".join([v["name"], f"{v['size'] / 1e6:.2f} MB", f"{m['bleu']:.2f}", f"{m['chrf']:.2f}",
+                                        f"{m.get('bleu_delta_vs_fp32', 0):+.2f}", f"{m['tokens_per_s']:.0f}",
+                                        ratio(m.get("tokens_per_s_vs_fp32")), ratio(m.get("tokens_per_s_vs_ort_int8"))]) + " |")
+    return lines + [""]
