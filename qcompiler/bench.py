@@ -363,7 +363,7 @@ def plot(result: dict, path: Path) -> None:
     colors = {"fp32": "black", "onnxruntime": "#d62728", "qcompiler": "#1f77b4"}
     ok = [v for v in result["variants"] if not v["error"] and v["metrics"]]
     for i, v in enumerate(ok):  # labels staggered: variants of equal accuracy sit on one line
-        ax.scatter(v["size"] / 1e6, v["metrics"].get(metric, 0), color=colors[v["kind"]], s=40)
+        ax.scatter(v["size"] / 1e6, v["metrics"].get(metric, 0), color=colors.get(v["kind"], "#2ca02c"), s=40)
         ax.annotate(v["name"].replace("qcompiler ", ""), (v["size"] / 1e6, v["metrics"].get(metric, 0)),
                     fontsize=8, xytext=(4, 4 - 10 * (i % 3)), textcoords="offset points")
     ax.set_xscale("log")  # the low-bit variants crowd together on a linear axis
@@ -375,7 +375,7 @@ def plot(result: dict, path: Path) -> None:
     if mt:  # second panel: decoding speed of every variant
         bx = axes[0][1]
         bx.barh([v["name"].replace("qcompiler ", "") for v in ok], [v["metrics"]["tokens_per_s"] for v in ok],
-                color=[colors[v["kind"]] for v in ok])
+                color=[colors.get(v["kind"], "#2ca02c") for v in ok])
         bx.invert_yaxis()
         bx.set_xlabel("tokens/s, batch 1, one thread")
         bx.grid(alpha=0.3, axis="x")

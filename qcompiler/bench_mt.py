@@ -121,6 +121,9 @@ def run_mt_bench(mt: MTModel, schemes: list[str], out_dir: str | os.PathLike = "
     """Compile every scheme for both files, translate the held-out set with every variant, write JSON/MD/PNG."""
     import numpy as np
 
+    if beams and len(beams) > 1 and not isinstance(mt, Seq2SeqModel):
+        raise UsageError("several beam widths in one run need an Optimum-layout folder; run the demo's model once per width")
+    beam = beams[0] if beams else beam
     if isinstance(mt, Seq2SeqModel):
         return run_seq2seq_bench(mt, schemes, out_dir, sentences, tuple(beams or (beam,)), baselines, list(anchors),
                                  console, max_len=max(max_len, 96))
@@ -258,10 +261,11 @@ def print_table(result: dict, console=None) -> None:
 
 # --- the standard (Optimum) layout ------------------------------------------------------------
 
-from qcompiler.seq2seq import DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER as S2S_ENCODER  # noqa: E402
+from qcompiler import seq2seq as _s2s  # noqa: E402
 
 CALIB_TEXT = "calib_sources.txt"
-_SPLIT_FILES = (S2S_ENCODER, DECODER, DECODER_WITH_PAST)
+S2S_ENCODER = _s2s.ENCODER
+_SPLIT_FILES = (_s2s.ENCODER, _s2s.DECODER, _s2s.DECODER_WITH_PAST)
 
 
 @dataclasses.dataclass
@@ -293,7 +297,8 @@ class TextTokenizer:
             tokenizers = require_extra("tokenizers", "mt", "bench --task mt")
             self._fast = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
             self.encode = lambda text: self._fast.encode(text).ids
-            self.decode = lambda ids: self._fast.decode(list(ids), skip_special_tokens=True)
+            # sentencepiece (and so MarianTokenizer) strips the text's ends; the Metaspace decoder may not
+            self.decode = lambda ids: self._fast.decode(list(ids), skip_special_tokens=True).strip()
         else:
             transformers = require_extra("transformers", "mt", "bench --task mt")
             try:
@@ -347,7 +352,7 @@ def _split_view(model: Seq2SeqModel, out_dir: Path) -> Path:
     for item in sorted(model.directory.iterdir()):
         if item.is_dir() or item.name.startswith("."):
             continue
-        if item.suffix == ".onnx" and (item.name not in (_SPLIT_FILES if split else (S2S_ENCODER, DECODER_MERGED))):
+        if item.suffix == ".onnx" and (item.name not in (_SPLIT_FILES if split else (S2S_ENCODER, _s2s.DECODER_MERGED))):
             continue
         os.symlink(item.resolve(), view / item.name)
     return view

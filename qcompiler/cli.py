@@ -140,14 +140,14 @@ def compile_command(model, scheme, output, report_path, calib, exclude, target, 
 @click.argument("model", type=click.Path())
 @click.option("--schemes", default="int8,int4", show_default=True, help="Comma-separated schemes to compile and compare.")
 @click.option("--task", type=click.Choice(["embeddings", "logits", "mt"]), default="embeddings", show_default=True,
-              help="mt: MODEL is a translation model directory (encoder.onnx, decoder.onnx, tokenizer.model) or its encoder.onnx.")
+              help="mt: MODEL is a translation model folder: Optimum's (encoder_model.onnx, decoder files, config.json, tokenizer) or the demo's (encoder.onnx, decoder.onnx, tokenizer.model).")
 @click.option("--data", type=click.Path(dir_okay=False),
               help="Evaluation inputs: .npz (first axis = samples); for --task mt held-out pairs, source<TAB>reference per line (default: test.tsv beside the model).")
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration inputs for the schemes (.npz); mt reads calib_encoder.npz / calib_decoder.npz beside the model.")
 @click.option("--out", "out_dir", default="bench-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--repeats", default=40, show_default=True, help="Interleaved latency rounds.")
 @click.option("--sentences", type=click.IntRange(min=1), help="mt: translate only the first N held-out pairs.")
-@click.option("--beam", default=1, show_default=True, type=click.IntRange(min=1), help="mt: beam width (1 = greedy).")
+@click.option("--beam", default="1", show_default=True, help="mt: beam width(s), comma-separated (1 = greedy; 1,4 = both tables from one run).")
 @click.option("--no-baselines", is_flag=True, help="Skip onnxruntime's own quantizers.")
 @click.option("--calib-source", multiple=True, metavar="[NAME=]FILE",
               help="Calibrate on this source (.npz inputs, or text: one sentence a line); repeatable: each scheme is "
@@ -169,9 +169,15 @@ def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences
         if calib_source or eval_source:
             raise click.UsageError("--calib-source / --eval-source are for --task embeddings and logits")
         if calib:
-            raise click.UsageError("--task mt calibrates from calib_encoder.npz / calib_decoder.npz beside the model, not --calib")
+            raise click.UsageError("--task mt calibrates from calib_sources.txt (Optimum folders) or calib_encoder.npz / calib_decoder.npz beside the model, not --calib")
+        try:
+            beams = [int(b) for b in beam.split(",") if b.strip()]
+        except ValueError:
+            beams = []
+        if not beams or min(beams) < 1:
+            raise click.UsageError(f"--beam takes beam widths >= 1, comma-separated, not {beam!r}")
         result = bench_mt.run_mt_bench(bench_mt.locate(model, data), scheme_list, out_dir=out_dir, sentences=sentences,
-                                       beam=beam, baselines=not no_baselines, console=_console)
+                                       beam=beams[0], beams=beams, baselines=not no_baselines, console=_console)
         bench_mt.print_table(result)
     else:
         if calib and calib_source:
