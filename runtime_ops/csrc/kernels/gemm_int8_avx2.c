@@ -217,12 +217,78 @@ static int decode_codebook(const qc_matmul *w, int64_t cb, int64_t q0, int nq, i
     return done;
 }
 
+/* Binary codes with 1-3 planes straight into the kernel layout (no transposes): per kernel row
+ * (4 elements; step s = row / 2, nibble = row % 2) and 8 columns, each plane's byte of a column is
+ * copied to its 4 element slots and bit-tested, the plane bits form the code, and one lane-wide
+ * table lookup gives the value: a lane (4 columns) holds the 4 codes x 4 columns of 2 planes, or
+ * 8 codes x 2 columns of 3 planes (two tables, blended by column). 1 plane: 2 bit - 1. */
+static int decode_binary_rows(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
+    const int64_t P = w->n_planes, G = w->G, S = w->steps;
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6,
+                                            6, 6, 7, 7, 7, 7);
+    const __m256i mlo = _mm256_set1_epi32(0x08040201), mhi = _mm256_set1_epi32((int)0x80402010u);
+    const __m256i ofs2 = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8,
+                                          8, 8, 8, 12, 12, 12, 12);
+    const __m256i ofs3 = _mm256_setr_epi8(0, 0, 0, 0, 8, 8, 8, 8, 0, 0, 0, 0, 8, 8, 8, 8, 0, 0, 0, 0, 8, 8, 8, 8, 0, 0,
+                                          0, 0, 8, 8, 8, 8);
+    const __m256i sel3 = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, -128, -128, -128, -128, -128, -128, -128, -128, 0, 0,
+                                          0, 0, 0, 0, 0, 0, -128, -128, -128, -128, -128, -128, -128, -128);
+    const __m256i one = _mm256_set1_epi8(1), two = _mm256_set1_epi8(2);
+    __m256i ta[4], tb[4]; /* per 8 columns: the lane tables */
+    for (int v = 0; v < 4 && P > 1; ++v) {
+        int8_t t[2][32];
+        memset(t, 0, sizeof t);
+        for (int c = 0; c < 8; ++c) {
+            const int64_t n = cb * 32 + 8 * v + c;
+            const int lane = c / 4, j = c % 4;
+            if (n >= w->N) continue;
+            const int8_t *vt = w->gvt + (n * G + g) * 16;
+            if (P == 2)
+                memcpy(&t[0][16 * lane + 4 * j], vt, 4);
+            else
+                memcpy(&t[j / 2][16 * lane + 8 * (j % 2)], vt, 8);
+        }
+        ta[v] = _mm256_loadu_si256((const __m256i *)t[0]);
+        tb[v] = _mm256_loadu_si256((const __m256i *)t[1]);
+    }
+    for (int i = 0; i < nq; ++i) {
+        const int64_t q = q0 + i, s = q >> 1;
+        const __m256i mask = (q & 1) ? mhi : mlo;
+        __m256i rec[3] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int64_t p = 0; p < P; ++p)
+            rec[p] = _mm256_loadu_si256((const __m256i *)(w->nib + (((cb * P + p) * G + g) * S + s) * 32));
+        for (int v = 0; v < 4; ++v) {
+            __m256i code = _mm256_setzero_si256();
+            for (int64_t p = 0; p < P; ++p) {
+                const __m256i x = v == 0 ? _mm256_permute4x64_epi64(rec[p], 0x00)
+                                  : v == 1 ? _mm256_permute4x64_epi64(rec[p], 0x55)
+                                  : v == 2 ? _mm256_permute4x64_epi64(rec[p], 0xAA)
+                                           : _mm256_permute4x64_epi64(rec[p], 0xFF);
+                const __m256i m = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(x, spread), mask), mask);
+                code = _mm256_or_si256(code, _mm256_and_si256(m, p == 0 ? one : p == 1 ? two : _mm256_set1_epi8(4)));
+            }
+            __m256i val;
+            if (P == 1)
+                val = _mm256_sub_epi8(_mm256_add_epi8(code, code), one); /* 2 bit - 1 */
+            else if (P == 2)
+                val = _mm256_shuffle_epi8(ta[v], _mm256_or_si256(code, ofs2));
+            else {
+                const __m256i ix = _mm256_or_si256(code, ofs3);
+                val = _mm256_blendv_epi8(_mm256_shuffle_epi8(ta[v], ix), _mm256_shuffle_epi8(tb[v], ix), sel3);
+            }
+            _mm256_store_si256((__m256i *)(wt + (size_t)i * 128 + 32 * v), val);
+        }
+    }
+    return nq;
+}
+
 int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
     if (w->kind == QC_TERNARY) {
         decode_ternary(w->nib + ((cb * w->G + g) * w->steps + q0) * 32, nq, wt);
         return nq;
     }
-    if (w->kind == QC_BINARY) return (q0 & 1) ? 0 : decode_binary(w, cb, g, q0, nq, wt);
+    if (w->kind == QC_BINARY)
+        return w->n_planes <= 3 ? decode_binary_rows(w, cb, g, q0, nq, wt) : (q0 & 1) ? 0 : decode_binary(w, cb, g, q0, nq, wt);
     return decode_codebook(w, cb, q0, nq, wt);
 }
 #else
