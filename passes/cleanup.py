@@ -3,14 +3,19 @@
 Removes unused nodes, initializers, functions and opset imports (onnx_ir's
 common passes), sorts the graph topologically, gives every unnamed node a
 readable name derived from its op type, and records the producer and the scheme
-in metadata_props. Leaves a graph with nothing to remove unchanged except for
-the stamp.
+in metadata_props. Constant nodes written with value_int(s)/value_float(s) (the constant
+folder's and the version converter's form, subgraphs and functions included) get the
+equivalent `value` tensor: onnxruntime's symbolic_shape_infer reads only that form. The IR
+version is raised to the one the opsets need (opset 21 -> IR 10). Leaves a graph with nothing to
+remove unchanged except for the stamp.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
@@ -38,6 +43,13 @@ class Cleanup(QPass):
         ):
             modified |= p(model).modified
         modified |= self._name_nodes(model)
+        modified |= _constants_as_tensors(model) > 0
+        needed = onnx.helper.find_min_ir_version_for(
+            [onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()], ignore_unknown=True)
+        if model.ir_version < needed:
+            self.report("ir_version", {"from": model.ir_version, "to": needed})
+            model.ir_version = needed
+            modified = True
         if self.options.stamp:
             model.producer_name = "qcompiler"
             model.producer_version = qcompiler.__version__
@@ -65,3 +77,29 @@ class Cleanup(QPass):
             taken.add(candidate)
             modified = True
         return modified
+
+
+_LIST_ATTRS = {"value_int": (np.int64, False), "value_ints": (np.int64, True),
+               "value_float": (np.float32, False), "value_floats": (np.float32, True)}
+
+
+def _constants_as_tensors(model: ir.Model) -> int:
+    """Constant(value_int(s)/value_float(s)) -> Constant(value = tensor); returns the count."""
+    count = 0
+    graphs = [*model.graphs(), *model.functions.values()]
+    for graph in graphs:
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+                continue
+            key = next((k for k in node.attributes if k in _LIST_ATTRS), None)
+            if key is None:
+                continue
+            attr = node.attributes[key]
+            if attr.is_ref():     # a function attribute reference: its value is not known here
+                continue
+            dtype, is_list = _LIST_ATTRS[key]
+            array = np.asarray(list(attr.value) if is_list else attr.value, dtype=dtype)
+            node.attributes.pop(key)
+            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(array))
+            count += 1
+    return count
