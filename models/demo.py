@@ -106,7 +106,9 @@ def run_minilm(args, console) -> None:
     from qcompiler.scheme_table import record_bench
 
     where = record_bench(result, model_name="all-MiniLM-L6-v2", command="make demo",
-                         accuracy=f"mean-pooled cosine vs FP32 on {len(samples)} held-out sentences")
+                         accuracy=f"mean-pooled cosine vs FP32, calibrated on {', '.join(calibs)} "
+                                  f"({args.calib_sentences} sentences), mean over the other sources "
+                                  f"({args.sentences} sentences each)")
     console.print(f"measured figures for `qcompile --list-schemes`: {where}")
 
 
