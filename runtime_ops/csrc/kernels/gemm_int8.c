@@ -63,6 +63,13 @@ static void decode_ternary_rows(const uint8_t *rec, int nq, int8_t *wt) {
         }
 }
 
+/* The 4-bit nibble of lookup group 2s + h (h = 0, 1) of column c in a binary-code step record
+ * rec: byte c, nibble h in the plain layout; byte 2(c%16) + h, nibble c / 16 in the paired one
+ * (qc_isa.lut_binary_pair, the AVX-512 VBMI loops). */
+static inline unsigned binary_rec_nibble(const uint8_t *rec, int c, unsigned h, int paired) {
+    return paired ? (rec[2 * (c & 15) + h] >> (c < 16 ? 0 : 4)) & 15u : (rec[c] >> (4 * h)) & 15u;
+}
+
 /* Kernel rows [q0, q0 + nq) of scale group g of column block cb into wt. */
 static void decode_portable(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
     if (w->kind == QC_TERNARY) {
@@ -71,14 +78,15 @@ static void decode_portable(const qc_matmul *w, int64_t cb, int64_t g, int64_t q
     }
     if (w->kind == QC_BINARY) { /* step s = 8 elements: kernel rows 2s (low nibbles) and 2s + 1 */
         const int64_t P = w->n_planes, G = w->G, S = w->steps;
+        const int paired = w->isa->lut_binary_pair;
         for (int i = 0; i < nq; ++i) {
             const int64_t q = q0 + i, s = q >> 1;
-            const unsigned sh = (unsigned)(q & 1) * 4;
+            const unsigned h = (unsigned)(q & 1);
             int8_t *row = wt + (size_t)i * 128;
             if (P == 1) {
                 const uint8_t *rec = w->nib + ((cb * G + g) * S + s) * 32;
                 for (int c = 0; c < 32; ++c) {
-                    const uint32_t v = minus_one4(kNib4[(rec[c] >> sh) & 15u] << 1); /* 2 bit - 1 */
+                    const uint32_t v = minus_one4(kNib4[binary_rec_nibble(rec, c, h, paired)] << 1); /* 2 bit - 1 */
                     memcpy(row + 4 * c, &v, 4);
                 }
                 continue;
@@ -86,7 +94,7 @@ static void decode_portable(const qc_matmul *w, int64_t cb, int64_t g, int64_t q
             for (int c = 0; c < 32; ++c) {
                 uint32_t combo = 0; /* byte j: bit p = sign bit of plane p for element j */
                 for (int64_t p = 0; p < P; ++p)
-                    combo |= kNib4[(w->nib[(((cb * P + p) * G + g) * S + s) * 32 + c] >> sh) & 15u] << p;
+                    combo |= kNib4[binary_rec_nibble(w->nib + (((cb * P + p) * G + g) * S + s) * 32, c, h, paired)] << p;
                 const int64_t n = cb * 32 + c;
                 if (n >= w->N) {
                     memset(row + 4 * c, 0, 4);
@@ -155,9 +163,6 @@ int qc_gemm_prepare(qc_matmul *w) {
     w->gemm_min_m = 0;
     if (w->level < 4 || !w->isa->i8_gemm) return 0;
     if (w->path == PATH_LUT) {
-        /* the paired binary layout (AVX-512 VBMI) has no decoder: not testable on the machines
-         * this was written on */
-        if (w->kind == QC_BINARY && w->isa->lut_binary_pair) return 0;
         w->gemm_lq = w->gsp / 4;
         w->gemm_G = w->G;
         w->gemm_ncb = w->ncb;

@@ -110,6 +110,21 @@ static void decode_ternary(const uint8_t *rec, int nq, int8_t *wt) {
     }
 }
 
+/* A binary-code step record in the paired layout (qc_isa.lut_binary_pair: column c's nibbles of
+ * lookup groups 2s, 2s + 1 in bytes 2(c%16), 2(c%16) + 1, low nibbles for c < 16) -> the plain one
+ * (byte c = group 2s | group 2s + 1 << 4). Per 16-bit word (even byte E, odd byte O) of column
+ * pair j: columns j + 8l get E & 15 | (O & 15) << 4, columns 16 + j + 8l get E >> 4 | O & 0xF0. */
+static inline __m256i unpair_record(const uint8_t *rec, int paired) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)rec);
+    if (!paired) return x;
+    const __m256i m0f = _mm256_set1_epi16(0x000F), mf0 = _mm256_set1_epi16(0x00F0);
+    const __m256i x4 = _mm256_srli_epi16(x, 4);
+    const __m256i lo = _mm256_or_si256(_mm256_and_si256(x, m0f), _mm256_and_si256(x4, mf0));
+    const __m256i hi = _mm256_or_si256(_mm256_and_si256(x4, m0f), _mm256_and_si256(_mm256_srli_epi16(x, 8), mf0));
+    /* packus per lane: [0-7 | 16-23], [8-15 | 24-31] -> columns in order */
+    return _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), 0xD8);
+}
+
 /* v[c] holds column c's 32 int8 values in element order (8 dwords = 8 kernel rows): transposed
  * by 8 x 8 dwords to kernel rows 0-7 of columns c0 .. c0 + 7 (row i at wt + 128 i + 4 c0). */
 static inline void store_transposed8(const __m256i *v, int8_t *wt, int c0) {
@@ -154,8 +169,9 @@ static int decode_binary(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, 
         uint32_t bits[4][32];
         for (int64_t p = 0; p < P; ++p) {
             const uint8_t *rec = w->nib + (((cb * P + p) * G + g) * S + s) * 32;
-            const __m256i r0 = _mm256_loadu_si256((const __m256i *)rec), r1 = _mm256_loadu_si256((const __m256i *)(rec + 32));
-            const __m256i r2 = _mm256_loadu_si256((const __m256i *)(rec + 64)), r3 = _mm256_loadu_si256((const __m256i *)(rec + 96));
+            const int pr = w->isa->lut_binary_pair;
+            const __m256i r0 = unpair_record(rec, pr), r1 = unpair_record(rec + 32, pr);
+            const __m256i r2 = unpair_record(rec + 64, pr), r3 = unpair_record(rec + 96, pr);
             const __m256i x01l = _mm256_unpacklo_epi8(r0, r1), x23l = _mm256_unpacklo_epi8(r2, r3);
             const __m256i x01h = _mm256_unpackhi_epi8(r0, r1), x23h = _mm256_unpackhi_epi8(r2, r3);
             const __m256i v[4] = {_mm256_unpacklo_epi16(x01l, x23l), _mm256_unpackhi_epi16(x01l, x23l),
@@ -256,7 +272,7 @@ static int decode_binary_rows(const qc_matmul *w, int64_t cb, int64_t g, int64_t
         const __m256i mask = (q & 1) ? mhi : mlo;
         __m256i rec[3] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
         for (int64_t p = 0; p < P; ++p)
-            rec[p] = _mm256_loadu_si256((const __m256i *)(w->nib + (((cb * P + p) * G + g) * S + s) * 32));
+            rec[p] = unpair_record(w->nib + (((cb * P + p) * G + g) * S + s) * 32, w->isa->lut_binary_pair);
         for (int v = 0; v < 4; ++v) {
             __m256i code = _mm256_setzero_si256();
             for (int64_t p = 0; p < P; ++p) {

@@ -123,7 +123,7 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
     d.accuracy_level = 4;
     w = qc_matmul_create(&d, qc_isa_scalar());
     qc_matmul_run(w, A, M, y4, NULL, NULL);
-    const char *path = qc_matmul_path(w);
+    const char *path = qc_matmul_path_for(w, M);
     qc_matmul_free(w);
     const qc_isa *isas[4] = {qc_isa_avx2(), qc_isa_avx512(), qc_isa_avx512_novbmi(), qc_isa_neon()};
     for (int i = 0; i < 4; ++i) {
@@ -159,7 +159,12 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
             if (!isas[i] || (i == 2 && isas[2] == isas[1])) continue;
             w = qc_matmul_create(&d, isas[i]);
             const char *p = qc_matmul_path_for(w, M);
-            if (strcmp(p, "gemm_i8")) { /* an ISA without the batched path: nothing to compare */
+            if (strcmp(p, "gemm_i8")) { /* only an ISA without the batched kernel may decline */
+                if (isas[i]->i8_gemm) {
+                    ++failed;
+                    printf("FAIL kind%d bits%d M%lld K%lld N%lld gs%lld %s declined the batched path\n", kind, bits,
+                           (long long)M, (long long)K, (long long)N, (long long)gs, isas[i]->name);
+                }
                 qc_matmul_free(w);
                 continue;
             }
