@@ -21,10 +21,13 @@ in FP32 is added to the output. Linears that read the same activation share the 
 Gather and the DynamicQuantizeLinear.
 
 Weights are int8 with zero point 0, as quantize_dynamic writes them: onnxruntime's u8s8 kernels
-(measured: uint8 weights run MiniLM 1.5x slower on an AVX512-VNNI machine). On AVX2 without VNNI
+(measured: uint8 weights run MiniLM 1.5x slower on an AVX512-VNNI machine). On x86 without VNNI
 those kernels sum pairs of u8 x s8 products in int16 with saturation, so full-range int8 codes
-give wrong sums there (tiny BERT output error 0.28 instead of 0.01 on an AVX2 EPYC); the default
-weight_bits = 7 ([-63, 63], onnxruntime's reduce_range idea) is exact on every CPU.
+give wrong sums there (tiny BERT output error 0.28 instead of 0.01 on an AVX2 EPYC). weight_bits
+"auto" (default) takes 8 ([-127, 127]) where the compiling CPU's int8 dot products are exact
+(VNNI, AMX, ARM) and 7 ([-63, 63], onnxruntime's reduce_range idea, exact on every CPU) elsewhere,
+and the report says which and why: a model compiled on a VNNI machine for AVX2-only x86 targets
+wants weight_bits = 7.
 Measured on all-MiniLM-L6-v2 (200 sentences, mean-pooled cosine vs FP32, with int8 embeddings):
 no outliers 0.9928; outlier_roles ["ffn_down"], ratio 8 (4 sites) 0.9956 at quantize_dynamic's
 latency; every role, ratio 8 (10 sites) 0.9973, a few percent slower; quantize_dynamic 0.9925.
@@ -44,6 +47,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, _weight_source, weight_array
 from qcompiler.errors import SchemeError
+from qcompiler.machine import int8_dot_saturates
 from qcompiler.passes.base import QPass, fresh_name
 from qcompiler.quantizers.uniform import quantize_per_channel_symmetric
 
@@ -61,7 +65,18 @@ class InsertQDQOptions:
     # 7: codes in [-63, 63], exact on every CPU; 8: [-127, 127], exact only where onnxruntime has
     # int8 dot products without int16 saturation (VNNI, NEON sdot, AMX): on AVX2 its u8s8 kernel
     # sums pairs of uint8 x int8 products in int16, which 255 * 127 * 2 overflows.
-    weight_bits: int = 7
+    # "auto": 8 where this CPU's are exact, else 7 (qcompiler.machine.int8_dot_saturates).
+    weight_bits: int | str = "auto"
+
+
+def _weight_bits(option: int | str) -> tuple[int, str]:
+    """The weight code width for option 7 / 8 / "auto", and why (for the report)."""
+    if option != "auto":
+        return int(option), "set by the scheme"
+    saturates, why = int8_dot_saturates()
+    if saturates:
+        return 7, f"this CPU ({why}): 8-bit codes would overflow onnxruntime's int8 kernels"
+    return 8, f"this CPU ({why}); for x86 targets without VNNI set weight_bits = 7"
 
 
 def activation_range(samples: np.ndarray, method: str, lo: float, hi: float, percentile: float = 99.99) -> tuple[float, float]:
@@ -135,8 +150,9 @@ class InsertQDQ(QPass):
             raise SchemeError(f"insert_qdq: activations must be 'dynamic' or 'static', not '{opts.activations}'")
         if opts.calibration not in ("minmax", "percentile", "mse"):
             raise SchemeError(f"insert_qdq: unknown calibration '{opts.calibration}' (minmax, percentile, mse)")
-        if opts.weight_bits not in (7, 8):
-            raise SchemeError(f"insert_qdq: weight_bits must be 7 (exact on every CPU) or 8, not {opts.weight_bits}")
+        if opts.weight_bits not in (7, 8, "auto") or isinstance(opts.weight_bits, bool):
+            raise SchemeError(f"insert_qdq: weight_bits must be 7 (exact on every CPU), 8 or \"auto\", not {opts.weight_bits!r}")
+        self._bits, bits_reason = _weight_bits(opts.weight_bits)
         ctx = self.ctx
         graph = model.graph
         tables = {e.table.name for e in (ctx.roles.embeddings if ctx.roles else [])}
@@ -158,6 +174,7 @@ class InsertQDQ(QPass):
             done += 1
             ctx.progress("int8", done, len(ctx.roles.linears))  # a streaming compile spills the new weights here
         self.report("activations", opts.activations)
+        self.report("weight_bits", {"bits": self._bits, "reason": bits_reason})
         if opts.activations == "static":
             self.report("calibration", opts.calibration)
         self.report("quantized", done)
@@ -273,7 +290,7 @@ class InsertQDQ(QPass):
         w = weight_array(lin)
         w_main = w.copy()
         w_main[idx, :] = 0.0
-        q = quantize_per_channel_symmetric(w_main, bits=self.options.weight_bits, axis=1)
+        q = quantize_per_channel_symmetric(w_main, bits=self._bits, axis=1)
         effective = q.dequantize()
         effective[idx, :] = w[idx, :]
         err = float(np.linalg.norm(effective - w) / max(np.linalg.norm(w), 1e-30))

@@ -112,8 +112,8 @@ def test_dynamic_structure_and_parity(make_ctx):
     report = ctx.pass_reports["insert_qdq"]["linears"]
     assert [e["weight"] for e in report] == ["w1", "w2"]
     assert all(e["activations"] == "dynamic" and e["outlier_channels"] == [] for e in report)
-    # 7-bit codes (the default, exact on every CPU): step absmax/63, ~1.3% relative error for
-    # Gaussian weights of 24 rows; 8-bit codes halve it.
+    # 7-bit codes (the default on CPUs that saturate; 8 bits elsewhere): step absmax/63, ~1.3%
+    # relative error for Gaussian weights of 24 rows; 8-bit codes halve it.
     assert all(0 < e["weight_rel_l2"] < 0.02 for e in report)
 
 
@@ -124,8 +124,27 @@ def test_weight_bits_8_uses_the_full_int8_range(make_ctx):
     assert np.abs(codes).max() == 127
     assert all(0 < e["weight_rel_l2"] < 0.01 for e in ctx.pass_reports["insert_qdq"]["linears"])
     model7 = _two_linears()
-    _compile(model7, make_ctx, outlier_channels=0)
+    _compile(model7, make_ctx, outlier_channels=0, weight_bits=7)
     assert np.abs(model7.graph.initializers["w1_quantized"].const_value.numpy()).max() == 63
+
+
+@pytest.mark.parametrize("saturates, codes", [(True, 63), (False, 127)])
+def test_weight_bits_auto_follows_the_cpu(make_ctx, monkeypatch, saturates, codes):
+    """The default takes 7-bit codes where onnxruntime's int8 dot products saturate, 8 where they don't,
+    and reports the choice with its reason."""
+    import qcompiler.passes.insert_qdq as insert_qdq
+    monkeypatch.setattr(insert_qdq, "int8_dot_saturates", lambda: (saturates, "test CPU"))
+    model = _two_linears()
+    ctx, _ = _compile(model, make_ctx, outlier_channels=0)
+    assert np.abs(model.graph.initializers["w1_quantized"].const_value.numpy()).max() == codes
+    chosen = ctx.pass_reports["insert_qdq"]["weight_bits"]
+    assert chosen["bits"] == (7 if saturates else 8) and "test CPU" in chosen["reason"]
+
+
+def test_weight_bits_rejects_other_widths(make_ctx):
+    from qcompiler.errors import SchemeError
+    with pytest.raises(SchemeError, match="weight_bits"):
+        _compile(_two_linears(), make_ctx, weight_bits=6)
 
 
 def test_dynamic_form_fuses_in_onnxruntime(make_ctx, tmp_path):
