@@ -1,6 +1,7 @@
 """The compatibility matrix: every ONNX file of the random tiny exports (models/hf_exports.py)
 compiled by qcompile with a scheme, run with and without our op library, its output error vs FP32
-beside onnxruntime's own quantizers on the same file (quantize_dynamic for int8, MatMulNBits
+beside onnxruntime's own quantizers on the same file (quantize_dynamic for int8, given weights that
+the export shares through Identity as initializers of their own so that it covers what qcompiler does; MatMulNBits
 4-bit block 32 for int4, which leaves embeddings FP32: int4 is also compiled with --exclude
 embedding to compare at the same embedding precision).
 
@@ -75,6 +76,33 @@ def _float_weight_bytes(path) -> int:
     return total
 
 
+def _identity_weights_as_initializers(src, dst) -> int:
+    """Copy `src` to `dst` with every Identity of a float initializer (how exporters share one weight
+    between layers, e.g. ALBERT's) replaced by a copy of that initializer; returns how many.
+
+    onnxruntime's quantize_dynamic only quantizes MatMuls that read an initializer directly, so on
+    such files it leaves the sharing layers FP32; this copy gives it the coverage qcompiler has.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    inits = {t.name: t for t in model.graph.initializer}
+    keep, copies = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and inits[node.input[0]].data_type == onnx.TensorProto.FLOAT:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            copies += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    onnx.save(model, str(dst))
+    return copies
+
+
 def feeds_for(path, n: int = 4, seed: int = 7):
     from qcompiler import calibration, model_io
     from qcompiler.synthetic_inputs import read_config
@@ -123,6 +151,12 @@ def measure(arch: str, file: str, scheme: str, workdir: Path, kind: str = "optim
             (ort_quantize_dynamic if scheme == "int8" else ort_matmul_nbits)(str(src), str(base))
             row["ort_error"] = _error(ref, _outputs(base, feeds))
             row["ort_float_weights"] = _float_weight_bytes(base)
+            full = base.with_suffix(".full-coverage.onnx")
+            if scheme == "int8" and _identity_weights_as_initializers(src, full.with_suffix(".src.onnx")):
+                ort_quantize_dynamic(str(full.with_suffix(".src.onnx")), str(full))
+                row["ort_error_as_exported"] = row["ort_error"]
+                row["ort_error"] = _error(ref, _outputs(full, feeds))
+                row["ort_float_weights"] = _float_weight_bytes(full)
         except Exception as exc:   # onnxruntime's quantizer fails on some graphs: no baseline then
             row["ort_error"] = None
             row["ort_failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''}"
