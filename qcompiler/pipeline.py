@@ -226,6 +226,8 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     planned_before = sum(wp.format != KEEP for wp in ctx.plan.values())
 
     transform = [p for p in passes if p.stage == "transform"]
+    for p in transform:          # refusals that need no statistics come before calibration's cost
+        getattr(p, "precheck", lambda model: None)(model)
     needs_stats = any(getattr(p, "needs_stats", False) for p in transform) and ctx.roles.linears
     needs_gram = any(getattr(p, "needs_gram", False) for p in transform)
     reference_proto = model_io.inline_proto(model) if verify and not streaming else None

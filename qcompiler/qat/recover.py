@@ -34,10 +34,12 @@ from qcompiler.passes.base import QPass
 from qcompiler.qat.distill import DistillConfig, distill, heldout_cosine, stack_feeds
 from qcompiler.qat.modules import FakeQuantWeight, QuantSpec
 from qcompiler.qat.on_grid import find_on_grid
-from qcompiler.qat.onnx_to_torch import OnnxModule
+from qcompiler.qat.onnx_to_torch import SUPPORTED_OPS, OnnxModule, first_unsupported
+from qcompiler.qat.torch_ops import UnsupportedOp, torch_dtype
 
 __all__ = ["RECOVER_MODES", "DEFAULT_STEPS", "DEFAULT_SECONDS", "RecoverOptions", "DistillRecovery",
-           "recover_with_distillation", "with_recovery", "build_student", "write_back"]
+           "recover_with_distillation", "with_recovery", "build_student", "write_back", "check_trainable",
+           "UnsupportedTraining"]
 
 RECOVER_MODES = ("calibrated", "distill")
 DEFAULT_STEPS = 1200       # MiniLM, 2 threads: 1200 steps in 544 s, ternary cosine 0.952 (600 steps: 0.933)
@@ -268,6 +270,15 @@ class DistillRecovery(QPass):
     console: Console | None = None
     show = False
 
+    def precheck(self, model: ir.Model) -> None:
+        """Called by the pipeline before calibration: UnsupportedTraining (exit 2) naming the first op
+        or data type the torch student cannot run, so no calibration time is spent first."""
+        from qcompiler import model_io
+
+        if model_io._estimated_size(model) > 2_000_000_000:
+            return                                       # call() keeps calibrated recovery anyway
+        check_trainable(model)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from qcompiler import calibration, model_io
 
@@ -276,13 +287,41 @@ class DistillRecovery(QPass):
             self.report("chosen", "calibrated")
             self.report("reason", "model over 2 GB: distillation in torch would hold it in memory several times")
             return ir.passes.PassResult(model, False)
-        feeds = calibration.load_calibration(ctx.options.calib_path, model) if ctx.options.calib_path else None
+        feeds = ctx.calib_feeds if ctx.calib_feeds and not ctx.calibration_synthesized else None
+        if feeds is None and ctx.options.calib_path:
+            feeds = calibration.load_calibration(ctx.options.calib_path, model)
         options = RecoverOptions(steps=o.steps, max_seconds=o.max_seconds, noise=o.noise, lr=o.lr,
                                  batch_size=o.batch_size)
         entry = recover_with_distillation(ctx, model, feeds, options, self.console, self.show)
         for key, value in entry.items():
             self.report(key, value)
         return ir.passes.PassResult(model, entry.get("chosen") == "distill")
+
+
+class UnsupportedTraining(UnsupportedOp):
+    """--recover distill was asked for a graph the torch student cannot run (exit 2, before calibration)."""
+
+    exit_code = 2
+
+
+def check_trainable(model: ir.Model) -> None:
+    """UnsupportedTraining naming the first node whose op (If branches included) or the first graph
+    input / initializer whose data type the ONNX-to-torch evaluator does not run."""
+    node = first_unsupported(model.graph)
+    if node is not None:
+        where = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
+        raise UnsupportedTraining(
+            f"--recover distill cannot train through op {where}{node.op_type} (node {node.name or '?'}): the "
+            f"ONNX-to-torch evaluator does not run it (it runs {len(SUPPORTED_OPS)} standard ops: "
+            f"{', '.join(SUPPORTED_OPS)}); use --recover calibrated")
+    for v in [*model.graph.inputs, *model.graph.initializers.values()]:
+        if v.dtype is None:
+            continue
+        try:
+            torch_dtype(v.dtype)
+        except UnsupportedOp:
+            raise UnsupportedTraining(f"--recover distill cannot train through {v.name}: data type {v.dtype.name} "
+                                      f"is not supported by the ONNX-to-torch evaluator; use --recover calibrated")
 
 
 def with_recovery(passes: list, ctx, mode: str, steps: int | None, console: Console | None = None,

@@ -1,0 +1,53 @@
+"""`--recover distill` on graphs exported by the installed exporters (random tiny models of
+models/hf_exports.py), and its refusal, before calibration, of a graph it cannot train through."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from models.compat import feeds_for
+from models.hf_exports import export
+from qcompiler import calibration
+from qcompiler.cli import main
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])     # DeBERTa-v2: If and GatherElements on the way
+def test_distill_runs_on_optimum_export(arch, tmp_path):
+    path = export(arch) / "model.onnx"
+    feeds = feeds_for(path, n=24, seed=3)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
+    report = tmp_path / "r.json"
+    code = main([str(path), "--scheme", "ternary", "--calib", str(calib), "--recover", "distill",
+                 "--recover-steps", "6", "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"])
+    assert code == 0
+    rec = json.loads(report.read_text())["passes"]["recover"]
+    assert rec["steps"] == 6 and rec["trained_weights"] >= 8 and rec["chosen"] in ("distill", "calibrated")
+    assert rec["loss_first"] > 0
+
+
+def test_unsupported_op_is_refused_before_calibration(tiny_bert, tmp_path, capsys, monkeypatch):
+    model = onnx.load(str(tiny_bert))
+    out = model.graph.output[0]
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_pre" if o == out.name else o for o in node.output]
+    model.graph.node.append(helper.make_node("Selu", [f"{out.name}_pre"], [out.name], name="odd_selu"))
+    src = tmp_path / "selu.onnx"
+    onnx.save(model, str(src))
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibration ran")
+
+    monkeypatch.setattr(calibration, "collect_stats", no_calibration)
+    code = main([str(src), "--scheme", "ternary", "--recover", "distill", "-o", str(tmp_path / "o.onnx"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "op Selu (node odd_selu)" in err and "--recover calibrated" in err
+    assert not (tmp_path / "o.onnx").exists()
