@@ -35,6 +35,8 @@ def _cpu_has(*flags):
 
 
 ISAS = ["scalar"] + (["avx2"] if _cpu_has("avx2", "fma") else []) + (
+    # AVX2 with the AVX-VNNI kernel on the batched int8 path
+    ["avxvnni"] if _cpu_has("avx2", "fma", "avx_vnni") else []) + (
     ["avx512"] if _cpu_has("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni") else []) + (
     # the same variant without its VBMI loops (what a CPU without VBMI runs)
     ["avx512novbmi"] if _cpu_has("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi")

@@ -8,6 +8,7 @@ const qc_isa *qc_isa_by_name(const char *name) {
     if (!name) return NULL;
     if (!strcmp(name, "scalar")) return qc_isa_scalar();
     if (!strcmp(name, "avx2")) return qc_isa_avx2();
+    if (!strcmp(name, "avxvnni")) return qc_isa_avxvnni();
     if (!strcmp(name, "avx512")) return qc_isa_avx512();
     if (!strcmp(name, "avx512novbmi")) return qc_isa_avx512_novbmi();
     if (!strcmp(name, "neon")) return qc_isa_neon();
@@ -21,6 +22,7 @@ static const qc_isa *detect(void) {
         return isa ? isa : qc_isa_scalar();
     }
     if (qc_isa_avx512()) return qc_isa_avx512();
+    if (qc_isa_avxvnni()) return qc_isa_avxvnni();
     if (qc_isa_avx2()) return qc_isa_avx2();
     if (qc_isa_neon()) return qc_isa_neon();
     return qc_isa_scalar();

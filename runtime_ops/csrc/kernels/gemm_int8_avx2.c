@@ -46,8 +46,9 @@ typedef int32_t qc_i32u __attribute__((may_alias, aligned(1)));
 #define QC_R4(X, ...) QC_R3(X, __VA_ARGS__) X(3 __VA_ARGS__)
 #define QC_R5(X, ...) QC_R4(X, __VA_ARGS__) X(4 __VA_ARGS__)
 #define QC_R6(X, ...) QC_R5(X, __VA_ARGS__) X(5 __VA_ARGS__)
-#define QC_KERNEL16(name, RR, RN, STEP, small)                                                           \
-    static void name(const uint8_t *a, size_t as, const int8_t *wt, int nq, int32_t *acc, int acc_in,            \
+#define QC_KERNEL16(name, RR, RN, STEP, small)  QC_KERNEL16A(, name, RR, RN, STEP, small)
+#define QC_KERNEL16A(attrs, name, RR, RN, STEP, small)                                                    \
+    attrs static void name(const uint8_t *a, size_t as, const int8_t *wt, int nq, int32_t *acc, int acc_in,            \
                      const qc_gemm_epi *epi, int h) {                                                         \
         RR(QC_DECL)                                                                                          \
         for (int q = 0; q < nq; ++q) {                                                                       \
@@ -68,8 +69,30 @@ QC_KERNEL16(ks4, QC_R4, 4, QC_STEP_S, 1) QC_KERNEL16(ks5, QC_R5, 5, QC_STEP_S, 1
 QC_KERNEL16(kb1, QC_R1, 1, QC_STEP_B, 0) QC_KERNEL16(kb2, QC_R2, 2, QC_STEP_B, 0) QC_KERNEL16(kb3, QC_R3, 3, QC_STEP_B, 0)
 QC_KERNEL16(kb4, QC_R4, 4, QC_STEP_B, 0) QC_KERNEL16(kb5, QC_R5, 5, QC_STEP_B, 0)
 
+/* AVX-VNNI (VEX vpdpbusd, 256-bit): the four u8 x s8 products of a column summed into int32 in one
+ * instruction, no saturation, no int16 stage; 6 rows x 16 columns (12 accumulators). */
+#define QC_STEP_V(i) { QC_BCAST(i) c##i##0 = _mm256_dpbusd_avx_epi32(c##i##0, b, w0); \
+                       c##i##1 = _mm256_dpbusd_avx_epi32(c##i##1, b, w1); }
+#define QC_VNNI __attribute__((target("avxvnni")))
+QC_KERNEL16A(QC_VNNI, kv1, QC_R1, 1, QC_STEP_V, 0) QC_KERNEL16A(QC_VNNI, kv2, QC_R2, 2, QC_STEP_V, 0)
+QC_KERNEL16A(QC_VNNI, kv3, QC_R3, 3, QC_STEP_V, 0) QC_KERNEL16A(QC_VNNI, kv4, QC_R4, 4, QC_STEP_V, 0)
+QC_KERNEL16A(QC_VNNI, kv5, QC_R5, 5, QC_STEP_V, 0) QC_KERNEL16A(QC_VNNI, kv6, QC_R6, 6, QC_STEP_V, 0)
+
 typedef void (*qc_k16)(const uint8_t *, size_t, const int8_t *, int, int32_t *, int, const qc_gemm_epi *, int);
 static const qc_k16 kSmall[7] = {0, ks1, ks2, ks3, ks4, ks5, ks6}, kBig[6] = {0, kb1, kb2, kb3, kb4, kb5};
+static const qc_k16 kVnni[7] = {0, kv1, kv2, kv3, kv4, kv5, kv6};
+
+void qc_i8_gemm_avxvnni(const uint8_t *a, size_t as, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
+                        int acc_in, const qc_gemm_epi *epi) {
+    (void)small;
+    for (int64_t m = 0; m < M; m += 6) {
+        const int r = (int)(M - m < 6 ? M - m : 6);
+        qc_gemm_epi e;
+        if (epi) e = (qc_gemm_epi){epi->corr, epi->scale, epi->facc + m * 32, epi->first};
+        for (int h = 0; h < 2; ++h)
+            kVnni[r](a + m * as, as, wt + 64 * h, nq, acc + m * 32, acc_in, epi ? &e : NULL, h);
+    }
+}
 
 void qc_i8_gemm_avx2(const uint8_t *a, size_t as, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
                      int acc_in, const qc_gemm_epi *epi) {

@@ -4,6 +4,7 @@
 #include "qc_internal.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
 /* Software prefetch distance (bytes) on the streamed weight indices (the _pf loops, used for large
  * matrices, which come from memory: the hardware prefetcher alone left the loops waiting on it). */
@@ -360,6 +361,20 @@ static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_pa
 const qc_isa *qc_isa_avx2(void) {
     return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? &kAvx2 : 0;
 }
+
+/* CPUID.(EAX=7, ECX=1):EAX bit 4 (the OS saves ymm state: implied by AVX2 being usable). */
+int qc_cpu_has_avxvnni(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1u);
+}
+
+/* AVX2 with the AVX-VNNI kernel on the batched int8 path (CPUs with AVX-VNNI but no AVX-512). */
+static const qc_isa kAvxVnni = {"avxvnni", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2,
+                                lut_tables_avx2, flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf,
+                                lut_pair_block_avx2_pf, 0, qc_i8_gemm_avxvnni, 1, qc_i8_decode_avx2};
+const qc_isa *qc_isa_avxvnni(void) { return qc_isa_avx2() && qc_cpu_has_avxvnni() ? &kAvxVnni : 0; }
 #else
 const qc_isa *qc_isa_avx2(void) { return 0; }
+const qc_isa *qc_isa_avxvnni(void) { return 0; }
+int qc_cpu_has_avxvnni(void) { return 0; }
 #endif

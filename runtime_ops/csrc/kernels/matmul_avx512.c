@@ -1,7 +1,7 @@
 /* AVX-512 (BW + VNNI) variant: the AVX2 inner loops, plus a codebook dot product on 64 bytes at a
  * time with vpdpbusd (activations biased to unsigned, the bias removed exactly with the sum of the
  * weights). Integer results equal the scalar ones exactly. */
-#include "qc_kernels.h"
+#include "qc_internal.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -226,6 +226,7 @@ static const qc_isa *avx512_isa(int vbmi) {
     *v = *base;
     v->name = vbmi ? "avx512" : "avx512novbmi";
     v->cb_dot = vbmi ? cb_dot_vbmi : cb_dot_avx512;
+    v->i8_gemm = qc_i8_gemm_avx512vnni;
     if (vbmi) {
         v->lut_pair_block = lut_pair_block_vbmi;
         v->lut_pair_block_pf = lut_pair_block_vbmi_pf;

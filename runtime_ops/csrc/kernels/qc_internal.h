@@ -88,6 +88,12 @@ void qc_i8_gemm_scalar(const uint8_t *a, size_t a_stride, const int8_t *wt, int 
  * lacks the dot-product extension) */
 void qc_i8_gemm_avx2(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
                      int acc_in, const qc_gemm_epi *epi);
+/* AVX-VNNI (gemm_int8_avx2.c, VEX 256-bit) and AVX-512 VNNI (gemm_int8_avx512.c) kernels: same
+ * operands as qc_i8_gemm_avx2 (i8_act_offset 1), same bits. */
+void qc_i8_gemm_avxvnni(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
+                        int32_t *acc, int acc_in, const qc_gemm_epi *epi);
+void qc_i8_gemm_avx512vnni(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
+                           int32_t *acc, int acc_in, const qc_gemm_epi *epi);
 int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
 void qc_i8_gemm_neon_dot(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
                          int32_t *acc, int acc_in, const qc_gemm_epi *epi);

@@ -107,10 +107,11 @@ typedef struct qc_isa {
 
 const qc_isa *qc_isa_scalar(void);
 const qc_isa *qc_isa_avx2(void);   /* NULL when not compiled in or not supported by the CPU */
+const qc_isa *qc_isa_avxvnni(void); /* AVX2 + the AVX-VNNI batched int8 kernel (no AVX-512 needed) */
 const qc_isa *qc_isa_avx512(void); /* AVX-512 BW+VL+VNNI (+VBMI when present): see matmul_avx512.c */
 const qc_isa *qc_isa_avx512_novbmi(void); /* the same without the VBMI loops (tests; "avx512novbmi") */
 const qc_isa *qc_isa_neon(void);   /* NULL when not compiled in */
-/* Chosen once: QCOMPILER_ISA=scalar|avx2|avx512|avx512novbmi|neon forces (an unavailable one falls back to scalar). */
+/* Chosen once: QCOMPILER_ISA=scalar|avx2|avxvnni|avx512|avx512novbmi|neon forces (an unavailable one falls back to scalar). */
 const qc_isa *qc_isa_get(void);
 const qc_isa *qc_isa_by_name(const char *name);
 

@@ -22,6 +22,7 @@ static void put_bits(uint8_t *row, int64_t k, int b, unsigned v) {
 }
 
 static int passed, failed, gemm_cases;
+enum { NISA = 5 }; /* avx2, avx512, avx512novbmi, neon, avxvnni */
 
 static void check(const char *what, const float *got, const float *want, const float *bound, int64_t n) {
     int64_t bad = -1;
@@ -125,8 +126,8 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
     qc_matmul_run(w, A, M, y4, NULL, NULL);
     const char *path = qc_matmul_path_for(w, M);
     qc_matmul_free(w);
-    const qc_isa *isas[4] = {qc_isa_avx2(), qc_isa_avx512(), qc_isa_avx512_novbmi(), qc_isa_neon()};
-    for (int i = 0; i < 4; ++i) {
+    const qc_isa *isas[NISA] = {qc_isa_avx2(), qc_isa_avx512(), qc_isa_avx512_novbmi(), qc_isa_neon(), qc_isa_avxvnni()};
+    for (int i = 0; i < NISA; ++i) {
         if (i == 2 && isas[2] == isas[1]) continue;
         if (!isas[i]) continue;
         d.accuracy_level = 0;
@@ -155,7 +156,7 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
         snprintf(name, sizeof name, "kind%d bits%d M%lld K%lld N%lld gs%lld scalar gemm_i8 within level-4 bound", kind,
                  bits, (long long)M, (long long)K, (long long)N, (long long)gs);
         check(name, y4, ref, bound4, M * N);
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < NISA; ++i) {
             if (!isas[i] || (i == 2 && isas[2] == isas[1])) continue;
             w = qc_matmul_create(&d, isas[i]);
             const char *p = qc_matmul_path_for(w, M);
