@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -72,22 +71,6 @@ def feeds(batch: int, tokens: int, seed: int = 0) -> dict:
     return {"input_ids": ids, "attention_mask": np.ones((batch, tokens), np.int64)}
 
 
-def time_interleaved(sessions: dict, feed: dict, budget: float, min_rounds: int = 5) -> dict:
-    for s in sessions.values():
-        s.run(None, feed)
-    cpu = {k: [] for k in sessions}
-    wall = {k: [] for k in sessions}
-    t_end, rounds = time.perf_counter() + budget, 0
-    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < 500):
-        for k, s in sessions.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            s.run(None, feed)
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-        rounds += 1
-    return {k: (statistics.median(cpu[k]) * 1e3, statistics.median(wall[k]) * 1e3) for k in sessions}
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--schemes", default=",".join(SCHEMES))
@@ -101,13 +84,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
-    from qcompiler.ops.bench import _cpu_model
+    from qcompiler.machine import cpu_model
+    from qcompiler.ops.bench import time_interleaved
 
     schemes = [s for s in args.schemes.split(",") if s]
     paths = build_variants(Path(args.out), schemes, args.calib, args.recompile)
     names = list(paths)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs; onnxruntime {ort.__version__}; "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; onnxruntime {ort.__version__}; "
           f"QCOMPILER_GEMM_MIN_M={os.environ.get('QCOMPILER_GEMM_MIN_M', '(default)')}")
     print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
     print("CPU ms per run (process CPU time, median) / x faster than ort_int8 by CPU time [by wall time]")
@@ -120,7 +104,7 @@ def main(argv=None) -> None:
               + " | ".join(f"{n}/int8" for n in names if n != "ort_int8") + " |")
         print("|---" * (2 * len(names)) + "|")
         for b, tok in shapes:
-            r = time_interleaved(sessions, feeds(b, tok), args.budget)
+            r = time_interleaved(sessions, feeds(b, tok), args.budget, max_rounds=500, unit=1e3)   # ms
             results[f"{b}x{tok}/t{t}"] = r
             base = r["ort_int8"]
             print(f"| {b}x{tok} | " + " | ".join(f"{r[n][0]:.2f}" for n in names) + " | "

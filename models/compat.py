@@ -60,20 +60,12 @@ def _float_weight_bytes(path) -> int:
     """Bytes of float initializers with 2+ dims (subgraphs included): what quantization should shrink."""
     import onnx
 
-    proto = onnx.load(str(path))
-    total = 0
+    from qcompiler.model_io import graph_protos
 
-    def walk(graph):
-        nonlocal total
-        for t in graph.initializer:
-            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(t.dims) >= 2:
-                total += int(np.prod(t.dims)) * (4 if t.data_type == onnx.TensorProto.FLOAT else 2)
-        for node in graph.node:
-            for attr in node.attribute:
-                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    walk(g)
-    walk(proto.graph)
-    return total
+    proto = onnx.load(str(path))
+    return sum(int(np.prod(t.dims)) * (4 if t.data_type == onnx.TensorProto.FLOAT else 2)
+               for g in graph_protos(proto.graph) for t in g.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(t.dims) >= 2)
 
 
 def _identity_weights_as_initializers(src, dst) -> int:

@@ -83,16 +83,21 @@ def _error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
-def _compile_variants(mt: MTModel, schemes, out_dir: Path, baselines: bool, console) -> list[Variant]:
-    from qcompiler.pipeline import compile_model
-
-    variants = [Variant("fp32", mt.encoder, "fp32", decoder_path=mt.decoder)]
+def _variant_jobs(schemes, baselines: bool) -> list[tuple]:
+    """(display name, file tag, kind, how) of every variant to build: onnxruntime's two quantizers
+    (how = the function) when baselines, then each scheme (how = its name or file)."""
     jobs = []
     if baselines:
         jobs += [("ort quantize_dynamic int8", "ort_int8", "onnxruntime", ort_quantize_dynamic),
                  ("ort MatMulNBits 4-bit b32", "ort_nbits4", "onnxruntime", ort_matmul_nbits)]
-    jobs += [(f"qcompiler {Path(s).stem}", Path(s).stem, "qcompiler", s) for s in schemes]
-    for name, tag, kind, how in jobs:
+    return jobs + [(f"qcompiler {Path(s).stem}", Path(s).stem, "qcompiler", s) for s in schemes]
+
+
+def _compile_variants(mt: MTModel, schemes, out_dir: Path, baselines: bool, console) -> list[Variant]:
+    from qcompiler.pipeline import compile_model
+
+    variants = [Variant("fp32", mt.encoder, "fp32", decoder_path=mt.decoder)]
+    for name, tag, kind, how in _variant_jobs(schemes, baselines):
         paths = {part: str(out_dir / f"{part}.{tag}.onnx") for part in ("encoder", "decoder")}
         v = Variant(name, paths["encoder"], kind, decoder_path=paths["decoder"])
         console.print(f"[bold]compiling[/bold] {name} (encoder + decoder)")
@@ -368,12 +373,7 @@ def _seq2seq_variants(model: Seq2SeqModel, schemes, out_dir: Path, baselines: bo
     view = _split_view(model, out_dir)
     onnx_files = sorted(p.name for p in view.iterdir() if p.suffix == ".onnx")
     out = [(Variant("fp32", str(view / S2S_ENCODER), "fp32"), view)]
-    jobs = []
-    if baselines:
-        jobs += [("ort quantize_dynamic int8", "ort_int8", "onnxruntime", ort_quantize_dynamic),
-                 ("ort MatMulNBits 4-bit b32", "ort_nbits4", "onnxruntime", ort_matmul_nbits)]
-    jobs += [(f"qcompiler {Path(s).stem}", Path(s).stem, "qcompiler", s) for s in schemes]
-    for name, tag, kind, how in jobs:
+    for name, tag, kind, how in _variant_jobs(schemes, baselines):
         folder = out_dir / tag
         v = Variant(name, str(folder / S2S_ENCODER), kind)
         console.print(f"[bold]compiling[/bold] {name} ({', '.join(onnx_files)})")

@@ -56,20 +56,8 @@ def _external_data_files(path: Path) -> set[str]:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    names = set()
-
-    def walk(graph):
-        for t in graph.initializer:
-            for kv in t.external_data:
-                if kv.key == "location":
-                    names.add(Path(kv.value).name)
-        for node in graph.node:
-            for attr in node.attribute:
-                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    walk(g)
-
-    walk(proto.graph)
-    return names
+    return {Path(kv.value).name for g in model_io.graph_protos(proto.graph) for t in g.initializer
+            for kv in t.external_data if kv.key == "location"}
 
 
 def token_samples(folder: Path, calib_text: str | None, config: dict, n: int, seed: int) -> tuple[list, str]:

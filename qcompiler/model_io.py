@@ -300,14 +300,22 @@ def _retarget_external_data(proto_path: Path, old_location: str, new_location: s
         f.write(proto.SerializeToString())
 
 
-def _all_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
+def graph_protos(graph: onnx.GraphProto):
+    """`graph` and every graph nested in its nodes' attributes (If branches, Loop/Scan bodies), depth first."""
+    yield graph
     for node in graph.node:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield from _all_tensors(sub)
+                yield from graph_protos(sub)
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    for g in graph_protos(graph):
+        yield from g.initializer
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
 
 
 def _estimated_size(model: ir.Model) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 from importlib import resources
 from pathlib import Path
+
+from qcompiler.machine import cpu_model
 
 __all__ = ["scheme_table", "record_bench", "measured_path", "cpu_model"]
 
@@ -22,17 +23,6 @@ MEASURED_FILE = "measured.json"
 
 def measured_path() -> Path:
     return Path(str(resources.files("qcompiler") / "schemes" / MEASURED_FILE))
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def record_bench(result: dict, path: str | os.PathLike | None = None, model_name: str | None = None,

@@ -20,6 +20,7 @@ import onnx
 
 from qcompiler.calibration import session_with_taps
 from qcompiler.errors import QCompilerError
+from qcompiler.model_io import graph_protos
 
 CUSTOM_DOMAIN = "ai.qcompiler"
 
@@ -32,14 +33,7 @@ def uses_custom_ops(model) -> bool:
 
 
 def _graph_uses_custom_ops(graph: onnx.GraphProto) -> bool:
-    for node in graph.node:
-        if node.domain == CUSTOM_DOMAIN:
-            return True
-        for attr in node.attribute:
-            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            if any(_graph_uses_custom_ops(g) for g in subgraphs):
-                return True
-    return False
+    return any(node.domain == CUSTOM_DOMAIN for g in graph_protos(graph) for node in g.node)
 
 
 def make_session(proto_or_model, taps=(), threads: int = 1):

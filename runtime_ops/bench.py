@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from qcompiler.machine import cpu_model
 
 from . import contract as C
 from . import register
@@ -178,37 +179,28 @@ def session(model: onnx.ModelProto, threads: int, gemm_min_m: str | None = None)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def time_interleaved(sessions: dict, feed: dict, budget: float, min_rounds: int = 5) -> dict:
-    """Median (CPU us, wall us) per run of each session; runs alternate between sessions.
-    CPU time is the whole process's (every thread of the pool)."""
+def time_interleaved(sessions: dict, feed: dict, budget: float, min_rounds: int = 5, max_rounds: int = 2000,
+                     unit: float = 1e6) -> dict:
+    """Median (CPU, wall) per run of each session, in seconds x unit (1e6: us); runs alternate between
+    sessions. CPU time is the whole process's (every thread of the pool)."""
     for s in sessions.values():  # warm-up: first runs allocate
         s.run(None, feed)
     cpu = {k: [] for k in sessions}
     wall = {k: [] for k in sessions}
     t_end = time.perf_counter() + budget
     rounds = 0
-    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < 2000):
+    while rounds < min_rounds or (time.perf_counter() < t_end and rounds < max_rounds):
         for k, s in sessions.items():
             c0, t0 = time.process_time(), time.perf_counter()
             s.run(None, feed)
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
         rounds += 1
-    return {k: (statistics.median(cpu[k]) * 1e6, statistics.median(wall[k]) * 1e6) for k in sessions}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return {k: (statistics.median(cpu[k]) * unit, statistics.median(wall[k]) * unit) for k in sessions}
 
 
 def _header(args):
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} logical CPUs; onnxruntime {ort.__version__}; "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; onnxruntime {ort.__version__}; "
           f"QCOMPILER_ISA={os.environ.get('QCOMPILER_ISA', '(auto)')}; "
           f"QCOMPILER_GEMM_MIN_M={os.environ.get('QCOMPILER_GEMM_MIN_M', '(default)')}")
     print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
