@@ -26,6 +26,13 @@ range (then float32). The int4 nibble layout (low half of the row in the low nib
 Reshape, so it works for ids of any rank; ONNX's Gather does not take INT4 tensors (checked with
 onnxruntime 1.32 at opset 21), hence the uint8 packing with standard ops of opset 11+.
 
+Option ``precision = "measured"`` (the int4 scheme): a table planned int4 gets int4 rows only when
+that costs little at the output. On a few calibration samples, the model's primary output is
+compared with FP32 (a) with round-to-nearest int4 on its int4 linears (the MatMulNBits level, the
+yardstick) and (b) with only this table's rows quantized (int4, then int8; a tied head included).
+The table takes int4 when (b) <= error_share x (a), else int8 when that passes, else stays FP32;
+the report's "precision" entries give the figures and the choice.
+
 A tied LM head (a linear whose weight is the table, usually MatMul(x, Transpose(table))) shares the
 quantized table: the same dequantization runs on the whole codes tensor and feeds the Transpose,
 so no FP32 copy of the table stays in the file.
@@ -44,6 +51,7 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Embedding, _weight_source
 from qcompiler.errors import SchemeError, UsageError
+from qcompiler.plan import KEEP
 from qcompiler.passes.base import QPass, add_initializer
 from qcompiler.passes.insert_qdq import UniqueNames
 from qcompiler.quantizers.ternary import quantize_ternary
@@ -73,6 +81,15 @@ class QuantizeEmbeddingsOptions:
     # "none": least-squares clipping per block, as untied tables
     tied_recovery: str = "gptq"
     tied_recovery_max_elements: int = 1 << 25   # larger tables (GPTQ time and memory grow with V x D^2) stay plain
+    # "scheme": tables get the plan's format. "measured" (int4 tables only): each table gets int4 rows
+    # when its own output error (on calibration samples, the rest FP32) is at most error_share x the
+    # output error of round-to-nearest int4 on the model's int4 linears (the MatMulNBits level: at
+    # 0.5 the rows add at most ~12% to it in quadrature, less than calibrated recovery takes off the
+    # linears), else int8 rows when those are, else FP32.
+    precision: str = "scheme"
+    error_share: float = 0.5
+    measure_samples: int = 8            # calibration samples the measurement runs on
+    measure_max_bytes: int = 1 << 30    # larger models are not measured (an FP32 copy is run per candidate)
 
 
 def pack_int4_rows(codes: np.ndarray) -> np.ndarray:
@@ -180,6 +197,10 @@ class QuantizeEmbeddings(QPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.options.tied_recovery not in ("gptq", "none"):
             raise SchemeError(f"quantize_embeddings: tied_recovery must be gptq or none, not '{self.options.tied_recovery}'")
+        if self.options.precision not in ("scheme", "measured"):
+            raise SchemeError(f"quantize_embeddings: precision must be scheme or measured, not '{self.options.precision}'")
+        self._probe = self._yardstick = None
+        self._probe_reason = ""
         if self.options.scale_dtype not in ("float16", "float32"):
             raise SchemeError(f"quantize_embeddings: scale_dtype must be float16 or float32, not '{self.options.scale_dtype}'")
         ctx = self.ctx
@@ -210,7 +231,20 @@ class QuantizeEmbeddings(QPass):
                 block = int(wp.settings.get("block_size", self.options.block_size)) if bits == 4 else None
                 if block is not None and block <= 0:
                     raise SchemeError(f"quantize_embeddings: block_size must be positive, got {block}")
-                stored, entry = self._store(graph, table, bits, block, self._tied_gram(table, tied) if bits == 4 else None)
+                quantized = None
+                decision = None
+                if bits == 4 and self.options.precision == "measured":
+                    bits, quantized, decision = self._measured_choice(model, table, tied, block)
+                    self.report_append("precision", decision)
+                    if bits is None:          # FP32: the table stays as it is
+                        wp.format, wp.reason = KEEP, f"measured: {decision['why']}"
+                        continue
+                    wp.format = f"int{bits}"
+                    block = block if bits == 4 else None
+                gram = self._tied_gram(table, tied) if bits == 4 and quantized is None else None
+                stored, entry = self._store(graph, table, bits, block, gram, quantized)
+                if decision is not None:
+                    entry["chosen_by"] = decision["why"]
             for emb in embs:
                 self._rewrite_gather(graph, emb, stored)
             for lin in tied.values():
@@ -240,6 +274,70 @@ class QuantizeEmbeddings(QPass):
             return "the table is a graph output"
         return ""
 
+    def _measurement(self, model: ir.Model) -> str:
+        """Set up the output probe and the MatMulNBits-level yardstick once; '' or why not measured."""
+        if self._probe is not None or self._probe_reason:
+            return self._probe_reason
+        ctx = self.ctx
+        from qcompiler.model_io import _estimated_size
+
+        if ctx is None or not ctx.calib_feeds:
+            self._probe_reason = "no calibration samples"
+        elif _estimated_size(model) > self.options.measure_max_bytes:
+            self._probe_reason = f"model over measure_max_bytes ({self.options.measure_max_bytes} bytes)"
+        if self._probe_reason:
+            return self._probe_reason
+        from qcompiler.output_probe import OutputProbe
+        from qcompiler.quantizers.uniform import quantize_blockwise
+
+        tables = {e.name for e in ctx.roles.embeddings}
+        fake = {}
+        for lin in ctx.roles.linears:
+            wp = ctx.plan.get(lin.name)
+            if wp is None or wp.format != "int4" or lin.name in tables or lin.name in fake:
+                continue
+            w = lin.weight.const_value.numpy().astype(np.float32)
+            wk = w.T if lin.transposed else w
+            q = quantize_blockwise(wk, 4, int(wp.settings.get("block_size", 32)), symmetric=True, search_clip=False,
+                                   full_range=True)
+            fake[lin.name] = q.dequantize().T if lin.transposed else q.dequantize()
+        if not fake:
+            self._probe_reason = "no int4 linears to compare with"
+            return self._probe_reason
+        try:
+            self._probe = OutputProbe(model, ctx.calib_feeds, self.options.measure_samples)
+            self._yardstick = self._probe.error(fake)
+        except Exception as exc:   # a model onnxruntime cannot run here: the scheme's format, said so
+            self._probe = None
+            self._probe_reason = f"the model does not run for the measurement ({str(exc).splitlines()[0][:120]})"
+        return self._probe_reason
+
+    def _measured_choice(self, model: ir.Model, table: ir.Value, tied: dict, block: int):
+        """(bits or None for FP32, (Quantized, method) of the chosen rows, the decision for the report)."""
+        reason = self._measurement(model)
+        if reason:
+            return 4, None, {"table": table.name, "chosen": "int4", "why": f"int4 rows, as planned (not measured: {reason})"}
+        w = table.const_value.numpy().astype(np.float32)
+        limit = self.options.error_share * self._yardstick
+        q4 = self._quantize(w, 4, block, self._tied_gram(table, tied))
+        errors = {"int4": self._probe.error({table.name: self._dequantized(q4[0])})}
+        decision = {"table": table.name, "tied_head": bool(tied), "output_error": errors,
+                    "matmulnbits_level_error": round(self._yardstick, 6), "limit": round(limit, 6),
+                    "samples": len(self._probe.feeds)}
+        if errors["int4"] <= limit:
+            chosen, bits, q = "int4", 4, q4
+        else:
+            q8 = self._quantize(w, 8, None)
+            errors["int8"] = self._probe.error({table.name: self._dequantized(q8[0])})
+            chosen, bits, q = ("int8", 8, q8) if errors["int8"] <= limit else ("fp32", None, None)
+        for k in errors:
+            errors[k] = round(errors[k], 6)
+        tried = ", ".join(f"{k} rows {v:.4g}" for k, v in errors.items())
+        decision["chosen"] = chosen
+        decision["why"] = (f"{chosen}{' rows' if bits else ''}: output error {tried} vs limit {limit:.4g} "
+                           f"({self.options.error_share} x {self._yardstick:.4g}, round-to-nearest int4 linears)")
+        return bits, q, decision
+
     def _tied_gram(self, table: ir.Value, heads: dict) -> np.ndarray | None:
         """Sum of the Gram matrices of the tied heads' inputs, when calibration kept them all."""
         if self.options.tied_recovery != "gptq" or not heads or self.ctx is None or not self.ctx.stats:
@@ -252,8 +350,8 @@ class QuantizeEmbeddings(QPass):
         grams = [getattr(self.ctx.stats.get(lin.node.inputs[0].name), "gram", None) for lin in heads.values()]
         return None if any(g is None for g in grams) else sum(grams)
 
-    def _store(self, graph: ir.Graph, table: ir.Value, bits: int, block: int | None, gram: np.ndarray | None = None):
-        w = table.const_value.numpy().astype(np.float32)
+    def _quantize(self, w: np.ndarray, bits: int, block: int | None, gram: np.ndarray | None = None):
+        """(Quantized rows, method) of a table: on-grid codes kept, GPTQ on the tied head's Gram, or plain."""
         v, d = w.shape
         method = "plain"
         grid = find_on_grid(w.T, "int4", 4, block, "float16", symmetric=True, max_outliers=0) if bits == 4 else None
@@ -268,11 +366,25 @@ class QuantizeEmbeddings(QPass):
             method = "gptq (tied head)"
         else:
             q = quantize_rows(w, bits=bits, block_size=block, search_clip=self.options.search_clip and bits == 4)
-        err = float(np.linalg.norm(q.dequantize() - w) / max(np.linalg.norm(w), 1e-30))
+        return q, method
+
+    def _stored_scales(self, q: Quantized) -> np.ndarray:
         scales = q.scales.astype(np.float32)
         nz = np.abs(scales[scales != 0])
         fp16 = self.options.scale_dtype == "float16" and (nz.size == 0 or (nz.min() >= _FP16_MIN_NORMAL and nz.max() <= _FP16_MAX))
-        scales = scales.astype(np.float16) if fp16 else scales
+        return scales.astype(np.float16) if fp16 else scales
+
+    def _dequantized(self, q: Quantized) -> np.ndarray:
+        """The float rows the graph computes from the stored codes and (float16-rounded) scales."""
+        return Quantized(q.codes, self._stored_scales(q).astype(np.float32), None, q.block_size, rows=True).dequantize()
+
+    def _store(self, graph: ir.Graph, table: ir.Value, bits: int, block: int | None, gram: np.ndarray | None = None,
+               quantized=None):
+        w = table.const_value.numpy().astype(np.float32)
+        v, d = w.shape
+        q, method = quantized if quantized is not None else self._quantize(w, bits, block, gram)
+        err = float(np.linalg.norm(q.dequantize() - w) / max(np.linalg.norm(w), 1e-30))
+        scales = self._stored_scales(q)
         tag = table.name
         if bits == 8:
             codes = q.codes.astype(np.int8)
@@ -293,10 +405,13 @@ class QuantizeEmbeddings(QPass):
 
     @property
     def needs_stats(self) -> bool:
-        """Mixed rows ranked by calibration token frequency need the calibration feeds."""
+        """Mixed rows ranked by calibration token frequency, and measured precision, need the calibration feeds."""
         ctx = self.ctx
         if ctx is None or ctx.roles is None:
             return False
+        if self.options.precision == "measured" and any(ctx.plan.get(e.name) is not None and ctx.plan[e.name].format == "int4"
+                                                        for e in ctx.roles.embeddings):
+            return True
         return any(ctx.plan.get(e.name) is not None and ctx.plan[e.name].format in PACKED_FORMATS
                    and ctx.plan[e.name].settings.get("frequency", "calibration") == "calibration"
                    and len(ctx.plan[e.name].settings.get("row_bits", [2 if ctx.plan[e.name].format == "ternary" else 4])) > 1

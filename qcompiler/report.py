@@ -53,6 +53,9 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {role} | {r['quantized']} | {r['kept']} | {', '.join(sorted(r['formats']))} |")
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    precision = ((report.get("passes") or {}).get("quantize_embeddings") or {}).get("precision")
+    if precision:
+        lines += ["", "## Embedding tables: precision", ""] + [f"- `{d['table']}`: {d['why']}" for d in precision]
     lines += ["", "## Passes", ""]
     for name, details in report.get("passes", {}).items():
         lines.append(f"- **{name}**: " + ", ".join(f"{k}: {_short(v)}" for k, v in details.items()))

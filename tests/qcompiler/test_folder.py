@@ -138,15 +138,53 @@ def compare_greedy(ref, got, ids, steps: int = 8) -> dict:
     return result
 
 
-# Measured on this machine (tests print the figures): these differ from FP32 at a clear decision.
-# int4: embedding rows / tied heads and llama's LM head in int4 (gpt2 int4 with --exclude embedding
-# gives FP32's tokens); issue 15's embedding-precision item, not this file's.
-_KNOWN = {("gpt2", "causal", "int4"), ("llama", "causal", "int4"), ("t5", "merged", "int4"),
-          ("t5", "unmerged", "int4"), ("marian", "unmerged", "int4")}
+def logits_after_prefix(model, ids, tokens, step: int, seq2seq: bool) -> np.ndarray:
+    """The logits of generation step `step` when the tokens before it are `tokens`' (FP32's)."""
+    import torch
+
+    ids_t = torch.tensor(ids)
+    kw = dict(max_new_tokens=1, min_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    if seq2seq:   # tokens = decoder start + generated
+        out = model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t),
+                             decoder_input_ids=torch.tensor([tokens[:step + 1]]), **kw)
+    else:         # tokens = prompt + generated
+        prefix = torch.tensor([tokens[:len(ids[0]) + step]])
+        out = model.generate(input_ids=prefix, attention_mask=torch.ones_like(prefix), **kw)
+    return out.scores[0][0].float().numpy()
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    finite = np.isfinite(a) & np.isfinite(b)
+    return float(np.linalg.norm(a[finite] - b[finite]) / np.linalg.norm(a[finite]))
+
+
+def _ort_int4_folder(tmp_path_factory, arch):
+    """onnxruntime's MatMulNBits (4-bit, block 32, FP32 embeddings) on every unmerged file of the folder:
+    the int4 baseline (its quantizer does not enter a merged decoder's If, so the baseline loads unmerged)."""
+    import shutil
+
+    from qcompiler.bench import ort_matmul_nbits
+
+    key = (arch, "ort-int4")
+    if key not in _COMPILED:
+        src = export(arch)
+        out = tmp_path_factory.mktemp("ort") / f"{arch}.ort-int4"
+        shutil.copytree(src, out, ignore=shutil.ignore_patterns("decoder_model_merged.onnx"))
+        for f in out.glob("*.onnx"):
+            ort_matmul_nbits(str(src / f.name), str(f))
+        _COMPILED[key] = out
+    return _COMPILED[key]
+
+
 _CASES = [("gpt2", "causal"), ("llama", "causal"), ("t5", "merged"), ("t5", "unmerged"), ("marian", "merged"),
           ("marian", "unmerged")]
 
 
+# Measured on this machine (the test prints the figures): t5 int4 differs at step 0 with logits 0.68
+# off vs MatMulNBits' 0.37 at FP32's prefix. Not the embeddings (measured precision keeps its tied
+# table at int8, 0.11 of output error alone): our int4 linears on t5's wide random weights (init
+# factor 20) err more than onnxruntime's round-to-nearest (encoder 0.68 vs 0.61 on models/compat).
+_KNOWN = {("t5", "merged", "int4"), ("t5", "unmerged", "int4")}
 # int8 on the random t5: with 8-bit weight codes (what CPUs with exact int8 dot products get) every
 # file's held-out error is lower than with 7-bit codes (rel L2 0.09-0.23 vs 0.17-0.37, measured on an
 # AVX-512 VNNI EPYC), yet greedy decoding of this one prompt leaves FP32's tokens at step 1 (logit rel
@@ -156,7 +194,7 @@ _T5_INT8 = {("t5", "merged", "int8"), ("t5", "unmerged", "int8")}
 
 def _known_failure(a, k, s):
     if (a, k, s) in _KNOWN:
-        return [pytest.mark.xfail(reason="int4 embedding rows / LM head error (issue 15 item 6)", strict=False)]
+        return [pytest.mark.xfail(reason="t5 int4 linears err more than MatMulNBits' (see _KNOWN)", strict=False)]
     if (a, k, s) in _T5_INT8 and not int8_dot_saturates()[0]:
         return [pytest.mark.xfail(reason="t5 int8 with 8-bit codes leaves FP32's greedy tokens (open)", strict=False)]
     return []
@@ -165,35 +203,51 @@ def _known_failure(a, k, s):
 @pytest.mark.parametrize("arch, kind, scheme", [
     pytest.param(a, k, s, marks=_known_failure(a, k, s)) for a, k in _CASES for s in ("int8", "int4")])
 def test_compiled_folder_drops_into_optimum(tmp_path_factory, arch, kind, scheme):
+    """Greedy decoding of 8 tokens gives FP32's tokens; where it does not, the first differing step
+    and the logit error there are reported, and that error (the FP32 prefix before it) must be within
+    the bar: int4 no worse than onnxruntime's MatMulNBits with FP32 embeddings at the same step
+    (issue 15's bar; these random tiny models, hidden 32 and weights of std 0.2, make any 4-bit
+    quantizer's logits 10-60% off), int8 a near tie flipped by a small error."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
 
     src = export(arch)
     out = _compiled(tmp_path_factory, arch, scheme)
-    if kind == "causal":
-        ref = ORTModelForCausalLM.from_pretrained(src)
-        got = ORTModelForCausalLM.from_pretrained(out, session_options=_session_options())
+    seq2seq = kind != "causal"
+    if not seq2seq:
+        load = lambda path, **kw: ORTModelForCausalLM.from_pretrained(path, **kw)  # noqa: E731
     else:
-        merged = kind == "merged"
-        ref = ORTModelForSeq2SeqLM.from_pretrained(src, use_merged=merged)
-        got = ORTModelForSeq2SeqLM.from_pretrained(out, use_merged=merged, session_options=_session_options())
+        load = lambda path, **kw: ORTModelForSeq2SeqLM.from_pretrained(path, **kw)  # noqa: E731
+    merged = {} if not seq2seq else {"use_merged": kind == "merged"}
+    ref = load(src, **merged)
+    got = load(out, session_options=_session_options(), **merged)
     # Optimum really runs the compiled files (not the source's): their sessions point into `out`.
-    parts = [got] if kind == "causal" else [got.encoder, got.decoder] + (
+    parts = [got] if not seq2seq else [got.encoder, got.decoder] + (
         [got.decoder_with_past] if got.decoder_with_past is not None else [])
     paths = [str(p.path) for p in parts]
     assert all(str(out) in p for p in paths), paths
-    if kind != "causal":
+    if seq2seq:
         assert ("decoder_model_merged.onnx" in paths[1]) == (kind == "merged"), paths
     ids = [[5, 17, 40, 99, 123, 7]]
     result = compare_greedy(ref, got, ids)
+    if not result["same"] and scheme == "int4":
+        step, tokens = result["first_step"], result["fp32_tokens"]
+        base = load(_ort_int4_folder(tmp_path_factory, arch), **({"use_merged": False} if seq2seq else {}))
+        fp32 = logits_after_prefix(ref, ids, tokens, step, seq2seq)
+        result["logit_rel_l2"] = rel_l2(fp32, logits_after_prefix(got, ids, tokens, step, seq2seq))
+        result["matmulnbits_logit_rel_l2"] = rel_l2(fp32, logits_after_prefix(base, ids, tokens, step, seq2seq))
     print(f"{arch} {kind} {scheme}: {result}")
-    if not result["same"]:
-        # Accepted only as a near tie flipped by a small logit error: FP32's top two within a tenth of
-        # the logits' standard deviation, and the logits there within the scheme's usual error
-        # (int8 3-6%, int4 ~10% relative L2 on these random models, drawn with std 0.2).
-        bound = {"int8": 0.08, "int4": 0.15}[scheme]
-        assert result["fp32_margin"] < 0.1 and result["logit_rel_l2"] < bound, \
-            f"{arch} {kind} {scheme}: tokens differ from FP32 at step {result['first_step']}: {result}"
+    if result["same"]:
+        return
+    where = f"{arch} {kind} {scheme}: tokens differ from FP32 at step {result['first_step']}: {result}"
+    if scheme == "int4":
+        # Same prefix, same step: ours no worse than onnxruntime's int4 (relative L2 of the logits; a 2%
+        # margin for the float summation order of two different int4 kernels).
+        assert result["logit_rel_l2"] <= 1.02 * result["matmulnbits_logit_rel_l2"], where
+    else:
+        # A near tie flipped by a small logit error: FP32's top two within a tenth of the logits'
+        # standard deviation, the logits there within int8's usual error (3-6% on these models).
+        assert result["fp32_margin"] < 0.1 and result["logit_rel_l2"] < 0.08, where
 
 
 _COMPILED: dict = {}
