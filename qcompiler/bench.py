@@ -132,12 +132,14 @@ def run_bench(model: str, schemes: list[str], samples: list[dict] | None, task: 
               calib: str | None = None, out_dir: str | os.PathLike = "bench-out", repeats: int = 40,
               baselines: bool = True, console=None, latency_sample: dict | None = None,
               calib_sources: dict[str, list[dict]] | None = None,
-              eval_sources: dict[str, list[dict]] | None = None) -> dict:
+              eval_sources: dict[str, list[dict]] | None = None,
+              recover: str = "calibrated", recover_steps: int | None = None) -> dict:
     """Compile every scheme, run all variants on the evaluation data, write JSON/Markdown/PNG into out_dir.
 
     `samples` is one evaluation set (or None with `eval_sources`, {name: samples}); `calib` one
     calibration .npz, or `calib_sources` {name: samples}: every scheme is then compiled once per
     calibration source and each variant's metrics say how it does in-source and cross-source.
+    `recover` / `recover_steps`: as qcompile's --recover / --recover-steps, for every scheme.
     """
     from rich.console import Console
 
@@ -170,14 +172,17 @@ def run_bench(model: str, schemes: list[str], samples: list[dict] | None, task: 
             variants.append(v)
     for source, calib_path in calib_paths.items():
         for scheme in schemes:
-            tag = Path(scheme).stem + (f".calib-{source}" if source is not None and len(calib_paths) > 1 else "")
+            distill = recover != "calibrated"
+            tag = Path(scheme).stem + (".distill" if distill else "") + (
+                f".calib-{source}" if source is not None and len(calib_paths) > 1 else "")
             dst = str(out_dir / f"{stem}.{tag}.onnx")
-            v = Variant(f"qcompiler {Path(scheme).stem}", dst, "qcompiler", calib_source=source)
+            v = Variant(f"qcompiler {Path(scheme).stem}" + (" distill" if distill else ""), dst, "qcompiler",
+                        calib_source=source)
             console.print(f"[bold]compiling[/bold] {scheme}" + (f" (calibration: {source})" if source else ""))
             t = time.perf_counter()
             try:
                 compile_model(model, scheme=scheme, output=dst, calib=calib_path, verify=False, progress=True,
-                              console=console)
+                              console=console, recover=recover, recover_steps=recover_steps)
             except Exception as exc:
                 v.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 if os.environ.get("QCOMPILE_DEBUG"):

@@ -157,8 +157,12 @@ def compile_command(model, scheme, output, report_path, calib, exclude, target, 
 @click.option("--tokenizer", type=click.Path(), help="tokenizer.json (or its directory) for text sources.")
 @click.option("--calib-samples", default=128, show_default=True, type=click.IntRange(min=1),
               help="Calibration sentences used from each --calib-source.")
+@click.option("--recover", type=click.Choice(["calibrated", "distill"]), default="calibrated", show_default=True,
+              help="Recovery of every scheme, as for qcompile (embeddings and logits tasks).")
+@click.option("--recover-steps", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Distillation steps with --recover distill (default: qcompile's).")
 def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences, beam, no_baselines,
-                  calib_source, eval_source, tokenizer, calib_samples) -> None:
+                  calib_source, eval_source, tokenizer, calib_samples, recover, recover_steps) -> None:
     """Compile MODEL with each scheme and compare with FP32 and onnxruntime's quantizers."""
     from qcompiler.bench import load_samples, load_source, parse_source_specs, print_table, run_bench
 
@@ -168,6 +172,8 @@ def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences
 
         if calib_source or eval_source:
             raise click.UsageError("--calib-source / --eval-source are for --task embeddings and logits")
+        if recover != "calibrated" or recover_steps is not None:
+            raise click.UsageError("--recover / --recover-steps are for --task embeddings and logits")
         if calib:
             raise click.UsageError("--task mt calibrates from calib_sources.txt (Optimum folders) or calib_encoder.npz / calib_decoder.npz beside the model, not --calib")
         try:
@@ -191,7 +197,8 @@ def bench_command(model, schemes, task, data, calib, out_dir, repeats, sentences
         samples = None if eval_sources else load_samples(data, model)
         result = run_bench(model, scheme_list, samples, task=task, calib=calib,
                            out_dir=out_dir, repeats=repeats, baselines=not no_baselines, console=_console,
-                           calib_sources=calib_sources, eval_sources=eval_sources)
+                           calib_sources=calib_sources, eval_sources=eval_sources, recover=recover,
+                           recover_steps=recover_steps)
         print_table(result)
     for kind, path in result["files"].items():
         click.echo(f"{kind}: {path}")

@@ -93,7 +93,12 @@ def _validate(data: dict[str, Any], source: str) -> Scheme:
     from qcompiler.passes import PASS_TABLE
 
     pass_options = {name: {f.name for f in dataclasses.fields(cls.Options)} for name, cls in PASS_TABLE.items()}
+    options = data.get("options")
+    # [options.recover] belongs to --recover distill (not a listed pass): its keys are checked when it runs
+    recover = options.pop("recover", None) if isinstance(options, dict) else None
     check_scheme(data, source, pass_options, tuple(ROLES))
+    if recover is not None:
+        data["options"]["recover"] = recover
     roles = data.get("roles", {})
     options = data.get("options", {})
     passes = data["passes"]

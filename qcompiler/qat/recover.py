@@ -57,6 +57,7 @@ class RecoverOptions:
     heldout: int = 32           # calibration samples kept for the comparison (at most 1/4 of them)
     threads: int | None = None  # torch threads (None: torch's default)
     seed: int = 0
+    augment: int = 0            # unlabeled variants per training sample (qcompiler.qat.augment); 0: none
 
 
 class _Param(nn.Module):
@@ -213,6 +214,12 @@ def recover_with_distillation(ctx, model: ir.Model, feeds: list[dict[str, np.nda
         entry.update(chosen="calibrated", reason="no ternary/bcq/int4 weight to train")
         return entry
     train_feeds, held_feeds, held_desc = _split(feeds, o.heldout)
+    if o.augment:               # the held-out samples stay as given: they judge trained vs calibrated
+        from qcompiler.qat.augment import augment
+
+        extra = augment(train_feeds, o.augment, seed=o.seed)
+        entry["augmented_samples"] = len(extra)
+        train_feeds = train_feeds + extra
     train, held = stack_feeds(train_feeds), stack_feeds(held_feeds)
     entry["heldout"] = held_desc
     cos_cal = heldout_cosine(student, teacher, held)
@@ -257,6 +264,7 @@ class DistillRecoveryOptions:
     noise: float = 0.0          # MDNQ-style noise rate on the quantized weights while training
     lr: float = 2e-4
     batch_size: int = 8
+    augment: int = 0            # unlabeled variants per training sample (token replacement, truncation, concatenation)
 
 
 class DistillRecovery(QPass):
@@ -291,7 +299,7 @@ class DistillRecovery(QPass):
         if feeds is None and ctx.options.calib_path:
             feeds = calibration.load_calibration(ctx.options.calib_path, model)
         options = RecoverOptions(steps=o.steps, max_seconds=o.max_seconds, noise=o.noise, lr=o.lr,
-                                 batch_size=o.batch_size)
+                                 batch_size=o.batch_size, augment=o.augment)
         entry = recover_with_distillation(ctx, model, feeds, options, self.console, self.show)
         for key, value in entry.items():
             self.report(key, value)

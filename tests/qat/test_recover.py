@@ -116,3 +116,28 @@ def test_cli_bad_recover_options(tiny_bert, tmp_path, capsys, args):
     assert code == 2
     assert len([line for line in err.strip().splitlines() if line.strip()]) == 1
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bench_compiles_with_distillation(tiny_bert, calib, tmp_path):
+    data = tmp_path / "data.npz"
+    np.savez(data, **example_inputs(batch=6, seq=12, seed=8))
+    out = tmp_path / "bench"
+    code = main(["bench", str(tiny_bert), "--schemes", "ternary", "--recover", "distill", "--recover-steps", "3",
+                 "--calib", str(calib), "--data", str(data), "--no-baselines", "--repeats", "1", "--out", str(out)])
+    assert code == 0
+    rows = [v for v in json.loads((out / "tiny_bert.bench.json").read_text())["variants"] if v["kind"] == "qcompiler"]
+    assert [v["name"] for v in rows] == ["qcompiler ternary distill"] and not rows[0]["error"]
+    assert (out / "tiny_bert.ternary.distill.onnx").exists()
+
+
+def test_augmented_distillation_reports_its_samples(tiny_bert, calib, tmp_path):
+    from pathlib import Path
+
+    text = (Path(qcompiler.__file__).parent / "schemes" / "ternary.toml").read_text()
+    scheme = tmp_path / "ternary_aug.toml"
+    scheme.write_text(text.replace('name = "ternary"', 'name = "ternary_aug"') + "\n[options.recover]\naugment = 2\n")
+    rep = qcompiler.compile(tiny_bert, scheme=str(scheme), output=tmp_path / "o.onnx", calib=calib, verify=False,
+                            recover="distill", recover_steps=3)
+    rec = rep.report["passes"]["recover"]
+    assert rec["heldout"] == "last 12 of 48 calibration samples"
+    assert rec["augmented_samples"] == 2 * 36 and rec["steps"] == 3
