@@ -105,7 +105,7 @@ def _export(module, args, names, path: Path, exporter: str) -> None:
             shapes = tuple(None if n == "input_features" else {0: auto, 1: auto} for n in names)
             try:
                 torch.onnx.export(module, args, str(path), dynamo=True, input_names=names, external_data=False,
-                                  dynamic_shapes=shapes)
+                                  dynamic_shapes=(shapes,))          # forward(*args): one tuple of them
             except Exception:  # noqa: BLE001 - some models do not export with symbolic shapes: fixed ones
                 torch.onnx.export(module, args, str(path), dynamo=True, input_names=names, external_data=False)
         else:

@@ -36,6 +36,7 @@ class DistillConfig:
     attention_weight: float = 1.0
     hidden_weight: float = 1.0
     seed: int = 0
+    trim: bool = True                 # drop all-padding trailing positions (False: static-shape graphs)
 
 
 def stack_feeds(feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -106,7 +107,7 @@ def distill_loss(student_out, student_taps, teacher_out, teacher_taps, mask, cfg
     return loss, {"hidden": float(hidden.detach()), "attention": float(attention.detach()), "output": float(out.detach())}
 
 
-def _batches(train: dict[str, torch.Tensor], batch_size: int, seed: int):
+def _batches(train: dict[str, torch.Tensor], batch_size: int, seed: int, trim: bool = True):
     """Endless batches of `train`: a fresh random order whenever the current one runs out."""
     n = next(iter(train.values())).shape[0]
     gen = torch.Generator().manual_seed(seed)
@@ -116,14 +117,15 @@ def _batches(train: dict[str, torch.Tensor], batch_size: int, seed: int):
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
-        yield trim_padding({k: v[idx] for k, v in train.items()})
+        batch = {k: v[idx] for k, v in train.items()}
+        yield trim_padding(batch) if trim else batch
 
 
 def distill(student: nn.Module, teacher: nn.Module, train: dict[str, torch.Tensor], cfg: DistillConfig,
             param_groups: list[dict], progress: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train `student` towards `teacher` on the samples of `train` (one tensor per input, first axis
     = samples). Stops after cfg.steps steps or cfg.max_seconds. Returns a small history."""
-    batches = _batches(train, cfg.batch_size, cfg.seed)
+    batches = _batches(train, cfg.batch_size, cfg.seed, cfg.trim)
 
     def next_loss():
         batch = next(batches)
@@ -147,14 +149,17 @@ def distill(student: nn.Module, teacher: nn.Module, train: dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def heldout_cosine(student: nn.Module, teacher: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 16
-                   ) -> float:
+def heldout_cosine(student: nn.Module, teacher: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 16,
+                   trim: bool = True) -> float:
     """Mean output cosine (pooled where masked) of the student vs the teacher on `data`."""
     student.eval()
     n = next(iter(data.values())).shape[0]
     cos = []
     for i in range(0, n, batch_size):
-        batch = trim_padding({k: v[i:i + batch_size] for k, v in data.items()})
+        batch = {k: v[i:i + batch_size] for k, v in data.items()}
+        if not trim and i + batch_size > n:
+            break                        # a static batch: the rest does not fill one
+        batch = trim_padding(batch) if trim else batch
         cos.append(output_cosine(student(**batch), teacher(**batch), _mask_of(batch)))
     return float(torch.cat(cos).mean())
 

@@ -175,6 +175,16 @@ def _split(feeds: list[dict[str, np.ndarray]], heldout: int):
     return feeds[:-h], feeds[-h:], f"last {h} of {n} calibration samples"
 
 
+def _static_batch(model: ir.Model, sample: dict[str, np.ndarray]) -> int | None:
+    """For a graph whose inputs have fixed shapes (e.g. a dynamo export without dynamic axes): the
+    rows of one calibration sample, the batch it must be run with; None when shapes are dynamic."""
+    for v in model.graph.inputs:
+        shape = v.shape
+        if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape) and v.name in sample:
+            return int(sample[v.name].shape[0])
+    return None
+
+
 def write_back(model: ir.Model, quantized, fp) -> None:
     for name, (lin, fq) in quantized.items():
         eff = fq.effective()
@@ -222,13 +232,17 @@ def recover_with_distillation(ctx, model: ir.Model, feeds: list[dict[str, np.nda
         train_feeds = train_feeds + extra
     train, held = stack_feeds(train_feeds), stack_feeds(held_feeds)
     entry["heldout"] = held_desc
-    cos_cal = heldout_cosine(student, teacher, held)
+    static = _static_batch(model, train_feeds[0])
+    batch_size, heldout_batch = (static, static) if static else (o.batch_size, 16)
+    if static:
+        entry["static_shapes"] = f"graph inputs of fixed shapes: batches of {static} rows, padding kept"
+    cos_cal = heldout_cosine(student, teacher, held, heldout_batch, trim=not static)
     entry["heldout_cosine_calibrated"] = round(cos_cal, 5)
     if o.steps == 0:
         entry.update(chosen="calibrated", reason="--recover-steps 0", seconds=round(time.perf_counter() - t0, 1))
         return entry
-    cfg = DistillConfig(steps=o.steps, max_seconds=o.max_seconds, batch_size=o.batch_size, lr=o.lr,
-                        scale_lr=o.lr, seed=o.seed)
+    cfg = DistillConfig(steps=o.steps, max_seconds=o.max_seconds, batch_size=batch_size, lr=o.lr,
+                        scale_lr=o.lr, seed=o.seed, trim=not static)
     latent = [fq.weight for _, fq in quantized.values()]
     scales = [p for _, fq in quantized.values() for n, p in fq.named_parameters() if n != "weight"]
     groups = [{"params": latent, "lr": cfg.lr}, {"params": [p.value for p in fp.values()], "lr": cfg.lr}]
@@ -240,7 +254,7 @@ def recover_with_distillation(ctx, model: ir.Model, feeds: list[dict[str, np.nda
         task = bar.add_task("distill", total=cfg.steps, loss="-")
         history = distill(student, teacher, train, cfg, groups,
                           lambda done, total, parts: bar.update(task, completed=done, loss=f"{parts['loss']:.4f}"))
-    cos_qat = heldout_cosine(student, teacher, held)
+    cos_qat = heldout_cosine(student, teacher, held, heldout_batch, trim=not static)
     entry.update(history)
     entry["heldout_cosine_distilled"] = round(cos_qat, 5)
     if cos_qat > cos_cal:

@@ -51,3 +51,37 @@ def test_unsupported_op_is_refused_before_calibration(tiny_bert, tmp_path, capsy
     assert len(err.splitlines()) == 1
     assert "op Selu (node odd_selu)" in err and "--recover calibrated" in err
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.slow
+def test_distill_runs_on_dynamo_export(tmp_path):
+    from models.op_census import _Wrapper, _export, _inputs, _source_model
+
+    model = _source_model("bert")
+    kind, args, names = _inputs("bert", model)
+    path = tmp_path / "bert_dynamo.onnx"
+    _export(_Wrapper.make(model, kind), args, names, path, "dynamo")
+    assert {"Gelu", "LayerNormalization"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    feeds = feeds_for(path, n=24, seed=3)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
+    report = tmp_path / "r.json"
+    code = main([str(path), "--scheme", "bcq2", "--calib", str(calib), "--recover", "distill",
+                 "--recover-steps", "4", "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"])
+    assert code == 0
+    rec = json.loads(report.read_text())["passes"]["recover"]
+    assert rec["steps"] == 4 and rec["trained_weights"] >= 8
+
+
+@pytest.mark.slow
+def test_distill_runs_on_static_shape_dynamo_export(tmp_path):
+    path = export("bert", "dynamo-static") / "model.onnx"           # inputs fixed at [2, 12]
+    feeds = feeds_for(path, n=24, seed=3)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
+    report = tmp_path / "r.json"
+    code = main([str(path), "--scheme", "ternary", "--calib", str(calib), "--recover", "distill",
+                 "--recover-steps", "4", "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"])
+    assert code == 0
+    rec = json.loads(report.read_text())["passes"]["recover"]
+    assert rec["steps"] == 4 and "batches of 2 rows" in rec["static_shapes"]
