@@ -1,6 +1,6 @@
 """Canonicalize: bring an exported FP32 graph to the one form the later passes expect.
 
-Opset 21, explicit default attributes, big constants as initializers, constants folded,
+The input's opset where the scheme's ops allow it (else the lowest that does), explicit default attributes, big constants as initializers, constants folded,
 Gemm written as MatMul (+ Add), no Identity or dead nodes, topological order, shapes inferred.
 """
 
@@ -24,10 +24,44 @@ logger = logging.getLogger(__name__)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
+# The lowest default-domain opset the ops each pass writes need (passes not listed write ops of any
+# opset, e.g. MatMulNBits in the com.microsoft domain). See required_opset.
+STANDARD_FUNCTIONS_OPSET = 21   # the ai.qcompiler ONNX function bodies (runtime_ops.formats.STANDARD_OPSET)
+QDQ_PER_CHANNEL_OPSET = 13      # QuantizeLinear / DequantizeLinear with an axis
+PORTABLE_INT4_OPSET = 21        # blockwise DequantizeLinear of INT4 (passes.quantize_int4.PORTABLE_MIN_OPSET)
+INT4_ROWS_OPSET = 11            # quantize_embeddings' int4 rows: BitShift
+NORM_PATTERNS_OPSET = 18        # fold_layernorm's fusion patterns match ReduceMean with axes as an input
+
+
+def required_opset(model: ir.Model, scheme, target: str = "ort") -> tuple[int, str]:
+    """(lowest default-domain opset the scheme's passes need on this model, which pass needs it)."""
+    if scheme is None:
+        return 1, ""
+    passes = set(scheme.passes)
+    needs = [(1, "")]
+    if "insert_qdq" in passes:
+        needs.append((QDQ_PER_CHANNEL_OPSET, "insert_qdq: per-channel QuantizeLinear/DequantizeLinear"))
+    if "quantize_int4" in passes and target == "portable":
+        needs.append((PORTABLE_INT4_OPSET, "quantize_int4 --target portable: blockwise int4 DequantizeLinear"))
+    if "replace_matmul" in passes:
+        needs.append((STANDARD_FUNCTIONS_OPSET, "replace_matmul: the ai.qcompiler ops' ONNX function bodies"))
+    if "quantize_embeddings" in passes:
+        fmt = str(scheme.embeddings.get("format", "keep"))
+        if fmt in ("packed", "ternary"):
+            needs.append((STANDARD_FUNCTIONS_OPSET, "quantize_embeddings: PackedGather's ONNX function body"))
+        elif fmt == "int4":
+            needs.append((INT4_ROWS_OPSET, "quantize_embeddings: int4 rows (BitShift)"))
+    if "fold_layernorm" in passes and scheme.pass_options("fold_layernorm").get("fuse", True) and any(
+            n.op_type == "ReduceMean" for n in model.graph.all_nodes()):
+        needs.append((NORM_PATTERNS_OPSET, "fold_layernorm: LayerNorm/RMSNorm fusion patterns"))
+    return max(needs)
+
+
 @dataclasses.dataclass
 class CanonicalizeOptions:
-    # Default-domain opset the graph is upgraded to (never downgraded).
-    target_opset: int = 21
+    # Default-domain opset the graph is upgraded to (never downgraded). None: the input's opset, or
+    # the lowest one the scheme's passes need when it is lower (required_opset).
+    target_opset: int | None = None
     fold_constants: bool = True
     # onnxscript's limits (elements): a node with a larger input is not folded (Transpose of
     # a single-use constant excepted), a larger result is not materialized. They keep a weight
@@ -49,7 +83,10 @@ class Canonicalize(QPass):
 
     Steps, in order:
 
-    1. Default-domain opset upgraded to ``target_opset`` when lower. onnxscript's version
+    1. Default-domain opset upgraded to ``target_opset`` when lower; by default to the lowest
+       opset the scheme's passes need on this model (``required_opset``: int8 QDQ 13, int4 rows
+       11, MatMulNBits any, norm fusion over decomposed norms 18, the ai.qcompiler function bodies
+       and portable int4 21), so an opset-17 or 18 export stays at its opset. onnxscript's version
        converter does 18+; older graphs (torch's opset 14 exports: ReduceMean/Split/... axes
        as attributes) fall back to the onnx C converter, which onnxscript calls with the
        initializers stripped, so a model over 2 GB converts too. A failed conversion leaves
@@ -81,7 +118,7 @@ class Canonicalize(QPass):
     Optimum's merged decoder reuse every name; calibration and verification tap values by name),
     Gemm is rewritten inside them too, and folding, identity removal and sorting recurse.
 
-    Leaves alone: a graph already in canonical form (opset 21, MatMul, no Identity, nothing
+    Leaves alone: a graph already in canonical form (at or above the opset needed, MatMul, no Identity, nothing
     dead, default attributes present) comes out with the same nodes.
     """
 
@@ -149,9 +186,13 @@ class Canonicalize(QPass):
         return ir.passes.PassResult(model, modified)
 
     def _upgrade_opset(self, model: ir.Model) -> bool:
-        target = self.options.target_opset
+        target, why = self.options.target_opset, "target_opset option"
+        if target is None:
+            ctx = self.ctx
+            target, why = required_opset(model, getattr(ctx, "scheme", None),
+                                         getattr(getattr(ctx, "options", None), "target", "ort"))
         current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-        entry = {"from": current, "to": current, "target": target}
+        entry = {"from": current, "to": current, "target": target, **({"needed_by": why} if why else {})}
         if current is None or current >= target:
             entry["action"] = "none"
             self.report("opset", entry)

@@ -56,7 +56,7 @@ def test_opset14_graph_upgraded_folded_and_gemm_unified(make_ctx):
     expected = _run(proto, feeds)
 
     model = ir.from_proto(proto)
-    result, report = _canonicalize(model, make_ctx)
+    result, report = _canonicalize(model, make_ctx, target_opset=21)
     assert result.modified
 
     # Golden structure.
@@ -162,7 +162,7 @@ def test_tiny_bert_exports(tiny_bert_dir, make_ctx, name):
     expected = _run(onnx.load(path), feeds)
     model = ir.load(path)
     n_matmul = sum(n.op_type == "MatMul" for n in model.graph)
-    _, report = _canonicalize(model, make_ctx)
+    _, report = _canonicalize(model, make_ctx, target_opset=21)
     assert model.opset_imports[""] == 21 and report["opset"]["action"] == "upgraded"
     assert sum(n.op_type == "MatMul" for n in model.graph) == n_matmul
     # opset 14 -> 21: ReduceMean's axes moved from attribute to input.
@@ -176,7 +176,7 @@ def test_tiny_bert_exports(tiny_bert_dir, make_ctx, name):
     # ReduceMean (measured max abs difference ~1e-6 on outputs of magnitude ~3.5).
     np.testing.assert_allclose(_run(out, feeds)[0], expected[0], atol=1e-5, rtol=1e-5)
     # A second run finds nothing to do.
-    assert not Canonicalize(make_ctx(model, plan=False))(model).modified
+    assert not Canonicalize(make_ctx(model, plan=False), Canonicalize.Options(target_opset=21))(model).modified
 
 
 def _head_model(head: np.ndarray, table: np.ndarray) -> ir.Model:
