@@ -33,7 +33,11 @@ class FoldLayerNormOptions:
 
 
 def _const_vector(value: ir.Value | None) -> np.ndarray | None:
-    tensor = None if value is None else ir.convenience.get_const_tensor(value)
+    """A constant 1-D vector; None for an initializer that is also a graph input (only a default:
+    folding it would ignore what the caller feeds)."""
+    if value is None or value.is_graph_input():
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
     if tensor is None or len(tensor.shape) != 1:
         return None
     return tensor.numpy()

@@ -14,6 +14,11 @@ runtime indices. Roles come from the dataflow around them:
 - `lm_head`: a linear whose weight is an embedding table, or whose output is a graph
   output with a vocabulary-sized N. Anything else is `linear`.
 
+A compiled file fed back (ours or another tool's) keeps what is already compiled: the ops that
+consume packed weights (`compiled_ops`), the FP32 outlier-row MatMul beside such an op (its input
+is a channel Gather of the compiled op's input), and the scale table gathered beside an integer
+table of a quantized embedding are neither linears nor embeddings here.
+
 Subgraphs (If / Loop / Scan bodies) are searched too: a merged decoder's two branches read the
 same main-graph weights, and each MatMul reading one is a linear of its own (the plan, keyed by
 weight name, quantizes the weight once). Layers are counted within each graph.
@@ -116,6 +121,73 @@ def _const(value: ir.Value | None) -> ir.TensorProtocol | None:
     return None
 
 
+# (domain, op) of nodes that already multiply by packed or integer weights.
+_COMPILED_LINEARS = {("ai.qcompiler", "TernaryMatMul"), ("ai.qcompiler", "BinaryCodeMatMul"),
+                     ("ai.qcompiler", "CodebookMatMul"), ("com.microsoft", "MatMulNBits"),
+                     ("com.microsoft", "DynamicQuantizeMatMul"), ("com.microsoft", "MatMulIntegerToFloat"),
+                     ("", "MatMulInteger"), ("", "QLinearMatMul"), ("com.microsoft", "QAttention")}
+_QUANTIZERS = {"DynamicQuantizeLinear", "QuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+_INT_TYPES = (ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.UINT4, ir.DataType.INT4, ir.DataType.INT32,
+              ir.DataType.UINT16, ir.DataType.INT16)
+
+
+def _domain(node: ir.Node) -> str:
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def _is_compiled_linear(node: ir.Node) -> bool:
+    if (_domain(node), node.op_type) in _COMPILED_LINEARS:
+        return True
+    if node.op_type == "MatMul" and _domain(node) == "" and len(node.inputs) == 2 and node.inputs[1] is not None:
+        return any(p.op_type == "DequantizeLinear" for p in _walk_back(node.inputs[1], {"Transpose", "Reshape", "Cast"}, 3))
+    return False
+
+
+def compiled_ops(model: ir.Model) -> dict[str, int]:
+    """What a compiled file already holds: {"TernaryMatMul": 12, "PackedGather": 1, ...}. MatMuls on a
+    DequantizeLinear weight count as "MatMul on DequantizeLinear", Gathers of integer tables as
+    "Gather of an integer table" (a quantized embedding)."""
+    counts: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        key = None
+        if _is_compiled_linear(node):
+            key = "MatMul on DequantizeLinear" if node.op_type == "MatMul" else node.op_type
+        elif _domain(node) == "ai.qcompiler":
+            key = node.op_type
+        elif node.op_type == "Gather" and _domain(node) == "" and _int_table(node.inputs[0]):
+            key = "Gather of an integer table"
+        if key:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _int_table(value: ir.Value | None) -> bool:
+    tensor = _const(value)
+    return tensor is not None and tensor.dtype in _INT_TYPES and len(tensor.shape) == 2
+
+
+def _outlier_path(node: ir.Node) -> bool:
+    """A MatMul of a channel selection Gather(x, const idx, last axis) where x also goes (through a
+    mask Mul or a Cast) into a compiled linear or a quantizer: the FP32 outlier rows of that linear."""
+    sel = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if sel is None or sel.op_type != "Gather" or _domain(sel) != "" or _const(sel.inputs[1]) is None:
+        return False
+    x = sel.inputs[0]
+    axis = sel.attributes.get_int("axis", 0)
+    rank = len(x.shape) if x is not None and x.shape is not None else None
+    if x is None or not (axis == -1 or (rank is not None and axis == rank - 1)):
+        return False
+    return any(_is_compiled_linear(n) or n.op_type in _QUANTIZERS
+               for n in _walk_forward(x, {"Mul", "Cast", "Where", "Reshape", "Identity"}, 3))
+
+
+def _scale_table(node: ir.Node) -> bool:
+    """A Gather whose indices also gather rows of an integer table: the scales of a quantized embedding."""
+    ids = node.inputs[1]
+    return ids is not None and any(u.node is not node and u.node.op_type == "Gather" and u.idx == 1
+                                   and _int_table(u.node.inputs[0]) for u in ids.uses())
+
+
 def runtime_weights(model: ir.Model) -> list[str]:
     """Names of 2-D MatMul/Gemm weights that are graph inputs (with or without an initializer
     default): they are fed at run time, so the compiler leaves them alone."""
@@ -174,6 +246,8 @@ def find_linears(graph: ir.Graph, recursive: bool = True) -> list[Linear]:
         weight, transposed = src
         if weight.const_value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
             continue
+        if _outlier_path(node):
+            continue
         lin = Linear(node, weight, transposed, None, None)
         lin.bias_node, lin.bias = _bias_of(node, lin.shape_kn[1])
         linears.append(lin)
@@ -192,6 +266,8 @@ def find_embeddings(graph: ir.Graph, recursive: bool = True) -> list[Embedding]:
         if node.attributes.get_int("axis", 0) != 0:
             continue
         if tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+            continue
+        if _scale_table(node):
             continue
         found.append(Embedding(node, table))
     return found

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from qcompiler.errors import CalibrationError
+from qcompiler.errors import CalibrationError, ort_message
 
 _NP_DTYPES = {
     ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.DataType.DOUBLE: np.float64,
@@ -114,6 +114,10 @@ def model_input_specs(model: ir.Model) -> list[tuple[str, ir.DataType, tuple]]:
     return specs
 
 
+def _dims_text(dims) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
+
+
 def load_calibration(path: str | os.PathLike, model: ir.Model) -> list[dict[str, np.ndarray]]:
     """Read an .npz of model inputs and check it against the model; returns one feed per sample.
 
@@ -160,14 +164,16 @@ def load_calibration(path: str | os.PathLike, model: ir.Model) -> list[dict[str,
             per_sample[name] = a
         elif a.ndim == len(dims) and batch:
             if a.shape[0] % batch:
-                raise CalibrationError(f"calibration input '{name}' has {a.shape[0]} rows, not a multiple of the "
-                                       f"model's fixed batch {batch}")
+                raise CalibrationError(f"calibration input '{name}' has shape {list(a.shape)}: the model's input is "
+                                       f"{_dims_text(dims)}, so give [samples, {_dims_text(dims)[1:]}, or a row count that "
+                                       f"is a multiple of the model's fixed batch {batch}")
             per_sample[name] = a.reshape(a.shape[0] // batch, batch, *a.shape[1:])
         elif a.ndim == len(dims):
             per_sample[name] = a[:, None]
         else:
             raise CalibrationError(
-                f"calibration input '{name}' has rank {a.ndim}, the model wants {len(dims)} (first axis = samples)"
+                f"calibration input '{name}' has shape {list(a.shape)} (rank {a.ndim}): the model's input is "
+                f"{_dims_text(dims)} (rank {len(dims)}), so give rank {len(dims) + 1}: [samples, {_dims_text(dims)[1:]}"
             )
         shape = per_sample[name].shape[1:]
         bad = [(i, d, shape[i]) for i, d in enumerate(dims) if isinstance(d, int) and d > 0 and shape[i] != d]
@@ -224,7 +230,7 @@ def session_with_taps(model, taps: list[str], providers=("CPUExecutionProvider",
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name) if name not in value_types
                                   else value_types[name])
     opts = session_options or ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4     # run errors come back as exceptions; ORT's own log lines would break the one-line rule
     try:
         try:
             return ort.InferenceSession(proto.SerializeToString(), opts, providers=list(providers))
@@ -272,7 +278,7 @@ def collect_stats(
             runs = [(batch, values)]
         except Exception as exc:
             if next(iter(batch.values())).shape[0] == 1:
-                raise CalibrationError(f"the model does not run on calibration sample {done}: {str(exc).splitlines()[0][:200]}") from None
+                raise CalibrationError(f"the model does not run on calibration sample {done}: {ort_message(exc)}") from None
             batch_size = 1  # e.g. a fixed batch dimension: go one sample at a time from here on
             runs = []
             for i in range(next(iter(batch.values())).shape[0]):
@@ -280,7 +286,7 @@ def collect_stats(
                 try:
                     runs.append((single, session.run(wanted, single)))
                 except Exception as exc1:
-                    raise CalibrationError(f"the model does not run on calibration sample {done + i}: {str(exc1).splitlines()[0][:200]}") from None
+                    raise CalibrationError(f"the model does not run on calibration sample {done + i}: {ort_message(exc1)}") from None
         for fed, vals in runs:
             mask = fed.get(mask_name) if mask_name else None
             for name, value in zip(wanted, vals):
@@ -596,7 +602,7 @@ def collect_stats_in_pieces(
                     values = session.run(wanted, feed)
                 except Exception as exc:
                     raise CalibrationError(f"the model does not run on calibration batch {n_done} "
-                                           f"(piece {p + 1} of {len(pieces)}): {str(exc).splitlines()[0][:200]}") from None
+                                           f"(piece {p + 1} of {len(pieces)}): {ort_message(exc)}") from None
                 _drop_pages(feed.values())
                 for name, value in zip(wanted, values):
                     if name in tap_set:

@@ -51,3 +51,19 @@ class QualityGateError(QCompilerError):
     """The compiled model's verified accuracy is below the user's gate (--min-cosine): nothing written."""
 
     exit_code = 3
+
+
+def ort_message(exc: BaseException, limit: int = 400) -> str:
+    """onnxruntime's error as one line that keeps its point: the '[ONNXRuntimeError] : 2 : ... :'
+    prefix and the 'Please fix ...' advice dropped, 'Non-zero status code returned while running
+    Gather node. Name:'n' Status Message: m' as "Gather node 'n': m", continuation lines joined
+    (a shape error's indices sit on the lines after 'for the following indices')."""
+    import re
+
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ", "", text)
+    text = re.sub(r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: ",
+                  lambda m: f"{m.group(1)} node '{m.group(2)}': " if m.group(2) else f"{m.group(1)} node: ", text)
+    text = re.sub(r"\s*Please fix either the inputs(/outputs)? or the model\.?", "", text)
+    text = re.sub(r"\S+\.(cc|h|cpp):\d+ \S+ ", "", text)       # source locations of ORT_ENFORCE messages
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -28,9 +28,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qcompiler import calibration, model_io, report as report_mod, verify as verify_mod
-from qcompiler.analyze import analyze, runtime_weights
+from qcompiler.analyze import analyze, compiled_ops, runtime_weights
 from qcompiler.context import CompileContext, CompileOptions
-from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError, require_extra
+from qcompiler.contract_check import check_compiled_nodes
+from qcompiler.index_check import check_index_ranges
+from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError, ort_message, require_extra
 from qcompiler.plan import KEEP, make_plan
 from qcompiler.quality_gate import check_gate
 from qcompiler.schemes import Scheme, load_scheme
@@ -170,6 +172,8 @@ def compile_model(
         calib_feeds, calib = list(calib_feeds) or None, calib_label
     else:
         calib_feeds = calibration.load_calibration(calib, model) if calib else None
+    if calib_feeds:
+        check_index_ranges(model, calib_feeds)
     spill = model_io.Spill(out_path, model) if streaming else None
     calib_dir = model_io.temporary_name(out_path, ".calib") if streaming else None   # Gram matrices on disk
     try:
@@ -215,15 +219,22 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
                 if spill is not None:
                     spill.flush(model)
     with steps.stage("analyze + plan"):
+        check_compiled_nodes(model)
         ctx.roles = analyze(model)
         ctx.plan = make_plan(ctx.roles, scheme_obj, list(exclude))
     fed = runtime_weights(model)
     if fed:
         notes.append(f"{len(fed)} MatMul/Gemm weight(s) are graph inputs, fed at run time (an initializer there is "
                      f"only a default): left alone ({', '.join(fed[:4])}{' ...' if len(fed) > 4 else ''})")
+    compiled = _already_compiled(model)
+    if compiled:
+        notes.append(f"already compiled, left as they are: {compiled}")
     if not ctx.roles.linears and not ctx.roles.embeddings:
+        if compiled:
+            raise UsageError(f"nothing left to quantize: the model is already compiled ({compiled}), and no FP32 "
+                             f"MatMul/Gemm weight or embedding table remains; no output written")
         notes.append("no MatMul/Gemm with constant weights and no embedding table: compiled to a copy")
-    planned_before = sum(wp.format != KEEP for wp in ctx.plan.values())
+    planned_before = sum(wp.format != KEEP or bool(wp.asked) for wp in ctx.plan.values())
 
     transform = [p for p in passes if p.stage == "transform"]
     for p in transform:          # refusals that need no statistics come before calibration's cost
@@ -276,8 +287,9 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     _note_plain_fallbacks(ctx, notes)
     if planned_before and not any(wp.format != KEEP for wp in ctx.plan.values()):
         reasons = sorted({wp.reason for wp in ctx.plan.values() if wp.reason})
-        raise UsageError(f"nothing was quantized: the scheme planned {planned_before} weight(s) and every one stayed "
-                         f"FP32 ({'; '.join(reasons)[:400] or 'no pass rewrote them'}); no output written")
+        done = f" (already compiled, left as they are: {compiled})" if compiled else ""
+        raise UsageError(f"nothing was quantized{done}: the scheme planned {planned_before} weight(s) and every one "
+                         f"stayed FP32 ({'; '.join(reasons)[:400] or 'no pass rewrote them'}); no output written")
     verification = None
     if verify and reference_proto is not None:
         with steps.stage("verify"):
@@ -420,8 +432,7 @@ def _input_model_errors():
     except Exception as exc:
         if not type(exc).__module__.startswith("onnxruntime"):
             raise
-        text = str(exc).strip().splitlines()
-        raise ModelLoadError(f"onnxruntime cannot run the input model: {text[0][:200] if text else type(exc).__name__}") from None
+        raise ModelLoadError(f"onnxruntime cannot run the input model: {ort_message(exc)}") from None
 
 
 def _note_plain_fallbacks(ctx: CompileContext, notes: list[str]) -> None:
@@ -436,19 +447,46 @@ def _note_plain_fallbacks(ctx: CompileContext, notes: list[str]) -> None:
         notes.append(f"{count} weight(s) asked for calibrated recovery but were rounded plainly: {why}")
 
 
+def _already_compiled(model: ir.Model) -> str:
+    """'TernaryMatMul x12, PackedGather x1': the compiled ops a file fed back holds; '' for none."""
+    return ", ".join(f"{op} x{n}" for op, n in sorted(compiled_ops(model).items()))
+
+
+def _pass_skips(ctx: CompileContext) -> dict[str, str]:
+    """{weight: why} for the weights a pass looked at and left alone (its report's skipped / left_alone)."""
+    why: dict[str, str] = {}
+    for details in ctx.pass_reports.values():
+        if not isinstance(details, dict):
+            continue
+        for entry in [*details.get("skipped", []), *details.get("left_alone", [])]:
+            name = entry.get("weight") or entry.get("table") if isinstance(entry, dict) else None
+            if name and entry.get("reason"):
+                why.setdefault(name, str(entry["reason"]))
+    return why
+
+
 def _mark_unhandled(ctx: CompileContext, model: ir.Model, notes: list[str]) -> None:
-    """A weight planned for a format that no pass of the scheme wrote stays FP32: say so."""
+    """A weight planned for a format that no pass of the scheme wrote stays FP32: say so, with the
+    pass's own reason when one looked at it and left it alone."""
     float_types = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
     unhandled: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    why = _pass_skips(ctx)
     for wp in ctx.plan.values():
         init = model.graph.initializers.get(wp.name)
         if wp.format != KEEP and init is not None and init.const_value is not None \
                 and init.const_value.dtype in float_types and len(list(init.uses())) > 0:
-            unhandled[wp.format] = unhandled.get(wp.format, 0) + 1
-            wp.reason = f"format {wp.format} not handled by any pass of the scheme"
+            if wp.name in why:
+                skipped[wp.format] = skipped.get(wp.format, 0) + 1
+                wp.reason = f"left FP32: {why[wp.name]}"
+            else:
+                unhandled[wp.format] = unhandled.get(wp.format, 0) + 1
+                wp.reason = f"format {wp.format} not handled by any pass of the scheme"
             wp.format = KEEP
     for fmt, count in unhandled.items():
         notes.append(f"{count} weight(s) planned as {fmt} were left FP32: no pass of the scheme handles {fmt}")
+    for fmt, count in skipped.items():
+        notes.append(f"{count} weight(s) planned as {fmt} were left FP32 by the pass (reasons in the weights' entries)")
 
 
 def _fits_in_memory(model: ir.Model, budget: int = DEFAULT_MEMORY_BUDGET) -> bool:

@@ -10,6 +10,8 @@ import dataclasses
 import fnmatch
 from typing import Any
 
+import onnx_ir as ir
+
 from qcompiler.analyze import Embedding, Linear, RoleMap
 from qcompiler.errors import UsageError
 from qcompiler.schemes import Scheme
@@ -25,6 +27,7 @@ class WeightPlan:
     format: str
     settings: dict[str, Any]
     reason: str = ""
+    asked: str = ""        # the scheme's format when the plan itself could not honour it (not --exclude)
 
 
 def check_exclude(patterns: list[str], num_layers: int) -> None:
@@ -83,6 +86,11 @@ def make_plan(roles: RoleMap, scheme: Scheme, exclude: list[str] | None = None,
         if hit:
             fmt, reason = KEEP, f"excluded by --exclude {hit}"
             hits.add(hit)
+        elif fmt == "int8" and lin.node.inputs[0].dtype not in (None, ir.DataType.FLOAT):
+            # DynamicQuantizeLinear / QuantizeLinear of the int8 form take float32 activations only
+            plan[lin.name] = WeightPlan(lin.name, lin.role, lin.layer, KEEP, settings, "int8 takes float32 activations, "
+                                        f"this linear's are {lin.node.inputs[0].dtype.name.lower()}", asked=fmt)
+            continue
         plan[lin.name] = WeightPlan(lin.name, lin.role, lin.layer, fmt, settings, reason)
     for emb in roles.embeddings:
         if emb.name in plan:  # tied with an LM head: the table's format wins

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from qcompiler.calibration import session_with_taps
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import CalibrationError, QCompilerError, ort_message
 from qcompiler.model_io import graph_protos
 
 CUSTOM_DOMAIN = "ai.qcompiler"
@@ -54,8 +54,7 @@ def make_session(proto_or_model, taps=(), threads: int = 1):
             ops.register(opts)
             runtime = "native"
         except Exception as exc:  # the function fallback still runs the model, and the report says so
-            opts.log_severity_level = 3
-            runtime = f"fallback: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+            runtime = f"fallback: {ort_message(exc, 200)}"
     sess = session_with_taps(proto_or_model, list(taps), session_options=opts)
     try:
         sess.qc_runtime = runtime
@@ -122,9 +121,15 @@ def verify(reference_model, compiled_model, feeds: list[dict[str, np.ndarray]], 
     for i, feed in enumerate(feeds):
         try:
             ref = dict(zip(run_names, ref_sess.run(run_names, feed)))
+        except Exception as exc:     # the user's sample does not run on their own model: a data error
+            kind = QCompilerError if synthesized else CalibrationError
+            raise kind(f"the input model does not run on verification sample {i} ({inputs or 'given inputs'}): "
+                       f"{ort_message(exc)}") from None
+        try:
             got = dict(zip(run_names, got_sess.run(run_names, feed)))
         except Exception as exc:
-            raise QCompilerError(f"verification run failed: {str(exc).splitlines()[0][:200]}") from None
+            raise QCompilerError(f"the compiled model does not run on verification sample {i}, the input model "
+                                 f"does: {ort_message(exc)}") from None
         for n in graph_outputs:
             r, g = ref[n], got[n]
             if r.dtype.kind != "f":
