@@ -160,3 +160,44 @@ def hostile_cases() -> list[Hostile]:
                 out.append(Hostile(f"{base_name}/{label}{'/inputs' if as_inputs else ''}", base_name, case.op,
                                    model.SerializeToString(), _feed(bad, as_inputs), level))
     return out
+
+
+def _node_inputs(case: Case, inputs: list[str]) -> Hostile | None:
+    """The case's model with its node's input list replaced ('' = omitted), unused initializers dropped."""
+    model = _model(case, as_inputs=False)
+    node = model.graph.node[0]
+    del node.input[:]
+    node.input.extend(inputs)
+    used = set(inputs)
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return model
+
+
+def optional_input_cases() -> list[Hostile]:
+    """Optional inputs omitted (a shorter input list) or given as empty names, alone or with their
+    partner, and required inputs given as empty names: the library, the fallback and the spec must
+    agree (issue 18's missing-optional-inputs check)."""
+    out = []
+    for base_name in sorted(BASES):
+        case = BASES[base_name]()
+        level = int(case.attrs.get("accuracy_level", 0))
+        names = list(C.OPS[case.op].inputs)
+        if case.op == "PackedGather":
+            variants = {f"no_{n}": [("" if m == n else m) for m in names] for n in names}
+            variants["short"] = names[:4]
+        else:
+            a, w, s, b, i, o = names
+            variants = {
+                "no_bias_mid": [a, w, s, "", i, o], "no_outliers": [a, w, s, b], "only_required": [a, w, s],
+                "empty_tail": [a, w, s, "", "", ""], "bias_empty_tail": [a, w, s, b, "", ""],
+                "idx_without_w": [a, w, s, b, i], "w_without_idx": [a, w, s, b, "", o],
+                "no_scales": [a, w, "", b, i, o], "no_packed": [a, "", s, b, i, o], "no_A": ["", w, s, b, i, o],
+                "only_A_W": [a, w],
+            }
+        for label, inputs in variants.items():
+            model = _node_inputs(case, inputs)
+            feed = {k: v for k, v in case.feed().items() if k in inputs}
+            out.append(Hostile(f"{base_name}/inputs:{label}", base_name, case.op, model.SerializeToString(), feed, level))
+    return out
