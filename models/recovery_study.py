@@ -11,7 +11,9 @@ appended to `--log`.
         --setting base --setting shrink1:replace_matmul.shrink_per_channel=1,quantize_int4.shrink_per_channel=1
 
 A setting is NAME:pass.option=value,...; `weights.key=value` changes the scheme's [weights] table
-(e.g. weights.n_outliers=4).
+(e.g. weights.n_outliers=4); `compile.key=value` is a compile_model keyword (compile.calib_augment=2,
+compile.recovery_holdout=0); `study.sequential=true` compiles twice, the second time calibrating on the
+first compile's outputs (every linear's input as the already-quantized layers before it make it).
 """
 
 from __future__ import annotations
@@ -29,19 +31,22 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _parse_setting(text: str) -> tuple[str, dict, dict]:
+def _parse_setting(text: str) -> tuple[str, dict, dict, dict]:
     name, _, body = text.partition(":")
     options: dict[str, dict] = {}
     weights: dict = {}
+    kwargs: dict = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
         section, _, field = key.partition(".")
         parsed = json.loads(value) if value not in ("true", "false") else value == "true"
         if section == "weights":
             weights[field] = parsed
+        elif section in ("compile", "study"):
+            kwargs[field if section == "compile" else f"study_{field}"] = parsed
         else:
             options.setdefault(section, {})[field] = parsed
-    return name, options, weights
+    return name, options, weights, kwargs
 
 
 def _scheme_file(scheme: str, weights: dict, tmp: Path) -> str:
@@ -78,6 +83,39 @@ def _with_options(options: dict):
     return lambda: setattr(schemes.Scheme, "pass_options", original)
 
 
+def _sequential(model: str, scheme: str, dst: str, calib_npz: str, kwargs: dict) -> dict:
+    """Compile again with every calibration statistic taken from the compiled model `dst` (the same
+    tap names: the quantized ops read the canonical model's linear inputs)."""
+    import onnx_ir as ir
+
+    from qcompiler import calibration
+    from qcompiler.pipeline import compile_model
+
+    first = dst + ".first.onnx"
+    os.replace(dst, first)
+    quantized = ir.load(first)
+    original, plain_session = calibration.collect_stats, calibration.session_with_taps
+
+    def on_quantized(_model, feeds, taps, **kw):
+        return original(quantized, feeds, taps, **kw)
+
+    def with_ops(model_, taps, providers=("CPUExecutionProvider",), session_options=None):
+        import onnxruntime as ort
+
+        from qcompiler import ops
+
+        opts = session_options or ort.SessionOptions()
+        ops.register(opts)
+        return plain_session(model_, taps, providers, opts)
+
+    calibration.collect_stats, calibration.session_with_taps = on_quantized, with_ops
+    try:
+        return compile_model(model, scheme=scheme, output=dst, calib=calib_npz, verify=False, progress=False, **kwargs)
+    finally:
+        calibration.collect_stats, calibration.session_with_taps = original, plain_session
+        os.unlink(first)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calib", default="docstrings")
@@ -109,14 +147,17 @@ def main(argv=None) -> None:
 
     reference = embed(model)
     settings = [_parse_setting(t) for t in (args.setting or ["base:"])]
-    for name, options, weights in settings:
+    for name, options, weights, kwargs in settings:
         restore = _with_options(options)
         try:
             for scheme in filter(None, args.schemes.split(",")):
                 t = time.perf_counter()
                 dst = str(out / f"{name}.{scheme}.onnx")
-                rep = compile_model(model, scheme=_scheme_file(scheme, weights, out), output=dst, calib=calib_npz,
-                                    verify=False, progress=False)
+                kw = {k: v for k, v in kwargs.items() if not k.startswith("study_")}
+                sch = _scheme_file(scheme, weights, out)
+                rep = compile_model(model, scheme=sch, output=dst, calib=calib_npz, verify=False, progress=False, **kw)
+                if kwargs.get("study_sequential"):
+                    rep = _sequential(model, sch, dst, calib_npz, kw)
                 seconds = time.perf_counter() - t
                 emb = embed(dst)
                 per = {}
@@ -128,9 +169,13 @@ def main(argv=None) -> None:
                 row = {"setting": name, "scheme": scheme, "calib": args.calib, "mean": float(np.mean(list(per.values()))),
                        "worst": min(per.values()), "worst_source": min(per, key=per.get), "per_source": per,
                        "fit_output_rel_error": float(np.mean(fit)) if fit else None, "compile_s": round(seconds, 1),
-                       "options": options, "weights": weights}
+                       "held_out": rep.get("recovery_held_out"), "options": options, "weights": weights,
+                       "compile": kwargs}
                 print(f"{name:<24} {scheme:<8} mean {row['mean']:.4f} worst {row['worst']:.4f} ({row['worst_source']}) "
-                      f"fit err {row['fit_output_rel_error'] or 0:.4f}  {seconds:.0f} s", flush=True)
+                      f"fit err {row['fit_output_rel_error'] or 0:.4f}  {seconds:.0f} s"
+                      + (f"  held-out {row['held_out']['held_output_rel_error']:.4f} vs plain "
+                         f"{row['held_out']['plain_held_output_rel_error']:.4f}, {row['held_out']['fell_back_to_plain']} "
+                         f"fell back" if row["held_out"] else ""), flush=True)
                 with open(args.log, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 os.unlink(dst)

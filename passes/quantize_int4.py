@@ -54,7 +54,7 @@ from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
                                    fresh_name, planned_linears)
 from qcompiler.qat.on_grid import find_on_grid
-from qcompiler.quantizers.recovery import output_error, recover, shrinkage_for, too_few_rows
+from qcompiler.quantizers.recovery import held_out_check, output_error, recover, shrinkage_for, too_few_rows
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
 
 __all__ = ["QuantizeInt4", "quantize_int4_weight", "pack_matmul_nbits", "unsigned_codes"]
@@ -78,7 +78,7 @@ class QuantizeInt4Options:
     damp: float = 0.01         # GPTQ: Hessian damping, fraction of its mean diagonal
     act_order: bool = True     # GPTQ: input channels by decreasing Hessian diagonal
     refit: bool = True         # GPTQ: least-squares scales given the codes
-    shrink_per_channel: float = 0.0  # GPTQ: Gram shrunk towards its diagonal by this x K / calibration rows
+    shrink_per_channel: float = 1.0  # GPTQ: Gram shrunk towards its diagonal by this x K / calibration rows
 
 
 def quantize_int4_weight(
@@ -257,6 +257,7 @@ class QuantizeInt4(QPass):
         stats = ctx.stats or {}
         gptq = [lin for lin, plan in todo if _recovery(lin.name, plan.settings) == "gptq"]
         grams, rows = consumer_grams(gptq, stats), consumer_rows(gptq, stats)
+        held_grams = consumer_grams(gptq, ctx.held_stats or {})
         packed: dict[tuple, _Packed] = {}
         before = after = 0
         for i, (lin, plan) in enumerate(todo):
@@ -267,7 +268,7 @@ class QuantizeInt4(QPass):
             if key not in packed:
                 gram = grams.get(lin.name) if recovery == "gptq" else None
                 packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype, gram, n_outliers,
-                                             rows.get(lin.name))
+                                             rows.get(lin.name), held_grams.get(lin.name) if gram is not None else None)
                 if recovery == "gptq" and gram is None:
                     packed[key].method = "plain (no calibration statistics)"
                 before += lin.weight.const_value.nbytes
@@ -299,7 +300,9 @@ class QuantizeInt4(QPass):
         return ir.passes.PassResult(model, True)
 
     def _quantize(self, graph, lin, block_size, symmetric, target, np_dtype, gram=None, n_outliers=0,
-                  rows=None) -> _Packed:
+                  rows=None, held_gram=None) -> _Packed:
+        """One weight's codes (on-grid, GPTQ on `gram`, or plain); with `held_gram`, GPTQ codes worse
+        than plain rounding on the held-out split are replaced by plain rounding."""
         o = self.options
         w = weight_array(lin)
         few = too_few_rows(rows, w.shape[0]) if gram is not None else None
@@ -324,6 +327,13 @@ class QuantizeInt4(QPass):
             q = quantize_int4_weight(w, block_size, symmetric, o.grid, o.min_ratio, o.refine, o.zoom)
             effective = q.dequantize() if gram is not None else None
             method = f"plain ({few})" if few else "plain"
+        held = {}
+        if method == "gptq" and held_gram is not None:
+            plain = quantize_int4_weight(w, block_size, symmetric, o.grid, o.min_ratio, o.refine, o.zoom)
+            held = held_out_check(w, effective, plain.dequantize(), gram, held_gram)
+            if held["worse_than_plain"]:
+                q, effective, outliers = plain, plain.dequantize(), None
+                method = "plain (recovery worse than plain rounding on the held-out split)"
         if effective is not None:
             rel = float(np.linalg.norm(effective - w) / max(np.linalg.norm(w), 1e-30))
         else:
@@ -333,7 +343,7 @@ class QuantizeInt4(QPass):
             errors["output_rel_error"] = round(float(
                 output_error(w, effective, gram) / max(output_error(w, np.zeros_like(w), gram), 1e-30)), 5)
         entry = self._pack(graph, lin, q, rel, block_size, symmetric, target, np_dtype)
-        entry.method, entry.errors = method, errors
+        entry.method, entry.errors = method, {**errors, **({"held_out": held} if held else {})}
         # Only the codes' shape is read later; dropping them keeps one weight's codes in memory, not all.
         entry.q = dataclasses.replace(q, codes=np.broadcast_to(q.codes.dtype.type(0), q.codes.shape))
         if outliers is not None:

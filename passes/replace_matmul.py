@@ -43,8 +43,8 @@ from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
                                    fresh_name, planned_linears)
 from qcompiler.qat.on_grid import find_on_grid
-from qcompiler.quantizers.recovery import (RecoveredWeight, output_error, quantize_plain, recover, shrinkage_for,
-                                           too_few_rows)
+from qcompiler.quantizers.recovery import (RecoveredWeight, held_out_check, output_error, quantize_plain, recover,
+                                           shrinkage_for, too_few_rows)
 from qcompiler.ops import contract
 
 __all__ = ["ReplaceMatMul", "ReplaceMatMulOptions", "OP_OF_FORMAT", "PackedLinear", "quantize_and_pack"]
@@ -61,7 +61,7 @@ class ReplaceMatMulOptions:
     damp: float = 0.01          # GPTQ: Hessian damping, fraction of its mean diagonal
     act_order: bool = True      # GPTQ: input channels by decreasing Hessian diagonal
     refit: bool = True          # GPTQ: least-squares scales given the codes (with outliers only)
-    shrink_per_channel: float = 0.0   # GPTQ: Gram shrunk towards its diagonal by this x K / calibration rows
+    shrink_per_channel: float = 1.0   # GPTQ: Gram shrunk towards its diagonal by this x K / calibration rows
 
 
 @dataclasses.dataclass
@@ -78,6 +78,7 @@ class PackedLinear:
     method: str
     inputs: list = dataclasses.field(default_factory=list)   # the initializer Values, once written
     errors: dict = dataclasses.field(default_factory=dict)
+    held_out: dict = dataclasses.field(default_factory=dict)   # recovery.held_out_check, when a split was held out
 
 
 def _settings(lin_name: str, fmt: str, settings: dict) -> dict:
@@ -105,9 +106,12 @@ def _settings(lin_name: str, fmt: str, settings: dict) -> dict:
 
 
 def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray | None = None,
-                      options: ReplaceMatMulOptions | None = None, rows: int | None = None) -> PackedLinear:
+                      options: ReplaceMatMulOptions | None = None, rows: int | None = None,
+                      held_gram: np.ndarray | None = None) -> PackedLinear:
     """Codes of w [K, N] (plain, or GPTQ on `gram` of `rows` calibration rows when settings ask for
-    it and the rows are enough: see recovery.too_few_rows) in the op's packed layout."""
+    it and the rows are enough: see recovery.too_few_rows) in the op's packed layout. With
+    `held_gram` (a held-out split's Gram), GPTQ codes whose held-out output error is above plain
+    rounding's are replaced by plain rounding."""
     o = options or ReplaceMatMulOptions()
     k, n = w.shape
     bits = settings["bits"]
@@ -131,6 +135,13 @@ def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray 
         rec = quantize_plain(w, fmt, bits, gs, **extra)
         method = ("plain" if settings["recovery"] == "none" else
                   f"plain ({few})" if few else "plain (no calibration statistics)")
+    held = {}
+    if method == "gptq" and held_gram is not None:
+        extra.pop("weighted", None)
+        plain = quantize_plain(w, fmt, bits, gs, **extra)
+        held = held_out_check(w, rec.dequantized, plain.dequantized, gram, held_gram)
+        if held["worse_than_plain"]:
+            rec, method = plain, "plain (recovery worse than plain rounding on the held-out split)"
     op_type = OP_OF_FORMAT[fmt]
     sd = np.float16 if settings["scale_dtype"] == "float16" else np.float32
     group_size = int(rec.group_size) if fmt != "kmeans" else k
@@ -151,7 +162,8 @@ def quantize_and_pack(w: np.ndarray, fmt: str, settings: dict, gram: np.ndarray 
     outlier_w = rec.dequantized[idx].astype(np.float16)
     effective = deq                      # deq is not used past this point: no copy
     effective[idx] = outlier_w.astype(np.float32)
-    return PackedLinear(op_type, attrs, packed, scales, idx, outlier_w.reshape(len(idx), n), effective, method)
+    return PackedLinear(op_type, attrs, packed, scales, idx, outlier_w.reshape(len(idx), n), effective, method,
+                        held_out=held)
 
 
 DEQUANT_COLUMNS = 256   # output channels decoded at a time (the contract's unpacking widens codes)
@@ -229,6 +241,7 @@ class ReplaceMatMul(QPass):
         stats = ctx.stats or {}
         grams = consumer_grams([lin for lin, _, s in todo if s["recovery"] == "gptq"], stats)
         rows = consumer_rows([lin for lin, _, s in todo if s["recovery"] == "gptq"], stats)
+        held_grams = consumer_grams([lin for lin, _, s in todo if s["recovery"] == "gptq"], ctx.held_stats or {})
         packed: dict[tuple, PackedLinear] = {}
         bytes_before = bytes_after = 0
         for i, (lin, plan, s) in enumerate(todo):
@@ -237,7 +250,8 @@ class ReplaceMatMul(QPass):
             w = None
             if key not in packed:
                 w = weight_array(lin)
-                p = quantize_and_pack(w, plan.format, s, grams.get(lin.name), self.options, rows.get(lin.name))
+                p = quantize_and_pack(w, plan.format, s, grams.get(lin.name), self.options, rows.get(lin.name),
+                                      held_grams.get(lin.name))
                 base = lin.weight.name
                 p.inputs = [
                     add_initializer(graph, f"{base}_{plan.format}_packed", p.packed),
@@ -267,7 +281,7 @@ class ReplaceMatMul(QPass):
                 "format": plan.format, "op": p.op_type, "bits": p.attrs.get("bits", 2 if plan.format == "ternary" else None),
                 "group_size": p.attrs["group_size"], "bits_per_weight": round(bpw, 4),
                 "n_outliers": int(len(p.outlier_idx)), "method": p.method, "form": form,
-                "shared": w is None, **p.errors,
+                "shared": w is None, **p.errors, **({"held_out": p.held_out} if p.held_out else {}),
             })
         ctx.progress("replace_matmul", len(todo), len(todo))
         drop_unused_weights(graph, [lin for lin, _, _ in todo])

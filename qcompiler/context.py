@@ -22,6 +22,8 @@ class CompileOptions:
     calib_samples: int = 64           # synthesized samples when no calibration data is given
     verify: bool = True
     seed: int = 0
+    calib_augment: int = 2            # unlabeled variants per calibration sample for Gram matrices (qcompiler.qat.augment)
+    recovery_holdout: float = 0.125   # share of given calibration samples held out to check recovery against plain
     model_config: dict = dataclasses.field(default_factory=dict)   # config.json beside the model, if any
 
 
@@ -36,6 +38,9 @@ class CompileContext:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     calibration_source: str = ""
     calibration_synthesized: bool = False
+    # Gram statistics of the held-out split of the given calibration samples (recovery is checked on
+    # them, never fitted on them); empty when no split was held out.
+    held_stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The calibration feeds (list of {input name: array}), for passes that read inputs directly
     # (e.g. token frequencies for mixed-precision embedding rows).
     calib_feeds: list[dict[str, Any]] | None = None

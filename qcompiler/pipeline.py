@@ -115,6 +115,8 @@ def compile_model(
     min_cosine: float | None = None,
     calib_feeds: list[dict[str, np.ndarray]] | None = None,
     calib_label: str = "given samples",
+    calib_augment: int | None = None,
+    recovery_holdout: float | None = None,
 ) -> dict[str, Any]:
     """Compile one model; returns the report dict (also written to report_path as JSON + .md).
 
@@ -125,6 +127,9 @@ def compile_model(
     compiled streaming (see the module docstring); 0 streams every model.
     min_cosine: quality gate (qcompiler.quality_gate): QualityGateError, nothing written, when the
     verified cosine is below it.
+    calib_augment: unlabeled variants per calibration sample behind recovery's Gram matrices
+    (qcompiler.qat.augment; default CompileOptions.calib_augment). recovery_holdout: share of the given
+    calibration samples held out from recovery to check it against plain rounding (0: none).
     """
     t0 = time.perf_counter()
     steps = _Steps(progress, console)
@@ -152,6 +157,12 @@ def compile_model(
     external_out = streaming or model_io.has_external_data(model)
     options = CompileOptions(exclude=list(exclude), target=target, calib_path=str(calib) if calib else None,
                              verify=verify, model_config=read_config(model_path))
+    if calib_augment is not None:
+        options.calib_augment = int(calib_augment)
+    if recovery_holdout is not None:
+        if not 0 <= recovery_holdout < 1:
+            raise UsageError(f"recovery_holdout must be in [0, 1), got {recovery_holdout}")
+        options.recovery_holdout = float(recovery_holdout)
     ctx = CompileContext(model=model, scheme=scheme_obj, options=options)
     passes = build_passes(scheme_obj, ctx)
     if prune_ffn is not None:
@@ -268,9 +279,25 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
                 _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes, spill)
             else:
                 gram_for = _grams_within_budget(model, taps, budget // 4, notes) if needs_gram else set()
-                with steps.bar("calibrating", len(feeds)) as bar, _input_model_errors():
-                    ctx.stats = calibration.collect_stats(model, feeds, taps, gram_for=gram_for, seed=options.seed,
+                fit, held = _recovery_split(feeds, options.recovery_holdout) \
+                    if gram_for and not ctx.calibration_synthesized else (feeds, [])
+                if held:
+                    ctx.calibration_source += (f"; recovery fitted on {len(fit)}, checked on the other {len(held)} "
+                                               f"(held-out split)")
+                if gram_for and options.calib_augment:
+                    from qcompiler.qat.augment import augment   # numpy only; shared with distillation
+
+                    variants = augment(fit, options.calib_augment, options.seed)
+                    if variants:
+                        fit = fit + variants
+                        ctx.calibration_source += (f"; Gram statistics also on {len(variants)} unlabeled variants "
+                                                   f"(token replacement, truncation, concatenation)")
+                with steps.bar("calibrating", len(fit) + len(held)) as bar, _input_model_errors():
+                    ctx.stats = calibration.collect_stats(model, fit, taps, gram_for=gram_for, seed=options.seed,
                                                           progress=bar)
+                    if held:
+                        ctx.held_stats = calibration.collect_stats(model, held, sorted(gram_for), gram_for=gram_for,
+                                                                   seed=options.seed)
             _note_uncalibrated(model, ctx, taps, notes)
 
     with steps.stage("transform + pack"):
@@ -326,6 +353,35 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
         if checker:
             notes.append(f"onnx.checker full_check: {checker}")
     return {"verification": verification}
+
+
+MIN_HOLDOUT_SAMPLES = 16   # given samples below which none are held out from recovery (too few to fit on)
+
+
+def _recovery_split(feeds: list, share: float) -> tuple[list, list]:
+    """(fit, held-out) samples for recovery: every round(1 / share)-th sample held out (spread over the
+    data, not its tail), none when share is 0 or the samples are fewer than MIN_HOLDOUT_SAMPLES."""
+    if share <= 0 or len(feeds) < MIN_HOLDOUT_SAMPLES:
+        return feeds, []
+    step = max(2, round(1 / share))
+    held = set(range(step - 1, len(feeds), step))
+    return [f for i, f in enumerate(feeds) if i not in held], [f for i, f in enumerate(feeds) if i in held]
+
+
+def held_out_summary(pass_reports: dict) -> dict | None:
+    """How recovery's fit-split error carries over to the held-out split, over every linear checked:
+    mean output errors (relative), their ratio, and the linears that fell back to plain rounding."""
+    entries = [e for details in pass_reports.values() if isinstance(details, dict)
+               for e in details.get("linears", []) if isinstance(e, dict) and e.get("held_out") and not e.get("shared")]
+    if not entries:
+        return None
+    fit = float(np.mean([e["held_out"]["fit_output_rel_error"] for e in entries]))
+    held = float(np.mean([e["held_out"]["held_output_rel_error"] for e in entries]))
+    plain = float(np.mean([e["held_out"]["plain_held_output_rel_error"] for e in entries]))
+    worse = [e["weight"] for e in entries if e["held_out"]["worse_than_plain"]]
+    return {"linears": len(entries), "fit_output_rel_error": round(fit, 6), "held_output_rel_error": round(held, 6),
+            "plain_held_output_rel_error": round(plain, 6), "carry_over": round(held / fit, 3) if fit > 0 else None,
+            "fell_back_to_plain": len(worse), "fell_back": worse[:20]}
 
 
 def _calibrate_in_pieces(model, ctx, feeds, taps, needs_gram, budget, calib_dir, steps, notes, spill) -> None:
@@ -505,6 +561,9 @@ def _build_report(ctx: CompileContext, model_path: Path, out_path: Path, verific
     for r in roles.values():
         r["formats"] = sorted(r["formats"])
     excluded = [f"{wp.name}: {wp.reason}" for wp in ctx.plan.values() if wp.reason]
+    held = held_out_summary(ctx.pass_reports)
+    if held:
+        notes.append(f"recovery overfitting check: {report_mod.held_out_text(held)}")
     per_layer = (verification or {}).get("per_layer_rel_l2") or {}
     outputs = {lin.name: lin.output.name for lin in (ctx.roles.linears if ctx.roles else [])}
     errors = {w: per_layer[o] for w, o in outputs.items() if o in per_layer}
@@ -527,6 +586,7 @@ def _build_report(ctx: CompileContext, model_path: Path, out_path: Path, verific
         "excluded": excluded,
         "passes": ctx.pass_reports,
         "verification": verification,
+        "recovery_held_out": held,
         "notes": notes,
         "seconds": timings,
         "seconds_total": seconds,

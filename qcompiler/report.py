@@ -35,6 +35,8 @@ def to_markdown(report: dict) -> str:
     lines.append(f"| calibration | {report.get('calibration') or '-'} |")
     if (report.get("passes") or {}).get("recover"):
         lines.append(f"| recovery | {recovery_text(report['passes']['recover'])} |")
+    if report.get("recovery_held_out"):
+        lines.append(f"| recovery on held-out samples | {held_out_text(report['recovery_held_out'])} |")
     lines.append(f"| time | {report['seconds_total']:.1f} s |")
     if ver.get("inputs"):
         lines.append(f"| verified on | {ver['inputs']} |")
@@ -68,6 +70,17 @@ def recovery_text(rec: dict) -> str:
     if "heldout_cosine_distilled" in rec:
         text += f", distilled {rec['heldout_cosine_distilled']} after {rec.get('steps')} steps in {rec.get('seconds')} s"
     return text + ")"
+
+
+def held_out_text(h: dict) -> str:
+    """One line for calibrated recovery checked on a held-out split (pipeline.held_out_summary)."""
+    carry = f" ({h['carry_over']:.2f}x)" if h.get("carry_over") is not None else ""
+    text = (f"output error {h['fit_output_rel_error']:.4f} on the fit split -> {h['held_output_rel_error']:.4f} on "
+            f"the held-out split{carry}, plain rounding {h['plain_held_output_rel_error']:.4f} there, over "
+            f"{h['linears']} linears")
+    if h.get("fell_back_to_plain"):
+        text += f"; {h['fell_back_to_plain']} fell back to plain rounding (recovery was worse on the held-out split)"
+    return text
 
 
 def _short(value) -> str:

@@ -17,7 +17,7 @@ from qcompiler.quantizers.ternary import expand_groups, quantize_ternary, resolv
 from qcompiler.quantizers.uniform import quantize_blockwise
 
 __all__ = ["FORMATS", "RecoveredWeight", "recover", "quantize_plain", "output_error", "too_few_rows",
-           "shrinkage_for"]
+           "shrinkage_for", "held_out_check"]
 
 FORMATS = ("ternary", "bcq", "kmeans", "int4")
 MIN_RECOVERY_ROWS = 128     # calibration rows (tokens) below which a Gram matrix is too noisy to recover on
@@ -72,6 +72,20 @@ def output_error(w: np.ndarray, q: np.ndarray, H: np.ndarray) -> float:
     """tr((W - Q)^T H (W - Q)): the summed squared output error over the calibration rows."""
     e = np.asarray(w, np.float64) - np.asarray(q, np.float64)
     return float(np.einsum("kn,kn->", e, H @ e))
+
+
+def held_out_check(w: np.ndarray, recovered: np.ndarray, plain: np.ndarray, fit_gram: np.ndarray,
+                   held_gram: np.ndarray) -> dict:
+    """How recovery's output error on the fit split carries over to the held-out split, beside plain
+    rounding's held-out error: {fit_output_rel_error, held_output_rel_error, plain_held_output_rel_error,
+    carry_over (held / fit), worse_than_plain}. Errors are relative to the output energy of w."""
+    def rel(q, H):
+        return output_error(w, q, H) / max(output_error(w, np.zeros_like(w), H), 1e-30)
+
+    fit, held, plain_held = rel(recovered, fit_gram), rel(recovered, held_gram), rel(plain, held_gram)
+    return {"fit_output_rel_error": round(fit, 6), "held_output_rel_error": round(held, 6),
+            "plain_held_output_rel_error": round(plain_held, 6),
+            "carry_over": round(held / fit, 3) if fit > 0 else None, "worse_than_plain": bool(held > plain_held)}
 
 
 # ----------------------------------------------------------------------------------------------

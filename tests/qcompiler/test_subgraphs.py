@@ -133,8 +133,10 @@ def test_merged_decoder_quantized_in_both_branches(merged_path, tmp_path, scheme
     linears = rep["passes"][{"int8": "insert_qdq", "int4": "quantize_int4", "ternary": "replace_matmul"}[scheme]]
     entries = linears["linears"]
     assert len(entries) == 6 and {e["weight"] for e in entries} == {"W1", "W2", "W3"}
-    if scheme != "int8":   # GPTQ-style recovery needs both branches' calibration statistics
-        assert all(e["method"] == "gptq" for e in entries), [e["method"] for e in entries]
+    if scheme != "int8":   # GPTQ-style recovery needs both branches' calibration statistics (the held-out
+        # check may then prefer plain rounding, which it can only do with statistics)
+        assert all(e["method"] == "gptq" or e["method"].startswith("plain (recovery worse") for e in entries), \
+            [e["method"] for e in entries]
     ref, got = _session(merged_path), _session(out)
     for cache in (False, True):
         errs = [_rel(ref.run(None, f)[0], got.run(None, f)[0]) for f in _feeds(4, cache, 7)]
