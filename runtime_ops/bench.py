@@ -230,9 +230,9 @@ def run_grid(args) -> dict:
             mode = {"lut": "0", "gemm": "1"}
             sessions = {n: session(models[n.split("@")[0]], t, mode.get(n.partition("@")[2])) for n in names}
             print(f"\n{K}x{N}, {t} thread{'s' if t > 1 else ''}, load {os.getloadavg()[0]:.1f}")
-            print("| M | " + " | ".join(names) + " | " + " | ".join(f"{n}/int8" for n in names if n != "ort_int8")
-                  + " |")
-            print("|---" * (1 + 2 * len(names) - ("ort_int8" in names)) + "|")
+            ratios = [f"{n}/int8" for n in names if n != "ort_int8"] if "ort_int8" in names else []
+            print("| M | " + " | ".join(names + ratios) + " |")
+            print("|---" * (1 + len(names) + len(ratios)) + "|")
             for M in Ms:
                 feed = {"A": rng.standard_normal((M, K)).astype(np.float32)}
                 r = time_interleaved(sessions, feed, args.budget)

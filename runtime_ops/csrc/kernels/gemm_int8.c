@@ -27,15 +27,29 @@
 
 enum { GEMM_CHUNK_Q = 64, GEMM_ROWS = 128 }; /* kernel rows per tile (256 elements), rows per task */
 
-/* Crossover M: from it on the batched path runs. Chosen by `runtime_ops.bench --paths` on the
- * 2-core AVX2 EPYC (one thread, CPU time; README): codebooks win from M = 8 (the codebook GEMV
- * is the slowest small-M path); ternary / 1-bit codes (int16 kernel) and 3-4 planes tie with
- * the lookup tables around M = 64 and win above; 2 planes never won there (lookup tables
- * 1.0-1.2x faster up to M = 256), so 0: off unless QCOMPILER_GEMM_MIN_M asks for it. */
+/* Crossover M: from it on the batched path runs. Chosen per int8 kernel by `runtime_ops.bench
+ * --paths` (one thread, CPU time; README): the smallest measured M from which the batched path is
+ * faster on most shapes and at most ~5% slower on any.
+ * - AVX-512 VNNI (the avx512 variants; measured with the VBMI lookup loops on the 2-core AMD EPYC,
+ *   768x3072, 2048x2048, 4096x4096, M 4-256, load 11-13): ternary / 1-bit codes from 16, 3-4
+ *   planes and codebooks from 32, 2 planes from 64 (tie at 32). Without VBMI the lookup loops are
+ *   slower and the int8 kernel the same: the crossover can only move down, so the same table.
+ * - AVX-VNNI (avxvnni; same machine and grid): ternary / 1-bit from 16, 3-4 planes from 32,
+ *   2 planes from 64, codebooks from 8.
+ * - AVX2 maddubs (and NEON sdot, not measured), on the AVX2 EPYC: codebooks from 8 (the codebook
+ *   GEMV is the slowest small-M path); ternary / 1-bit (int16 kernel) and 3-4 planes tie with the
+ *   lookup tables around 64 and win above; 2 planes never won there (lookup tables 1.0-1.2x
+ *   faster up to M = 256): 0, off unless QCOMPILER_GEMM_MIN_M asks for it. */
 static int64_t default_min_m(const qc_matmul *w) {
+    const int exact = w->kind == QC_TERNARY || (w->kind == QC_BINARY && w->n_planes == 1);
+    const int two = w->kind == QC_BINARY && w->n_planes == 2;
+    const qc_i8_gemm_fn k = w->isa->i8_gemm;
+#if defined(__x86_64__) || defined(_M_X64)
+    if (k == qc_i8_gemm_avx512vnni) return exact ? 16 : two ? 64 : 32;
+    if (k == qc_i8_gemm_avxvnni) return exact ? 16 : two ? 64 : w->kind == QC_CODEBOOK ? 8 : 32;
+#endif
     if (w->kind == QC_CODEBOOK) return 8;
-    if (w->kind == QC_BINARY && w->n_planes == 2) return 0;
-    return 64;
+    return two ? 0 : 64;
 }
 
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -81,6 +81,8 @@ int qc_gemm_prepare(qc_matmul *w);
 int qc_gemm_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host);
 void qc_gemm_free(qc_matmul *w);
 
+typedef void (*qc_i8_gemm_fn)(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
+                              int32_t *acc, int acc_in, const qc_gemm_epi *epi);
 /* The portable int8 kernel (the reference of qc_isa.i8_gemm, true signed dot products). */
 void qc_i8_gemm_scalar(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
                        int32_t *acc, int acc_in, const qc_gemm_epi *epi);
