@@ -46,8 +46,10 @@ Numerics (the numpy reference is the spec)
     accuracy_level 0 follows this order and is bit-exact. PackedGather is exact everywhere.
     accuracy_level 0, other kernels (AVX2/NEON FMA, other summation order, fp32 tables of
     activation sums):
-        |Y - Y_ref| <= 1e-4 * (|A| @ |W| + |A_out| @ |W_out|) + 2^-20 * (|A| @ Wtab) + 1e-6,
-    with Wtab as below: the tables add each activation's rounding error even where its own code
+        |Y - Y_ref| <= 1e-4 * (|A| @ |W| + |A_out| @ |W_out|) + 2^-20 * (|A| @ Wtab)
+                       + 2^-22 * |bias| + 1e-6,
+    (the bias is added last, rounding at the output's magnitude: a sum within the bound can land
+    one output ulp away), with Wtab as below: the tables add each activation's rounding error even where its own code
     is 0 (an activation 2^24 times larger than its neighbours in a 3-element table rounds them
     away), a term far below the first for any realistic activations.
     accuracy_level 4 (activations as int8: per-row int8 lookup tables of activation partial sums
@@ -491,8 +493,10 @@ def _table_weight_abs(op_type: str, wabs: np.ndarray, scales, **attrs) -> np.nda
 
 
 def tolerance(op_type: str, A, packed, scales, outlier_idx=None, outlier_w=None, *,
-              accuracy_level: int = 0, **attrs) -> np.ndarray:
-    """The stated bound on |Y - reference| for a kernel that is not the scalar fp32 one."""
+              accuracy_level: int = 0, bias=None, **attrs) -> np.ndarray:
+    """The stated bound on |Y - reference| for a kernel that is not the scalar fp32 one. With a
+    bias, + 2^-22 |bias|: it is added last and that add rounds at the output's magnitude, so a sum
+    within the bound can still land one output ulp away (a fuzz finding: bias 4.7e8, bound 4.2)."""
     K = int(attrs["K"])
     lead = np.shape(A)[:-1]
     A = np.asarray(A, np.float32).reshape(int(np.prod(lead)), K)
@@ -503,6 +507,8 @@ def tolerance(op_type: str, A, packed, scales, outlier_idx=None, outlier_w=None,
     if outlier_idx is not None and len(outlier_idx):
         bound = bound + np.abs(A[:, outlier_idx]) @ np.abs(np.asarray(outlier_w, np.float32))
     bound = OPS[op_type].epsilon_level0 * bound + 1e-6
+    if bias is not None:
+        bound = bound + 2.0**-22 * np.abs(np.asarray(bias, np.float32))[None, :]
     a = A.copy()
     if outlier_idx is not None and len(outlier_idx):
         a[:, outlier_idx] = 0

@@ -75,7 +75,7 @@ def _ref_tol(case):
         tol = None
         if case.op != "PackedGather":
             ins = case.ordered()
-            tol = C.tolerance(case.op, ins[0], ins[1], ins[2], ins[4], ins[5], **case.attrs)
+            tol = C.tolerance(case.op, ins[0], ins[1], ins[2], ins[4], ins[5], bias=ins[3], **case.attrs)
         _REF[case.name] = (case.reference(), tol)
     return _REF[case.name]
 
@@ -128,7 +128,7 @@ def test_library_without_function_and_nonconstant_weights():
     got_inputs = _session(case.model(weights_as_inputs=True)).run(None, feed)[0]
     assert np.array_equal(got_plain, got_inputs)
     ins = case.ordered()
-    tol = C.tolerance(case.op, ins[0], ins[1], ins[2], ins[4], ins[5], **case.attrs)
+    tol = C.tolerance(case.op, ins[0], ins[1], ins[2], ins[4], ins[5], bias=ins[3], **case.attrs)
     assert (np.abs(got_plain - ref) <= tol).all()
 
 

@@ -204,14 +204,20 @@ bool same_bits(float x, float y) {
     return a == b;
 }
 
-std::vector<float> run(const qc_matmul_desc &d, const qc_isa *isa, const float *A, int64_t M, int64_t N) {
+std::vector<float> run(const qc_matmul_desc &d, const qc_isa *isa, const float *A, int64_t M, int64_t N,
+                       const char **path = nullptr) {
     qc_matmul *w = qc_matmul_create(&d, isa);
     if (!w) wrong("qc_matmul_create failed on accepted input", 0, 0);
+    if (path) *path = qc_matmul_path_for(w, M);  // a static string
     std::vector<float> Y((size_t)(M * N) + 1, 0.f);
     if (qc_matmul_run(w, A, M, Y.data(), serial_for, nullptr)) wrong("qc_matmul_run failed", 0, 0);
     qc_matmul_free(w);
     return Y;
 }
+
+void level4_bound(const qc::MatMulAttrs &a, const qc::MatMulWeights &m, const float *A, int64_t rows, int kind,
+                  const std::vector<float> &bound, const std::vector<float> &ref, const std::vector<float> &y4,
+                  int forced);
 
 void fuzz_matmul(int kind, Reader &r) {
     const char *op = kind == QC_TERNARY ? "TernaryMatMul" : kind == QC_BINARY ? "BinaryCodeMatMul" : "CodebookMatMul";
@@ -296,9 +302,13 @@ void fuzz_matmul(int kind, Reader &r) {
                 s += std::fabs(A[r0 * a.K + m.outlier_idx[j]]) * std::fabs(m.outlier_w[(size_t)(j * a.N + n)]);
             double t = 0;  // + 2^-20 * |A| @ Wabs_table (formats.tolerance: fp32 tables of activation sums)
             for (int64_t k = 0; k < a.K; ++k) t += std::fabs(A[r0 * a.K + k]) * table_weight_abs(a, m, k, n);
-            bound[(size_t)(r0 * a.N + n)] = (float)(1e-4 * s + std::ldexp(t, -20) + 1e-6);
+            // + 2^-22 |bias|: the bias is added last (as the reference does) and that add rounds at the
+            // output's magnitude, so a sum differing within the bound can land one output ulp away
+            const double b = m.bias.empty() ? 0.0 : std::fabs(m.bias[(size_t)n]);
+            bound[(size_t)(r0 * a.N + n)] = (float)(1e-4 * s + std::ldexp(t, -20) + std::ldexp(b, -22) + 1e-6);
         }
-    const qc_isa *isas[] = {qc_isa_scalar(), qc_isa_avx2(), qc_isa_avx512(), qc_isa_avx512_novbmi(), qc_isa_neon()};
+    const qc_isa *isas[] = {qc_isa_scalar(), qc_isa_avx2(), qc_isa_avxvnni(), qc_isa_avx512(), qc_isa_avx512_novbmi(),
+                            qc_isa_neon()};
     for (const qc_isa *isa : isas) {
         if (!isa) continue;
         const std::vector<float> y = run(d, isa, A, rows, a.N);
@@ -312,13 +322,38 @@ void fuzz_matmul(int kind, Reader &r) {
     }
     if (a.level != 4) return;
     d.accuracy_level = 4;
-    const std::vector<float> y4 = run(d, qc_isa_scalar(), A, rows, a.N);
-    for (const qc_isa *isa : isas) {
-        if (!isa || isa == qc_isa_scalar()) continue;
-        const std::vector<float> y = run(d, isa, A, rows, a.N);
-        for (int64_t i = 0; i < rows * a.N; ++i)
-            if (!same_bits(y[(size_t)i], y4[(size_t)i])) wrong("level 4 ISA variant != scalar", i, kind);
+    // scalar on each path: the batched int8 path forced from one row, and off (QCOMPILER_GEMM_MIN_M
+    // is read when the weights are prepacked); both within the level-4 bound
+    const char *pl = nullptr, *pg = nullptr;
+    setenv("QCOMPILER_GEMM_MIN_M", "0", 1);
+    const std::vector<float> y4l = run(d, qc_isa_scalar(), A, rows, a.N, &pl);
+    setenv("QCOMPILER_GEMM_MIN_M", "1", 1);
+    const std::vector<float> y4g = run(d, qc_isa_scalar(), A, rows, a.N, &pg);
+    // each variant forced, then at the default crossover (per int8 kernel): scalar's bits on the path it took
+    for (int forced = 1; forced >= 0; --forced) {
+        if (!forced) unsetenv("QCOMPILER_GEMM_MIN_M");
+        for (const qc_isa *isa : isas) {
+            if (!isa || isa == qc_isa_scalar()) continue;
+            const char *path = nullptr;
+            const std::vector<float> y = run(d, isa, A, rows, a.N, &path);
+            const std::vector<float> *want = !std::strcmp(path, pg) ? &y4g : !std::strcmp(path, pl) ? &y4l : nullptr;
+            if (!want) {
+                if (isa->i8_gemm) wrong("level 4 ISA variant on a path scalar does not take", forced, kind);
+                continue;  // a variant without the batched kernel declined it
+            }
+            for (int64_t i = 0; i < rows * a.N; ++i)
+                if (!same_bits(y[(size_t)i], (*want)[(size_t)i]))
+                    wrong(forced ? "level 4 ISA variant != scalar (batched path forced)" : "level 4 ISA variant != scalar", i, kind);
+        }
     }
+    level4_bound(a, m, A, rows, kind, bound, ref, y4l, 0);
+    level4_bound(a, m, A, rows, kind, bound, ref, y4g, 1);
+}
+
+// The contract's level-4 bound on scalar's level-4 output y4 (forced: the batched path's).
+void level4_bound(const qc::MatMulAttrs &a, const qc::MatMulWeights &m, const float *A, int64_t rows, int kind,
+                  const std::vector<float> &bound, const std::vector<float> &ref, const std::vector<float> &y4,
+                  int forced) {
     // level 4 bound: level 0 + (max|a| * sum|W| + max|W| * sum|a|) / 64 (outlier channels excluded from a)
     const std::vector<float> Wfull = dequantize(a, m, false);
     std::vector<uint8_t> is_out((size_t)a.K, 0);
@@ -344,7 +379,13 @@ void fuzz_matmul(int kind, Reader &r) {
             }
             const double b = bound[(size_t)(r0 * a.N + n)] + (amax * wsum + wmax * asum) / 64.0;
             const size_t i = (size_t)(r0 * a.N + n);
-            if (!(std::fabs((double)y4[i] - ref[i]) <= b * 1.001 + 1e-6)) wrong("level 4 outside the contract's bound", (long long)i, kind);
+            if (!(std::fabs((double)y4[i] - ref[i]) <= b * 1.001 + 1e-6)) {
+                std::fprintf(stderr, "level 4%s K=%lld N=%lld gs=%lld bits=%lld M=%lld: y=%.9g ref=%.9g bound=%.9g\n",
+                             forced ? " (batched path)" : "", (long long)a.K, (long long)a.N, (long long)a.group_size,
+                             (long long)a.bits, (long long)rows, y4[i], ref[i], b);
+                wrong(forced ? "level 4 outside the contract's bound (batched path)" : "level 4 outside the contract's bound",
+                      (long long)i, kind);
+            }
         }
     }
 }

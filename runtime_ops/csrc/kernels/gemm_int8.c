@@ -283,11 +283,13 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
         for (int64_t i = 0; i < len; ++i) {
             /* round to nearest even as lrintf does, by adding 1.5 * 2^23 and reading the low bits
              * (exact for |x| <= 2^22; x is within +-127 here), then clamped as integers: vectorizes,
-             * and NaN / inf inputs give defined (clamped) codes */
+             * and NaN / inf inputs give defined (clamped) codes. Outlier channels (overwritten
+             * below) can be far outside: the offset is removed in unsigned arithmetic (a signed
+             * subtraction overflowed there: UBSan, fuzzer) */
             const float r = a[k0 + i] * inv + 12582912.f;
-            int32_t q;
-            memcpy(&q, &r, 4);
-            q -= 0x4B400000;
+            uint32_t u;
+            memcpy(&u, &r, 4);
+            int32_t q = (int32_t)(u - 0x4B400000u);
             q = q < -127 ? -127 : q;
             q = q > 127 ? 127 : q;
             d[i] = (uint8_t)(q + off);
