@@ -186,6 +186,7 @@ class _Stored:
     block_size: int | None
     block_index: ir.Value | None = None   # int4: int64 [D'] block of each column
     packed: list[ir.Value] | None = None  # PackedGather: table, row_offsets, row_bits, scales
+    dtype: ir.DataType = ir.DataType.FLOAT  # the table's float type: the rows come out in it
 
 
 class QuantizeEmbeddings(QPass):
@@ -392,7 +393,7 @@ class QuantizeEmbeddings(QPass):
             codes = pack_int4_rows(q.codes)
         codes_v = self._initializer(graph, f"{tag}_quantized", codes)
         scales_v = self._initializer(graph, f"{tag}_scale", np.ascontiguousarray(scales))
-        stored = _Stored(bits, codes_v, scales_v, d, block)
+        stored = _Stored(bits, codes_v, scales_v, d, block, dtype=table.const_value.dtype)
         if bits == 4:
             cols = 2 * codes.shape[1]
             stored.block_index = self._initializer(graph, f"{tag}_block_of_column", np.minimum(np.arange(cols) // block, scales.shape[1] - 1).astype(np.int64))
@@ -477,7 +478,7 @@ class QuantizeEmbeddings(QPass):
                   self._initializer(graph, f"{tag}_row_offsets", offsets),
                   self._initializer(graph, f"{tag}_row_bits", row_bits_arr),
                   self._initializer(graph, f"{tag}_row_scales", np.ascontiguousarray(scales))]
-        stored = _Stored(0, inputs[0], inputs[3], d, group, packed=inputs)
+        stored = _Stored(0, inputs[0], inputs[3], d, group, packed=inputs, dtype=table.const_value.dtype)
         before = int(w.size * table.const_value.dtype.itemsize)
         after = int(sum(x.const_value.nbytes for x in inputs))
         hist = {int(b): int((bits == b).sum()) for b in row_bits}
@@ -492,7 +493,14 @@ class QuantizeEmbeddings(QPass):
         return add_initializer(graph, self._names.unique(name), array)
 
     def _dequantize(self, tape: ir.tape.Tape, stored: _Stored, ids: ir.Value | None, base: str) -> ir.Value:
-        """Float rows of the table: gathered at `ids`, or the whole table when ids is None."""
+        """Rows of the table in its own float type (float16 tables: computed in float32, then cast)."""
+        rows = self._dequantize_float(tape, stored, ids, base)
+        if stored.dtype == ir.DataType.FLOAT:
+            return rows
+        return self._names.op(tape, "Cast", [rows], {"to": stored.dtype}, name=f"{base}_rows_Cast")
+
+    def _dequantize_float(self, tape: ir.tape.Tape, stored: _Stored, ids: ir.Value | None, base: str) -> ir.Value:
+        """Float32 rows of the table: gathered at `ids`, or the whole table when ids is None."""
         op = lambda *a, **k: self._names.op(tape, *a, **k)  # noqa: E731
         if stored.packed is not None:
             attrs = contract.node_attributes("PackedGather", D=stored.d, group_size=stored.block_size)

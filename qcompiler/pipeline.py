@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from qcompiler import calibration, model_io, report as report_mod, verify as verify_mod
 from qcompiler.analyze import analyze, compiled_ops, runtime_weights
 from qcompiler.context import CompileContext, CompileOptions
+from qcompiler.dtype_support import check_activation_types
 from qcompiler.contract_check import check_compiled_nodes
 from qcompiler.index_check import check_index_ranges
 from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError, ort_message, require_extra
@@ -233,6 +234,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
         check_compiled_nodes(model)
         ctx.roles = analyze(model)
         ctx.plan = make_plan(ctx.roles, scheme_obj, list(exclude))
+        check_activation_types(ctx)
     fed = runtime_weights(model)
     if fed:
         notes.append(f"{len(fed)} MatMul/Gemm weight(s) are graph inputs, fed at run time (an initializer there is "
