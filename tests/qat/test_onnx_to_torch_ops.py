@@ -32,12 +32,12 @@ from qcompiler.qat.onnx_to_torch import SUPPORTED_OPS, OnnxModule
 # ALBERT, GPT-2, LLaMA, Qwen2, Phi-3, T5, BART, Marian, Whisper (Optimum: every file of the folder;
 # torch.onnx TorchScript at opsets 14 and 17; torch.onnx dynamo) and of all-MiniLM-L6-v2, as
 # `python -m models.op_census` printed it (torch 2.13, transformers 4.57.6, optimum-onnx 2.1.0:
-# 45 exports; TorchScript fails on GPT-2, LLaMA, Qwen2, Phi-3 and Whisper with transformers' masks).
+# 45 exports, the dynamo ones with dynamic batch and sequence; TorchScript fails on GPT-2, LLaMA, Qwen2, Phi-3 and Whisper with transformers' masks).
 TRANSFORMER_EXPORT_OPS = (
     'Abs', 'Add', 'And', 'Cast', 'Ceil', 'Clip', 'Concat', 'Constant', 'ConstantOfShape', 'Conv', 'Cos',
     'CumSum', 'Div', 'Equal', 'Erf', 'Expand', 'Flatten', 'Gather', 'GatherElements', 'GatherND', 'Gelu',
     'Gemm', 'Greater', 'Identity', 'If', 'IsNaN', 'LayerNormalization', 'Less', 'LessOrEqual', 'Log',
-    'MatMul', 'Min', 'Mul', 'Neg', 'Not', 'Pow', 'Range', 'Reciprocal', 'ReduceMean', 'Relu', 'Reshape',
+    'MatMul', 'Max', 'Min', 'Mul', 'Neg', 'Not', 'Pow', 'Range', 'Reciprocal', 'ReduceMean', 'Relu', 'Reshape',
     'ScatterND', 'Shape', 'Sigmoid', 'Sign', 'Sin', 'Slice', 'Softmax', 'Split', 'Sqrt', 'Squeeze', 'Sub',
     'Tanh', 'Tile', 'Transpose', 'Trilu', 'Unsqueeze', 'Where')
 
