@@ -179,25 +179,20 @@ def measure(arch: str, file: str, scheme: str, workdir: Path, kind: str = "optim
     if scheme in ("int8", "int4"):
         from qcompiler.bench import ort_matmul_nbits, ort_quantize_dynamic
 
+        # the quantizer, and the rewrite that gives it the weights it skips as exported
+        quantize, widen = {"int8": (ort_quantize_dynamic, _identity_weights_as_initializers),
+                           "int4": (ort_matmul_nbits, _gemms_as_matmuls)}[scheme]
         base = workdir / f"{arch}-{kind}-{Path(file).stem}.ort-{scheme}.onnx"
         try:
-            (ort_quantize_dynamic if scheme == "int8" else ort_matmul_nbits)(str(src), str(base))
+            quantize(str(src), str(base))
+            full = base.with_suffix(".full-coverage.onnx")
+            if widen(src, full.with_suffix(".src.onnx")):
+                quantize(str(full.with_suffix(".src.onnx")), str(full))
+                row["ort_error_as_exported"] = _error(ref, _outputs(base, feeds))
+                base = full
             row["ort_error"] = _error(ref, _outputs(base, feeds))
             row["ort_float_weights"] = _float_weight_bytes(base)
             row["ort_size"] = os.path.getsize(base)
-            full = base.with_suffix(".full-coverage.onnx")
-            if scheme == "int8" and _identity_weights_as_initializers(src, full.with_suffix(".src.onnx")):
-                ort_quantize_dynamic(str(full.with_suffix(".src.onnx")), str(full))
-                row["ort_error_as_exported"] = row["ort_error"]
-                row["ort_error"] = _error(ref, _outputs(full, feeds))
-                row["ort_float_weights"] = _float_weight_bytes(full)
-                row["ort_size"] = os.path.getsize(full)
-            if scheme == "int4" and _gemms_as_matmuls(src, full.with_suffix(".src.onnx")):
-                ort_matmul_nbits(str(full.with_suffix(".src.onnx")), str(full))
-                row["ort_error_as_exported"] = row["ort_error"]
-                row["ort_error"] = _error(ref, _outputs(full, feeds))
-                row["ort_float_weights"] = _float_weight_bytes(full)
-                row["ort_size"] = os.path.getsize(full)
         except Exception as exc:   # onnxruntime's quantizer fails on some graphs: no baseline then
             row["ort_error"] = None
             row["ort_failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''}"
