@@ -16,18 +16,23 @@ from qcompiler import calibration
 from qcompiler.cli import main
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])     # DeBERTa-v2: If and GatherElements on the way
-def test_distill_runs_on_optimum_export(arch, tmp_path):
-    path = export(arch) / "model.onnx"
+def _distill(path, scheme: str, steps: int, tmp_path) -> dict:
+    """Compile `path` with --recover distill on 24 synthesized samples; the recover pass's report."""
     feeds = feeds_for(path, n=24, seed=3)
     calib = tmp_path / "calib.npz"
     np.savez(calib, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
     report = tmp_path / "r.json"
-    code = main([str(path), "--scheme", "ternary", "--calib", str(calib), "--recover", "distill",
-                 "--recover-steps", "6", "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"])
+    code = main([str(path), "--scheme", scheme, "--calib", str(calib), "--recover", "distill",
+                 "--recover-steps", str(steps), "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"])
     assert code == 0
-    rec = json.loads(report.read_text())["passes"]["recover"]
+    return json.loads(report.read_text())["passes"]["recover"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])     # DeBERTa-v2: If and GatherElements on the way
+def test_distill_runs_on_optimum_export(arch, tmp_path):
+    path = export(arch) / "model.onnx"
+    rec = _distill(path, "ternary", 6, tmp_path)
     assert rec["steps"] == 6 and rec["trained_weights"] >= 8 and rec["chosen"] in ("distill", "calibrated")
     assert rec["loss_first"] > 0
 
@@ -62,26 +67,12 @@ def test_distill_runs_on_dynamo_export(tmp_path):
     path = tmp_path / "bert_dynamo.onnx"
     _export(_Wrapper.make(model, kind), args, names, path, "dynamo")
     assert {"Gelu", "LayerNormalization"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
-    feeds = feeds_for(path, n=24, seed=3)
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
-    report = tmp_path / "r.json"
-    code = main([str(path), "--scheme", "bcq2", "--calib", str(calib), "--recover", "distill",
-                 "--recover-steps", "4", "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"])
-    assert code == 0
-    rec = json.loads(report.read_text())["passes"]["recover"]
+    rec = _distill(path, "bcq2", 4, tmp_path)
     assert rec["steps"] == 4 and rec["trained_weights"] >= 8
 
 
 @pytest.mark.slow
 def test_distill_runs_on_static_shape_dynamo_export(tmp_path):
     path = export("bert", "dynamo-static") / "model.onnx"           # inputs fixed at [2, 12]
-    feeds = feeds_for(path, n=24, seed=3)
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
-    report = tmp_path / "r.json"
-    code = main([str(path), "--scheme", "ternary", "--calib", str(calib), "--recover", "distill",
-                 "--recover-steps", "4", "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"])
-    assert code == 0
-    rec = json.loads(report.read_text())["passes"]["recover"]
+    rec = _distill(path, "ternary", 4, tmp_path)
     assert rec["steps"] == 4 and "batches of 2 rows" in rec["static_shapes"]
