@@ -14,8 +14,12 @@ Common MatMul inputs
     0 ``A`` float32 [..., K]; 1 packed weights uint8; 2 scales / alphas / codebook (float32 or
     float16, read as float32 exactly); 3 ``bias`` float32 [N]; 4 ``outlier_idx`` int64 [n_out]
     (indices into K, 0 <= idx < K); 5 ``outlier_w`` float16 [n_out, N].
-    Y float32 [..., N] = A @ W + A[..., outlier_idx] @ outlier_w + bias. Inputs 3..5 are optional
-    for the native kernel; the compiler always writes all six (n_out may be 0). The packed weight
+    Y float32 [..., N] = A @ W + A[..., outlier_idx] @ outlier_w + bias. In a model all six
+    inputs are required (validate_node): n_out may be 0, and a linear without a bias gets a zero
+    bias. The function fallback cannot run a node with inputs left out (onnxruntime type-checks
+    every body node on the missing input), so the native kernel refuses them too: a file runs or is
+    refused alike with and without the library. The numpy reference takes None for inputs 3..5
+    (no bias, no outliers). The packed weight
     rows of outlier channels are ignored: every implementation reads them as zero (the packers
     write zero codes where the format has one; binary codes have none).
     Attributes: K, N (required), group_size (G = ceil(K / group_size) scale groups per output
@@ -454,6 +458,15 @@ def validate(op_type: str, inputs: list, attrs: dict) -> None:
         oi = np.asarray(outlier_idx)
         if oi.size and (oi.min() < 0 or oi.max() >= K):
             raise ContractError(f"{op_type}: outlier_idx outside [0, K={K})")
+
+
+def validate_node(op_type: str, input_names) -> None:
+    """The node-level rule of a model file: a MatMul op lists all six inputs, none left empty
+    (PackedGather's inputs are all required and checked by validate()). Raises ContractError."""
+    names = list(input_names)
+    if op_type in MATMUL_OPS and (len(names) != len(OPS[op_type].inputs) or not all(names)):
+        raise ContractError(f"{op_type}: a node lists all six inputs {', '.join(OPS[op_type].inputs)} "
+                            f"(a zero bias and an empty outlier pair where there are none), got {names}")
 
 
 def reference(op_type: str, *inputs, **attrs) -> np.ndarray:

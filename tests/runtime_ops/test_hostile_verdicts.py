@@ -69,9 +69,13 @@ def _same_output(y_lib, y_fb, level: int) -> str | None:
 
 
 def spec_verdict(case) -> str:
-    """The numpy reference's (the spec's) verdict on the case: formats.validate, then the reference."""
+    """The spec's verdict on the case: the node-level rule (validate_node), then the reference."""
     model = onnx.load_from_string(case.model)
     node = model.graph.node[0]
+    try:
+        C.validate_node(case.op, node.input)
+    except C.ContractError:
+        return "refuse"
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     inputs = [None if not n else inits[n] if n in inits else case.feed[n] for n in node.input]
     attrs = {a.name: a.i for a in node.attribute}
@@ -127,37 +131,21 @@ def test_hostile_verdicts_full(tmp_path):
 
 
 
-# Optional inputs absent: the library and the spec accept (the contract makes bias and the outlier
-# pair optional); the function fallback cannot (onnxruntime's function inlining type-checks every
-# body node on the missing input, and OptionalHasElement / Optional / If do not get around it), so
-# stock onnxruntime refuses at load. The compiler always writes all six inputs (a zero bias, an
-# empty outlier pair), so its files are not affected; a third-party file is refused, never run wrong.
-FALLBACK_CANNOT_OMIT = {"no_bias_mid", "no_outliers", "only_required", "empty_tail", "bias_empty_tail"}
-
-
 def test_optional_inputs_omitted_or_empty(tmp_path):
-    """Optional inputs left out or named '' (alone or without their partner), required ones named '':
-    library, fallback and spec agree, except the documented FALLBACK_CANNOT_OMIT cases, where the
-    library's output equals the spec's and the fallback refuses at load (no crash, no wrong output)."""
+    """Inputs left out or named '' (bias, the outlier pair, alone or together; required ones):
+    library, fallback and spec give one verdict. The function fallback cannot run a node with an
+    input left out (onnxruntime type-checks every body node on it), so the contract requires all six
+    and the library refuses such a node too; the compiler writes a zero bias and an empty pair."""
     cases = optional_input_cases()
-    by_name = {c.name: c for c in cases}
     results = _run_corpus(cases, tmp_path)
     assert len(results) == len(cases)
+    verdicts = {}
     for r in results:
-        case, label = by_name[r["name"]], r["name"].split("inputs:")[1]
+        case = next(c for c in cases if c.name == r["name"])
         (v_lib, y_lib), (v_fb, y_fb) = r["library"], r["fallback"]
-        v_spec = spec_verdict(case)
-        assert v_lib == v_spec, (r["name"], v_lib, v_spec, y_lib)
-        if label in FALLBACK_CANNOT_OMIT:
-            assert v_lib == "accept" and v_fb == "refuse", (r["name"], v_lib, v_fb)
-            assert "ShapeInferenceError" in y_fb or "INVALID_GRAPH" in y_fb, (r["name"], y_fb)   # at load
-            model = onnx.load_from_string(case.model)
-            inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-            node = model.graph.node[0]
-            inputs = [None if not n else inits[n] if n in inits else case.feed[n] for n in node.input]
-            want = C.reference(case.op, *inputs, **{a.name: a.i for a in node.attribute})
-            assert _same_output(y_lib, want.astype(np.float32), case.level) is None, r["name"]
-        else:
-            assert v_lib == v_fb, (r["name"], v_lib, v_fb, y_lib if v_lib == "refuse" else y_fb)
-            if v_lib == "accept":
-                assert _same_output(y_lib, y_fb, case.level) is None, r["name"]
+        assert v_lib == spec_verdict(case) == v_fb, (r["name"], v_lib, v_fb, y_lib if v_lib == "refuse" else y_fb)
+        if v_lib == "accept":
+            assert _same_output(y_lib, y_fb, case.level) is None, r["name"]
+        verdicts.setdefault(r["name"].split("inputs:")[1], set()).add(v_lib)
+    for label in ("no_bias_mid", "no_outliers", "only_required", "empty_tail", "bias_empty_tail"):
+        assert verdicts[label] == {"refuse"}, (label, verdicts[label])   # the omissions that once split library and fallback

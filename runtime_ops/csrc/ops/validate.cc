@@ -117,6 +117,11 @@ qc_matmul_desc MatMulWeights::desc(const MatMulAttrs &a) const {
 MatMulWeights validate_matmul_weights(const char *op, const MatMulAttrs &a, const TensorView *w) {
     const TensorView &packed = w[1], &scales = w[2], &bias = w[3], &oidx = w[4], &ow = w[5];
     if (!packed.present || !scales.present) fail(op, "inputs 1 and 2 are required");
+    // The function fallback cannot run a node with inputs left out, so the kernel refuses them too
+    // (one verdict with and without the library): "no bias" is a zero bias, "no outliers" [0], [0, N].
+    if (!bias.present || !oidx.present || !ow.present)
+        fail(op, "inputs 3-5 (bias, outlier_idx, outlier_w) are required: a zero bias [N] and an empty "
+                 "outlier pair ([0], [0, N]) where there are none");
     expect_type(op, "packed weights (input 1)", packed, kUint8, "uint8");
     if (a.kind == QC_BINARY) {
         expect_shape(op, "W_packed [bits, N, ceil(K/8)]", packed, {a.bits, a.N, a.row_bytes});
@@ -130,29 +135,23 @@ MatMulWeights validate_matmul_weights(const char *op, const MatMulAttrs &a, cons
     }
     if (scales.type != kFloat && scales.type != kFloat16)
         fail(op, "input 2 (scales) must be float32 or float16 (element type ", scales.type, ")");
-    if (bias.present) {
-        expect_type(op, "bias", bias, kFloat, "float32");
-        expect_shape(op, "bias [N]", bias, {a.N});
-    }
-    if (oidx.present != ow.present) fail(op, "outlier_idx and outlier_w must be given together");
-    int64_t n_out = 0;
-    if (oidx.present) {
-        expect_type(op, "outlier_idx", oidx, kInt64, "int64");
-        expect_type(op, "outlier_w", ow, kFloat16, "float16");
-        if (oidx.shape.size() != 1) fail(op, "outlier_idx must be 1-D, got ", shape_str(oidx.shape));
-        n_out = oidx.shape[0];
-        expect_shape(op, "outlier_w [n_out, N]", ow, {n_out, a.N});
-        for (int64_t j = 0; j < n_out; ++j) {
-            const int64_t k = oidx.as<int64_t>()[j];
-            if (k < 0 || k >= a.K) fail(op, "outlier_idx[", j, "] = ", k, " is outside [0, K=", a.K, ")");
-        }
+    expect_type(op, "bias", bias, kFloat, "float32");
+    expect_shape(op, "bias [N]", bias, {a.N});
+    expect_type(op, "outlier_idx", oidx, kInt64, "int64");
+    expect_type(op, "outlier_w", ow, kFloat16, "float16");
+    if (oidx.shape.size() != 1) fail(op, "outlier_idx must be 1-D, got ", shape_str(oidx.shape));
+    const int64_t n_out = oidx.shape[0];
+    expect_shape(op, "outlier_w [n_out, N]", ow, {n_out, a.N});
+    for (int64_t j = 0; j < n_out; ++j) {
+        const int64_t k = oidx.as<int64_t>()[j];
+        if (k < 0 || k >= a.K) fail(op, "outlier_idx[", j, "] = ", k, " is outside [0, K=", a.K, ")");
     }
     // Only now, every shape known to match the tensors: copies sized by those tensors.
     MatMulWeights m;
     m.packed = packed.as<uint8_t>();
     m.scales = to_float(op, "input 2 (scales)", scales);
     m.finite_weights = all_finite(m.scales.data(), m.scales.size());
-    if (bias.present) m.bias.assign(bias.as<float>(), bias.as<float>() + bias.count);
+    m.bias.assign(bias.as<float>(), bias.as<float>() + bias.count);
     if (n_out) {
         m.n_out = n_out;
         m.outlier_idx = oidx.as<int64_t>();
