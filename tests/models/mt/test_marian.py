@@ -19,7 +19,7 @@ from models.mt.gettext_corpus import write_tsv  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-TINY = dataclasses.replace(train_marian.TINY, max_steps=150, max_seconds=3600.0, train_pairs=None, test_pairs=None,
+TINY = dataclasses.replace(train_marian.TINY, max_steps=150, train_pairs=None, test_pairs=None,
                            vocab_size=300)
 
 
