@@ -30,6 +30,7 @@ from pathlib import Path
 from qcompiler import model_io
 from qcompiler.bench import Variant, ort_matmul_nbits, ort_quantize_dynamic
 from qcompiler.errors import UsageError, require_extra
+from qcompiler.machine import cpu_model
 
 ENCODER, DECODER, TOKENIZER = "encoder.onnx", "decoder.onnx", "tokenizer.model"
 CALIB = {"encoder": "calib_encoder.npz", "decoder": "calib_decoder.npz"}
@@ -234,7 +235,9 @@ def to_markdown(result: dict) -> str:
     if result.get("layout") == "optimum":
         head = (f"Model `{result['model']}`, task mt, {result['samples']} held-out sentences; batch 1, "
                 f"{result['threads']} thread(s), every sentence translated by every variant in turn; calibration: "
-                f"{result.get('calibration') or 'synthesized'}.")
+                f"{result.get('calibration') or 'synthesized'}. CPU: {result.get('cpu', '?')}, load average "
+                f"{' '.join(map(str, result.get('load_average', [])))} at the end; CPU tok/s counts the process's CPU "
+                "time (what preemption by other jobs does not inflate).")
         return "\n".join([head, ""] + [ln for b in result["beams"] for ln in _beam_markdown(result, b)])
     lines = [f"Model `{result['model']}`, task mt, {result['samples']} held-out sentences, "
              f"{'greedy' if result['beam'] <= 1 else 'beam ' + str(result['beam'])} decoding; batch 1, one thread, "
@@ -418,12 +421,15 @@ def _compile_files(view: Path, scheme, output: Path, calib_text=None, verify=Tru
     return record
 
 
-def _metrics(sacrebleu, hyps, refs, tokens, seconds, n) -> dict:
+def _metrics(sacrebleu, hyps, refs, tokens, seconds, n, cpu_seconds=None) -> dict:
     import numpy as np
 
-    return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
-            "exact_match": float(np.mean([a == b for a, b in zip(hyps, refs)])), "tokens_per_s": tokens / seconds,
-            "tokens": tokens, "latency_ms": 1e3 * seconds / n}
+    out = {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+           "exact_match": float(np.mean([a == b for a, b in zip(hyps, refs)])), "tokens_per_s": tokens / seconds,
+           "tokens": tokens, "latency_ms": 1e3 * seconds / n}
+    if cpu_seconds:   # process CPU time: survives preemption on a shared machine (one thread decodes at a time)
+        out["cpu_tokens_per_s"] = tokens / cpu_seconds
+    return out
 
 
 def run_seq2seq_bench(model: Seq2SeqModel, schemes: list[str], out_dir="bench-out", sentences: int | None = None,
@@ -473,6 +479,7 @@ def run_seq2seq_bench(model: Seq2SeqModel, schemes: list[str], out_dir="bench-ou
     for beam in beams:
         hyps = {n: [] for n in names}
         seconds = {n: 0.0 for n in names}
+        cpu = {n: 0.0 for n in names}
         tokens = {n: 0 for n in names}
         for n in names:  # warm-up
             runners[n](pairs[0][0], beam)
@@ -481,9 +488,10 @@ def run_seq2seq_bench(model: Seq2SeqModel, schemes: list[str], out_dir="bench-ou
             for i, (src, _) in enumerate(pairs):
                 for n in names[i % len(names):] + names[: i % len(names)]:
                     try:
-                        t = time.perf_counter()
+                        t, c = time.perf_counter(), time.process_time()
                         text, k = runners[n](src, beam)
                         seconds[n] += time.perf_counter() - t
+                        cpu[n] += time.process_time() - c
                     except Exception as exc:
                         text, k = "", 1
                         by_name[n].error = by_name[n].error or "decoding failed: " + _error(exc)
@@ -493,7 +501,8 @@ def run_seq2seq_bench(model: Seq2SeqModel, schemes: list[str], out_dir="bench-ou
         for n in names:
             v = by_name[n]
             if not v.error:
-                v.metrics.setdefault("by_beam", {})[str(beam)] = _metrics(sacrebleu, hyps[n], refs, tokens[n], seconds[n], len(pairs))
+                v.metrics.setdefault("by_beam", {})[str(beam)] = _metrics(sacrebleu, hyps[n], refs, tokens[n], seconds[n], len(pairs),
+                                                                          cpu[n])
         hyps_by_beam[beam] = hyps
     for v in variants:
         first = v.metrics.get("by_beam", {}).get(str(beams[0]))
@@ -502,7 +511,8 @@ def run_seq2seq_bench(model: Seq2SeqModel, schemes: list[str], out_dir="bench-ou
             v.latency_ms = first["latency_ms"]
     result = {"model": str(model.directory), "task": "mt", "layout": "optimum", "data": str(model.data),
               "samples": len(pairs), "beam": beams[0], "beams": list(beams), "threads": threads,
-              "calibration": model.calib_text, "variants": [dataclasses.asdict(v) for v in variants]}
+              "calibration": model.calib_text, "variants": [dataclasses.asdict(v) for v in variants],
+              "cpu": cpu_model(), "load_average": [round(x, 2) for x in os.getloadavg()]}
     _ratios(result, beams)
     stem = "mt"
     (out_dir / f"{stem}.bench.json").write_text(json.dumps(result, indent=2))
@@ -529,6 +539,8 @@ def _ratios(result: dict, beams) -> None:
                 m["tokens_per_s_vs_fp32"] = m["tokens_per_s"] / f["tokens_per_s"]
             if m and o:
                 m["tokens_per_s_vs_ort_int8"] = m["tokens_per_s"] / o["tokens_per_s"]
+                if m.get("cpu_tokens_per_s") and o.get("cpu_tokens_per_s"):
+                    m["cpu_tokens_per_s_vs_ort_int8"] = m["cpu_tokens_per_s"] / o["cpu_tokens_per_s"]
         first = r["metrics"].get("by_beam", {}).get(str(beams[0]), {})
         r["size_ratio_vs_fp32"] = r["size"] / fp32["size"] if r["size"] and fp32["size"] else None
         r["tokens_per_s_vs_fp32"] = first.get("tokens_per_s_vs_fp32")
@@ -538,7 +550,8 @@ def _ratios(result: dict, beams) -> None:
             r["bleu_delta_vs_fp32"] = first["bleu_delta_vs_fp32"]
 
 
-BEAM_COLUMNS = ["variant", "size on disk", "BLEU", "chrF", "BLEU vs FP32", "tokens/s", "tok/s vs FP32", "vs ort int8"]
+BEAM_COLUMNS = ["variant", "size on disk", "BLEU", "chrF", "BLEU vs FP32", "tokens/s", "tok/s vs FP32", "vs ort int8",
+                "CPU tok/s", "CPU vs ort int8"]
 
 
 def _beam_markdown(result: dict, beam: int) -> list[str]:
@@ -552,5 +565,7 @@ def _beam_markdown(result: dict, beam: int) -> list[str]:
             continue
         lines.append("| " + " | ".join([v["name"], f"{v['size'] / 1e6:.2f} MB", f"{m['bleu']:.2f}", f"{m['chrf']:.2f}",
                                         f"{m.get('bleu_delta_vs_fp32', 0):+.2f}", f"{m['tokens_per_s']:.0f}",
-                                        ratio(m.get("tokens_per_s_vs_fp32")), ratio(m.get("tokens_per_s_vs_ort_int8"))]) + " |")
+                                        ratio(m.get("tokens_per_s_vs_fp32")), ratio(m.get("tokens_per_s_vs_ort_int8")),
+                                        f"{m['cpu_tokens_per_s']:.0f}" if m.get("cpu_tokens_per_s") else "-",
+                                        ratio(m.get("cpu_tokens_per_s_vs_ort_int8"))]) + " |")
     return lines + [""]

@@ -6,6 +6,8 @@
    folder, with CTranslate2 (its transformers converter on the same checkpoint; int8, int8_float32,
    float32) and Optimum's ORTModelForSeq2SeqLM.generate (FP32 files) as anchors interleaved
    sentence by sentence: BLEU/chrF greedy and beam 4, tokens/s at batch 1 on one thread, sizes.
+   `--qat ternary,bcq2` adds each scheme compiled from its QAT-trained checkpoint
+   (models.mt.qat_marian) to the same interleaved run, beside its calibrated compile.
 2. `--agree`: the FP32 files decoded by our runner, by Optimum's generate and by CTranslate2
    float32, greedy and beam 4, at 1 and 2 threads: the fraction of identical outputs.
 """
@@ -93,6 +95,32 @@ def optimum_translator(folder: Path, threads: int = 1, max_len: int = 96):
     return translate
 
 
+def qat_anchor(checkpoint: Path, scheme: str, steps: int, out_dir: Path, threads: int = 1, max_len: int = 96,
+               console=None) -> "Anchor":
+    """The scheme compiled from its QAT-trained checkpoint (models.mt.qat_marian; Optimum export,
+    `qcompile DIR`, calibration on the same training sentences) as a variant beside the others."""
+    from models.mt.qat_marian import qat_dir
+    from qcompiler import model_io
+    from qcompiler.bench_mt import Anchor, TextTokenizer
+    from qcompiler.folder import compile_folder
+    from qcompiler.seq2seq import Seq2SeqFiles, Seq2SeqTranslator, special_ids
+
+    exported = export_dir(qat_dir(checkpoint, scheme, steps))
+    out = Path(out_dir) / f"qat-{Path(scheme).stem}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compile_folder(exported, scheme=scheme, output=out, calib_text=str(exported / "calib_sources.txt"), verify=True,
+                   progress=True, console=console)
+    files = Seq2SeqFiles.in_folder(out)
+    tr = Seq2SeqTranslator(files, **special_ids(out), threads=threads, max_len=max_len)
+    tok = TextTokenizer(out)
+
+    def translate(text, beam):
+        ids = tr.translate(tok.encode(text), beam)
+        return tok.decode(ids), len(ids) + 1
+    return Anchor(f"qcompiler {Path(scheme).stem}, QAT {steps} steps", "qcompiler",
+                  sum(model_io.file_size(p) for p in files.paths()), translate)
+
+
 def agreement(checkpoint: Path, sentences: int, threads_list=(1, 2), beams=(1, 4), max_len: int = 96) -> dict:
     """Fraction of identical outputs: ours vs Optimum generate vs CTranslate2 float32 on the FP32 model."""
     from qcompiler.bench_mt import TextTokenizer, _read_pairs
@@ -130,6 +158,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="build/mt-marian-bench")
     ap.add_argument("--agree", type=int, default=0, metavar="N", help="only the agreement check, on N sentences")
     ap.add_argument("--no-optimum", action="store_true", help="leave Optimum's generate out of the speed table")
+    ap.add_argument("--qat", default="", help="schemes also compiled from a QAT-trained checkpoint (e.g. ternary,bcq2)")
+    ap.add_argument("--qat-steps", type=int, default=600)
     args = ap.parse_args(argv)
     from models.mt.train_marian import build
 
@@ -148,6 +178,7 @@ def main(argv=None) -> None:
         files = [folder / n for n in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")]
         anchors.append(Anchor("optimum generate fp32", "optimum", sum(f.stat().st_size for f in files),
                               optimum_translator(folder)))
+    anchors += [qat_anchor(checkpoint, s, args.qat_steps, Path(args.out)) for s in args.qat.split(",") if s]
     result = run_mt_bench(locate(str(folder), None), [s for s in args.schemes.split(",") if s], out_dir=args.out,
                           sentences=args.sentences, beams=[int(b) for b in args.beams.split(",")], anchors=anchors)
     print_table(result)

@@ -105,3 +105,24 @@ def test_bench_mt_bad_beam_is_one_line_exit_2(marian, tmp_path, capsys):
 
     assert main(["bench", str(marian[1]), "--task", "mt", "--beam", "0", "--out", str(tmp_path)]) == 2
     assert "--beam" in capsys.readouterr().err
+
+
+def test_qat_checkpoint_packs_on_the_grid(marian, tmp_path):
+    """QAT trains every layer linear in the scheme's format (the tied table stays FP32) and the
+    compiler packs the trained weights as they are: every linear of the export is found on the
+    ternary grid (method "on-grid (lossless)"), none re-rounded."""
+    from models.mt.export_marian import export
+    from models.mt.qat_marian import qat_dir
+    from qcompiler.pipeline import compile_model
+
+    ckpt, _ = marian
+    trained = qat_dir(ckpt, "ternary", steps=5, threads=1, log=lambda *_: None)
+    record = json.loads((trained / "qat.json").read_text())
+    assert set(record["modules"].values()) == {"ternary"} and record["training"]["steps"] == 5
+    assert all(".layers." in name for name in record["modules"])   # not the tied lm_head
+    onnx_dir = export(trained, tmp_path / "onnx")
+    rep = compile_model(str(onnx_dir / "encoder_model.onnx"), scheme="ternary", output=str(tmp_path / "enc.onnx"),
+                        verify=False, progress=False)
+    linears = rep["passes"]["replace_matmul"]["linears"]
+    assert len(linears) == 6 * TINY.encoder_layers
+    assert {entry["method"] for entry in linears} == {"on-grid (lossless)"}
