@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -45,20 +46,40 @@ class Variant:
     layers: dict = dataclasses.field(default_factory=dict)  # task mt: {part: {linear output: rel L2 vs FP32}}
 
 
+_LIBRARY: dict[str, str] = {}
+
+
+def native_library() -> str:
+    """"loaded: PATH" or "not loaded: why" for the ai.qcompiler op library, found once per process.
+    The first miss is printed to stderr: without the library the qcompiler variants run their
+    standard-op function fallback, so their speed is not the native kernels' (their accuracy is)."""
+    if not _LIBRARY:
+        import onnxruntime as ort
+
+        try:
+            from qcompiler import ops
+
+            _LIBRARY["status"] = "loaded: " + ops.register(ort.SessionOptions())
+        except Exception as exc:   # missing, too old an onnxruntime, a broken build: all the same to a bench
+            _LIBRARY["status"] = f"not loaded: {type(exc).__name__}: {exc}"
+            print(f"warning: the qcompiler op library is {_LIBRARY['status']}; qcompiler variants run their "
+                  "standard-op fallback, so their speed figures are not the native kernels'", file=sys.stderr)
+    return _LIBRARY["status"]
+
+
 def session(path: str, threads: int = 1):
-    """An onnxruntime session on one file, batch-1 style (threads intra-op), our op library registered."""
+    """An onnxruntime session on one file, batch-1 style (threads intra-op), our op library registered
+    when it loads (native_library says whether it did)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    try:
+    if native_library().startswith("loaded"):
         from qcompiler import ops
 
         ops.register(opts)
-    except Exception:
-        pass
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
@@ -224,7 +245,7 @@ def run_bench(model: str, schemes: list[str], samples: list[dict] | None, task: 
         "model": model, "task": task, "samples": sum(len(x) for x in eval_sources.values()), "repeats": repeats,
         "eval_sources": {k: len(x) for k, x in eval_sources.items()},
         "calib_sources": [k for k in calib_paths if k is not None],
-        "variants": [dataclasses.asdict(v) for v in variants],
+        "variants": [dataclasses.asdict(v) for v in variants], "native_library": native_library(),
     }
     fp32 = variants[0]
     for row in result["variants"]:
@@ -302,6 +323,9 @@ def to_markdown(result: dict) -> str:
     head = (f"Model `{Path(result['model']).name}`, task {result['task']}, {result['samples']} samples"
             + (f" from {sources}" if cross else "") + "; "
             f"latency batch 1, one thread, median of {result['repeats']} interleaved runs.")
+    if not result.get("native_library", "loaded").startswith("loaded"):
+        head += (f" **The qcompiler op library was {result['native_library']}: qcompiler variants ran their"
+                 " standard-op fallback, so their latency is not the native kernels'.**")
     if cross:
         head += (" Cross-source: the mean over the evaluation sources other than the calibration source"
                  " (all of them for uncalibrated variants), and the worst of them.")

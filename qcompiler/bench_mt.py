@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 
 from qcompiler import model_io
-from qcompiler.bench import Variant, ort_matmul_nbits, ort_quantize_dynamic
+from qcompiler.bench import Variant, native_library, ort_matmul_nbits, ort_quantize_dynamic
 from qcompiler.errors import UsageError, require_extra
 from qcompiler.machine import cpu_model
 
@@ -238,6 +238,9 @@ def to_markdown(result: dict) -> str:
                 f"{result.get('calibration') or 'synthesized'}. CPU: {result.get('cpu', '?')}, load average "
                 f"{' '.join(map(str, result.get('load_average', [])))} at the end; CPU tok/s counts the process's CPU "
                 "time (what preemption by other jobs does not inflate).")
+        if not result.get("native_library", "loaded").startswith("loaded"):
+            head += (f" **The qcompiler op library was {result['native_library']}: qcompiler variants ran their"
+                     " standard-op fallback, so their speed is not the native kernels'.**")
         return "\n".join([head, ""] + [ln for b in result["beams"] for ln in _beam_markdown(result, b)])
     lines = [f"Model `{result['model']}`, task mt, {result['samples']} held-out sentences, "
              f"{'greedy' if result['beam'] <= 1 else 'beam ' + str(result['beam'])} decoding; batch 1, one thread, "
@@ -512,7 +515,8 @@ def run_seq2seq_bench(model: Seq2SeqModel, schemes: list[str], out_dir="bench-ou
     result = {"model": str(model.directory), "task": "mt", "layout": "optimum", "data": str(model.data),
               "samples": len(pairs), "beam": beams[0], "beams": list(beams), "threads": threads,
               "calibration": model.calib_text, "variants": [dataclasses.asdict(v) for v in variants],
-              "cpu": cpu_model(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+              "cpu": cpu_model(), "load_average": [round(x, 2) for x in os.getloadavg()],
+              "native_library": native_library()}
     _ratios(result, beams)
     stem = "mt"
     (out_dir / f"{stem}.bench.json").write_text(json.dumps(result, indent=2))
