@@ -104,14 +104,11 @@ class _Accumulator:
 
 
 def model_input_specs(model: ir.Model) -> list[tuple[str, ir.DataType, tuple]]:
-    inits = set(model.graph.initializers)
-    specs = []
-    for v in model.graph.inputs:
-        if v.name in inits:
-            continue
-        dims = tuple(d if isinstance(d, int) else None for d in (v.shape or []))
-        specs.append((v.name, v.dtype, dims))
-    return specs
+    """(name, dtype, dims) of the model's real inputs, a dim an int or None (symbolic or unknown)."""
+    from qcompiler.synthetic_inputs import input_dims
+
+    return [(name, dtype, tuple(d if isinstance(d, int) else None for d in dims))
+            for name, dtype, dims in input_dims(model)]
 
 
 def _dims_text(dims) -> str:
