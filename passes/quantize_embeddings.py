@@ -33,9 +33,13 @@ yardstick) and (b) with only this table's rows quantized (int4, then int8; a tie
 The table takes int4 when (b) <= error_share x (a), else int8 when that passes, else stays FP32;
 the report's "precision" entries give the figures and the choice.
 
-A tied LM head (a linear whose weight is the table, usually MatMul(x, Transpose(table))) shares the
-quantized table: the same dequantization runs on the whole codes tensor and feeds the Transpose,
-so no FP32 copy of the table stays in the file.
+A tied LM head (a linear whose weight is the table, usually MatMul(x, Transpose(table))) reads the
+quantized table. Option ``tied_head``: "shared" runs the same dequantization on the whole codes
+tensor into the Transpose, so the file holds only the codes but onnxruntime folds them to an FP32
+head at session start (V x D x 4 bytes of memory, all streamed for every decoded token); "int4"
+(int4 rows, target "ort") runs the head as a com.microsoft MatMulNBits on the table's own codes and
+scales, a second copy of them (V x D / 2 bytes more in the file, 8x less to stream per token than
+FP32, the same weights); "auto" (default) is "int4" where it applies, else "shared".
 
 Left alone: tables planned "keep" (or another format), tables under `min_elements` values
 (nothing to gain, a little error and four ops to lose), and tables that something other than a
@@ -87,6 +91,9 @@ class QuantizeEmbeddingsOptions:
     # 0.5 the rows add at most ~12% to it in quadrature, less than calibrated recovery takes off the
     # linears), else int8 rows when those are, else FP32.
     precision: str = "scheme"
+    # a tied LM head: "auto", "int4" (MatMulNBits on the table's int4 codes) or "shared" (see the module docstring)
+    tied_head: str = "auto"
+    tied_head_accuracy_level: int = 4   # MatMulNBits' accuracy_level for the head: 4 = int8 activations, 0 = fp32
     error_share: float = 0.5
     measure_samples: int = 8            # calibration samples the measurement runs on
     measure_max_bytes: int = 1 << 30    # larger models are not measured (an FP32 copy is run per candidate)
@@ -198,6 +205,12 @@ class QuantizeEmbeddings(QPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.options.tied_recovery not in ("gptq", "none"):
             raise SchemeError(f"quantize_embeddings: tied_recovery must be gptq or none, not '{self.options.tied_recovery}'")
+        if self.options.tied_head not in ("auto", "int4", "shared"):
+            raise SchemeError(f"quantize_embeddings: tied_head must be auto, int4 or shared, not '{self.options.tied_head}'")
+        if self.options.tied_head_accuracy_level not in (0, 1, 2, 3, 4):
+            raise SchemeError("quantize_embeddings: tied_head_accuracy_level must be 0-4, "
+                              f"not {self.options.tied_head_accuracy_level}")
+        self._heads: dict = {}
         if self.options.precision not in ("scheme", "measured"):
             raise SchemeError(f"quantize_embeddings: precision must be scheme or measured, not '{self.options.precision}'")
         self._probe = self._yardstick = None
@@ -248,10 +261,11 @@ class QuantizeEmbeddings(QPass):
                     entry["chosen_by"] = decision["why"]
             for emb in embs:
                 self._rewrite_gather(graph, emb, stored)
-            for lin in tied.values():
-                self._rewrite_tied(graph, lin, stored)
+            heads = [self._rewrite_tied(model, lin, stored) for lin in tied.values()]
             entry["gathers"] = len(embs)
             entry["tied_linears"] = [lin.node.name or lin.output.name for lin in tied.values()]
+            if heads:
+                entry["tied_head"] = sorted(set(h for h in heads if h))
             if not list(table.uses()) and table.name in graph.initializers:
                 del graph.initializers[table.name]
             self.report_append("tables", entry)
@@ -578,14 +592,20 @@ class QuantizeEmbeddings(QPass):
         y.name = name
         y.type, y.shape = old.type, old.shape
 
-    def _rewrite_tied(self, graph: ir.Graph, lin, stored: _Stored) -> None:
-        """The head reads the whole dequantized table in place of the FP32 one.
-
-        Everything on the way is a function of initializers only, so onnxruntime folds it
-        once at session start: the head runs as fast as before, the file holds only codes.
-        """
+    def _rewrite_tied(self, model: ir.Model, lin, stored: _Stored) -> str:
+        """The head reads the quantized table: MatMulNBits on its codes, or the whole dequantized table
+        in place of the FP32 one (a function of initializers only, which onnxruntime folds once at
+        session start into an FP32 head). Returns the form, for the report."""
+        graph = model.graph
         if _weight_source(lin.node.inputs[1]) is None:
-            return
+            return ""
+        why_not = self._nbits_head_refusal(lin, stored)
+        if not why_not:
+            self._rewrite_tied_nbits(model, lin, stored)
+            return (f"MatMulNBits int4 on the table's codes (accuracy_level {self.options.tied_head_accuracy_level}; "
+                    "a second copy of the codes in the file)")
+        if self.options.tied_head == "int4":
+            self.report_append("notes", f"{lin.node.name}: tied_head int4 does not apply ({why_not}): shared")
         tape = ir.tape.Tape()
         full = self._dequantize(tape, stored, None, f"{lin.weight.name}_head")
         if lin.transposed:
@@ -595,3 +615,47 @@ class QuantizeEmbeddings(QPass):
         else:
             self._commit(graph, tape, lin.node)
             lin.node.replace_input_with(1, full)
+        return "shared: the table's rows dequantized, folded to an FP32 head at session start"
+
+    def _nbits_head_refusal(self, lin, stored: _Stored) -> str:
+        """'' when the head can run as MatMulNBits on the table's codes, else why not."""
+        if self.options.tied_head == "shared":
+            return "tied_head = shared"
+        if getattr(getattr(self.ctx, "options", None), "target", "ort") != "ort":
+            return "target portable: standard ops only"
+        if stored.bits != 4 or stored.packed is not None:
+            return f"the table has {'packed' if stored.packed is not None else f'int{stored.bits}'} rows, not int4"
+        if stored.block_size not in (16, 32, 64, 128, 256):
+            return f"block_size {stored.block_size} is not one MatMulNBits takes"
+        if lin.node.op_type != "MatMul" or not lin.transposed or stored.dtype != ir.DataType.FLOAT:
+            return "not MatMul(x, Transpose(table)) in float32"
+        return ""
+
+    def _rewrite_tied_nbits(self, model: ir.Model, lin, stored: _Stored) -> None:
+        """MatMul(x, Transpose(table)) -> MatMulNBits(x, codes, scales): the same weights (symmetric
+        codes, zero point 8, the float16 scales widened), packed once per table for every head."""
+        from qcompiler.passes.quantize_int4 import MS_DOMAIN, pack_matmul_nbits
+
+        key = id(stored.codes)
+        if key not in self._heads:
+            packed = stored.codes.const_value.numpy()
+            v = packed.shape[0]
+            codes = unpack_int4_rows(packed, stored.d)                       # signed [V, D]
+            b, _ = pack_matmul_nbits(np.ascontiguousarray((codes.astype(np.int16) + 8).astype(np.uint8).T), None,
+                                     stored.block_size)
+            scales = stored.scales.const_value.numpy().astype(np.float32).reshape(-1)
+            tag = stored.codes.name.removesuffix("_quantized")
+            self._heads[key] = (v, self._initializer(self._main, f"{tag}_head_Q4", b),
+                                self._initializer(self._main, f"{tag}_head_scales", np.ascontiguousarray(scales)))
+        v, b, scales = self._heads[key]
+        attributes = {"K": stored.d, "N": v, "bits": 4, "block_size": stored.block_size}
+        if self.options.tied_head_accuracy_level:
+            attributes["accuracy_level"] = int(self.options.tied_head_accuracy_level)
+        old = lin.node
+        transpose = old.inputs[1].producer()
+        node = ir.node("MatMulNBits", [old.inputs[0], b, scales], attributes, domain=MS_DOMAIN,
+                       name=f"{old.name or 'lm_head'}_MatMulNBits")
+        ir.convenience.replace_nodes_and_values(old.graph, old, [old], [node], [old.outputs[0]], [node.outputs[0]])
+        if transpose is not None and not list(transpose.outputs[0].uses()):
+            transpose.graph.remove(transpose, safe=True)
+        model.opset_imports.setdefault(MS_DOMAIN, 1)

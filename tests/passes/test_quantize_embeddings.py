@@ -175,6 +175,47 @@ def test_tied_head_shares_the_codes(make_ctx, fmt):
     assert rel < (0.01 if fmt == "int8" else 0.12)
 
 
+def _tied_int4(make_ctx, target="ort", **options):
+    model = _model(TIED)
+    ctx = make_ctx(model, _scheme("int4", block_size=16), target=target)
+    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, **options})(model)
+    PASS_TABLE["cleanup"](ctx)(model)
+    return model, ctx.pass_reports["quantize_embeddings"]
+
+
+def test_tied_head_runs_as_matmulnbits_on_the_table_codes(make_ctx):
+    """With int4 rows (target ort) the head is MatMulNBits on the table's own codes and scales: with fp32
+    activations (accuracy_level 0) it computes the shared head's logits; with int8 activations
+    (accuracy_level 4, the default) within their rounding. Standard ops only elsewhere."""
+    shared, rep = _tied_int4(make_ctx, tied_head="shared")
+    assert "MatMulNBits" not in _ops(shared) and rep["tables"][0]["tied_head"][0].startswith("shared")
+    exact, rep = _tied_int4(make_ctx, tied_head="int4", tied_head_accuracy_level=0)
+    assert _ops(exact)["MatMulNBits"] == 1 and "Transpose" not in _ops(exact)
+    assert rep["tables"][0]["tied_head"][0].startswith("MatMulNBits")
+    default, _ = _tied_int4(make_ctx)
+    node = next(n for n in default.graph if n.op_type == "MatMulNBits")
+    assert node.attributes["accuracy_level"].value == 4 and node.attributes["block_size"].value == 16
+    onnx.checker.check_model(ir.to_proto(default), full_check=True)
+    feeds = {"ids": _ids()}
+    (ref,), (got,), (fast,) = _run(shared, feeds), _run(exact, feeds), _run(default, feeds)
+    # the same weights; MLAS's int4 kernel sums in its own order: 1e-5 relative
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # int8 activations per block of 16: measured 0.24% relative L2 of the logits (AVX2); bound 1%
+    assert np.linalg.norm(fast - ref) / np.linalg.norm(ref) < 0.01
+
+
+def test_tied_head_stays_shared_where_matmulnbits_does_not_apply(make_ctx):
+    portable, rep = _tied_int4(make_ctx, target="portable")
+    assert "MatMulNBits" not in _ops(portable) and rep["tables"][0]["tied_head"][0].startswith("shared")
+    model = _model(TIED)
+    ctx = make_ctx(model, _scheme("int8"))
+    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, "tied_head": "int4"})(model)
+    rep = ctx.pass_reports["quantize_embeddings"]
+    assert "MatMulNBits" not in _ops(model) and "int8 rows, not int4" in rep["notes"][0]
+    with pytest.raises(Exception, match="tied_head must be"):
+        QuantizeEmbeddings.from_dict(make_ctx(_model(TIED), _scheme("int4")), {"tied_head": "fp8"})(_model(TIED))
+
+
 def test_left_alone(make_ctx):
     # Planned "keep".
     model = _model(LOOKUP)
