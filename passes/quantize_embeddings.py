@@ -625,7 +625,9 @@ class QuantizeEmbeddings(QPass):
             return "target portable: standard ops only"
         if stored.bits != 4 or stored.packed is not None:
             return f"the table has {'packed' if stored.packed is not None else f'int{stored.bits}'} rows, not int4"
-        if stored.block_size not in (16, 32, 64, 128, 256):
+        from qcompiler.passes.quantize_int4 import BLOCK_SIZES
+
+        if stored.block_size not in BLOCK_SIZES:
             return f"block_size {stored.block_size} is not one MatMulNBits takes"
         if lin.node.op_type != "MatMul" or not lin.transposed or stored.dtype != ir.DataType.FLOAT:
             return "not MatMul(x, Transpose(table)) in float32"
