@@ -42,6 +42,8 @@ ISAS = ["scalar"] + (["avx2"] if _cpu_has("avx2", "fma") else []) + (
     # the same variant without its VBMI loops (what a CPU without VBMI runs)
     ["avx512novbmi"] if _cpu_has("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi")
     else []) + (
+    # avx512 with the AMX-INT8 kernel on the batched int8 path
+    ["amx"] if _cpu_has("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile", "amx_int8") else []) + (
     ["neon"] if os.uname().machine in ("aarch64", "arm64") else [])
 
 

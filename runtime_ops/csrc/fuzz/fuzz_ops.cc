@@ -307,7 +307,7 @@ void fuzz_matmul(int kind, Reader &r) {
             const double b = m.bias.empty() ? 0.0 : std::fabs(m.bias[(size_t)n]);
             bound[(size_t)(r0 * a.N + n)] = (float)(1e-4 * s + std::ldexp(t, -20) + std::ldexp(b, -22) + 1e-6);
         }
-    const qc_isa *isas[] = {qc_isa_scalar(), qc_isa_avx2(), qc_isa_avxvnni(), qc_isa_avx512(), qc_isa_avx512_novbmi(),
+    const qc_isa *isas[] = {qc_isa_scalar(), qc_isa_avx2(), qc_isa_avxvnni(), qc_isa_avx512(), qc_isa_avx512_novbmi(), qc_isa_amx(),
                             qc_isa_neon()};
     for (const qc_isa *isa : isas) {
         if (!isa) continue;

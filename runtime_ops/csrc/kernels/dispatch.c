@@ -11,6 +11,7 @@ const qc_isa *qc_isa_by_name(const char *name) {
     if (!strcmp(name, "avxvnni")) return qc_isa_avxvnni();
     if (!strcmp(name, "avx512")) return qc_isa_avx512();
     if (!strcmp(name, "avx512novbmi")) return qc_isa_avx512_novbmi();
+    if (!strcmp(name, "amx")) return qc_isa_amx();
     if (!strcmp(name, "neon")) return qc_isa_neon();
     return NULL;
 }
@@ -21,6 +22,7 @@ static const qc_isa *detect(void) {
         const qc_isa *isa = qc_isa_by_name(forced);
         return isa ? isa : qc_isa_scalar();
     }
+    if (qc_isa_amx()) return qc_isa_amx();
     if (qc_isa_avx512()) return qc_isa_avx512();
     if (qc_isa_avxvnni()) return qc_isa_avxvnni();
     if (qc_isa_avx2()) return qc_isa_avx2();

@@ -36,6 +36,10 @@ enum { GEMM_CHUNK_Q = 64, GEMM_ROWS = 128 }; /* kernel rows per tile (256 elemen
  *   slower and the int8 kernel the same: the crossover can only move down, so the same table.
  * - AVX-VNNI (avxvnni; same machine and grid): ternary / 1-bit from 16, 3-4 planes from 32,
  *   2 planes from 64, codebooks from 8.
+ * - AMX-INT8 (amx; the 2-core Sapphire Rapids, 768x3072 and 4096x4096, M 4-64, one thread, the
+ *   other core busy): codebooks from 8 (3% slower at 8 on 768x3072, faster on 4096x4096), every
+ *   binary-code width and ternary from 32 (ternary at 16: 1.5x faster on 768x3072, 1.35x slower
+ *   on 4096x4096; 2 planes tie at 32).
  * - AVX2 maddubs (and NEON sdot, not measured), on the AVX2 EPYC: codebooks from 8 (the codebook
  *   GEMV is the slowest small-M path); ternary / 1-bit (int16 kernel) and 3-4 planes tie with the
  *   lookup tables around 64 and win above; 2 planes never won there (lookup tables 1.0-1.2x
@@ -45,6 +49,7 @@ static int64_t default_min_m(const qc_matmul *w) {
     const int two = w->kind == QC_BINARY && w->n_planes == 2;
     const qc_i8_gemm_fn k = w->isa->i8_gemm;
 #if defined(__x86_64__) || defined(_M_X64)
+    if (k == qc_i8_gemm_amx) return w->kind == QC_CODEBOOK ? 8 : 32;
     if (k == qc_i8_gemm_avx512vnni) return exact ? 16 : two ? 64 : 32;
     if (k == qc_i8_gemm_avxvnni) return exact ? 16 : two ? 64 : w->kind == QC_CODEBOOK ? 8 : 32;
 #endif

@@ -40,6 +40,10 @@ struct qc_matmul {
     int8_t *gvt;       /* binary codes >= 2 planes: [N][G][16]; codebook: [N][16]: int8 value of each code */
 };
 
+/* 8 floats, unaligned (GCC lets a vector alias its element type): element-wise operations round as
+ * the scalar ones do. */
+typedef float qc_v8f __attribute__((vector_size(32), aligned(4)));
+
 /* One row of one block of columns [n0, n0 + nc): y = acc * ts, then the outliers, then the bias
  * (the reference's order), while the block is in cache. nc is a constant 32 for full blocks, so
  * the loops vectorize. */
@@ -47,18 +51,16 @@ static inline __attribute__((always_inline)) void qc_finish_block(const qc_matmu
                                                                    const float *acc, float ts, float *y,
                                                                    int64_t n0, const int nc) {
     /* 8 columns at a time, so the partial results stay in one register across the outlier loop */
+    const int64_t n_out = w->n_out, N = w->N;
+    const int64_t *oidx = w->oidx;
+    const float *ow = w->ow + n0, *bias = w->bias ? w->bias + n0 : NULL;
     for (int c0 = 0; c0 < nc; c0 += 8) {
         float v[8];
-        if (nc - c0 >= 8) {
-            for (int c = 0; c < 8; ++c) v[c] = acc[c0 + c] * ts;
-            for (int64_t j = 0; j < w->n_out; ++j) {
-                const float av = a[w->oidx[j]];
-                const float *o = w->ow + j * w->N + n0 + c0;
-                for (int c = 0; c < 8; ++c) v[c] = v[c] + av * o[c];
-            }
-            if (w->bias)
-                for (int c = 0; c < 8; ++c) v[c] = v[c] + w->bias[n0 + c0 + c];
-            for (int c = 0; c < 8; ++c) y[n0 + c0 + c] = v[c];
+        if (nc - c0 >= 8) { /* vector types: GCC's own vectorization of the scalar loop gathered acc lane by lane */
+            qc_v8f x = *(const qc_v8f *)(acc + c0) * ts;
+            for (int64_t j = 0; j < n_out; ++j) x = x + a[oidx[j]] * *(const qc_v8f *)(ow + j * N + c0);
+            if (bias) x = x + *(const qc_v8f *)(bias + c0);
+            *(qc_v8f *)(y + n0 + c0) = x;
         } else {
             const int e = nc - c0;
             for (int c = 0; c < e; ++c) v[c] = acc[c0 + c] * ts;
@@ -96,6 +98,10 @@ void qc_i8_gemm_avxvnni(const uint8_t *a, size_t a_stride, const int8_t *wt, int
                         int32_t *acc, int acc_in, const qc_gemm_epi *epi);
 void qc_i8_gemm_avx512vnni(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
                            int32_t *acc, int acc_in, const qc_gemm_epi *epi);
+/* AMX-INT8 tiles (gemm_int8_amx.c): same operands and bits as qc_i8_gemm_avx512vnni, which it
+ * calls for the last rows (fewer than 16). */
+void qc_i8_gemm_amx(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
+                    int acc_in, const qc_gemm_epi *epi);
 int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
 void qc_i8_gemm_neon_dot(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
                          int32_t *acc, int acc_in, const qc_gemm_epi *epi);

@@ -110,8 +110,9 @@ const qc_isa *qc_isa_avx2(void);   /* NULL when not compiled in or not supported
 const qc_isa *qc_isa_avxvnni(void); /* AVX2 + the AVX-VNNI batched int8 kernel (no AVX-512 needed) */
 const qc_isa *qc_isa_avx512(void); /* AVX-512 BW+VL+VNNI (+VBMI when present): see matmul_avx512.c */
 const qc_isa *qc_isa_avx512_novbmi(void); /* the same without the VBMI loops (tests; "avx512novbmi") */
+const qc_isa *qc_isa_amx(void);    /* avx512 + the AMX-INT8 batched int8 kernel (NULL without AMX or Linux's grant) */
 const qc_isa *qc_isa_neon(void);   /* NULL when not compiled in */
-/* Chosen once: QCOMPILER_ISA=scalar|avx2|avxvnni|avx512|avx512novbmi|neon forces (an unavailable one falls back to scalar). */
+/* Chosen once: QCOMPILER_ISA=scalar|avx2|avxvnni|avx512|avx512novbmi|amx|neon forces (an unavailable one falls back to scalar). */
 const qc_isa *qc_isa_get(void);
 const qc_isa *qc_isa_by_name(const char *name);
 

@@ -22,7 +22,7 @@ static void put_bits(uint8_t *row, int64_t k, int b, unsigned v) {
 }
 
 static int passed, failed, gemm_cases;
-enum { NISA = 5 }; /* avx2, avx512, avx512novbmi, neon, avxvnni */
+enum { NISA = 6 }; /* avx2, avx512, avx512novbmi, neon, avxvnni, amx */
 
 static void check(const char *what, const float *got, const float *want, const float *bound, int64_t n) {
     int64_t bad = -1;
@@ -135,7 +135,8 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
     qc_matmul_run(w, A, M, y4g, NULL, NULL);
     qc_matmul_free(w);
     unsetenv("QCOMPILER_GEMM_MIN_M");
-    const qc_isa *isas[NISA] = {qc_isa_avx2(), qc_isa_avx512(), qc_isa_avx512_novbmi(), qc_isa_neon(), qc_isa_avxvnni()};
+    const qc_isa *isas[NISA] = {qc_isa_avx2(),      qc_isa_avx512(),  qc_isa_avx512_novbmi(),
+                                 qc_isa_neon(),      qc_isa_avxvnni(), qc_isa_amx()};
     for (int i = 0; i < NISA; ++i) {
         if (i == 2 && isas[2] == isas[1]) continue;
         if (!isas[i]) continue;
@@ -236,7 +237,8 @@ int main(void) {
         {1, 600, 40, 600}, {6, 96, 70, 48}, {1, 1, 1, 1}, {2, 9, 3, 4},
         {2, 2100, 40, 2100}, /* > 128 lookup steps per group: the int16 sums are flushed mid-group */
         {131, 300, 70, 300}, {13, 520, 33, 128}, {9, 1030, 65, 1030}, /* row tails, 128-row tasks, chunks */
-        {20, 200, 40, 64}}; /* between the ISAs' crossovers */
+        {20, 200, 40, 64}, /* between the ISAs' crossovers */
+        {50, 700, 70, 700}, {96, 4100, 40, 4100}}; /* AMX: 32-, 16- and 2-row blocks, tails of 15 and 1 kernel rows */
     const int ns = (int)(sizeof shapes / sizeof shapes[0]);
     for (int s = 0; s < ns + 2; ++s) {
         if (s >= ns) setenv("QCOMPILER_PREFETCH", "1", 1); /* the prefetching LUT loops, on two shapes */
