@@ -97,7 +97,7 @@ def _identity_weights_as_initializers(src, dst) -> int:
     return copies
 
 
-def _gemms_as_matmuls(src, dst) -> int:
+def gemms_as_matmuls(src, dst) -> int:
     """Copy `src` to `dst` with every Gemm(A, B const, C) (transA 0) written as MatMul(A, B') + C',
     B' = alpha B (transposed if transB), C' = beta C; returns how many.
 
@@ -181,7 +181,7 @@ def measure(arch: str, file: str, scheme: str, workdir: Path, kind: str = "optim
 
         # the quantizer, and the rewrite that gives it the weights it skips as exported
         quantize, widen = {"int8": (ort_quantize_dynamic, _identity_weights_as_initializers),
-                           "int4": (ort_matmul_nbits, _gemms_as_matmuls)}[scheme]
+                           "int4": (ort_matmul_nbits, gemms_as_matmuls)}[scheme]
         base = workdir / f"{arch}-{kind}-{Path(file).stem}.ort-{scheme}.onnx"
         try:
             quantize(str(src), str(base))

@@ -166,7 +166,7 @@ def _ort_int4_folder(tmp_path_factory, arch):
     leaves gpt2's eight Gemm FP32 and quantizes the LM head alone)."""
     import shutil
 
-    from models.compat import _gemms_as_matmuls
+    from models.compat import gemms_as_matmuls
     from qcompiler.bench import ort_matmul_nbits
 
     key = (arch, "ort-int4")
@@ -176,7 +176,7 @@ def _ort_int4_folder(tmp_path_factory, arch):
         shutil.copytree(src, out, ignore=shutil.ignore_patterns("decoder_model_merged.onnx"))
         for f in out.glob("*.onnx"):
             widened = f.with_suffix(".matmuls.onnx")
-            _gemms_as_matmuls(src / f.name, widened)
+            gemms_as_matmuls(src / f.name, widened)
             ort_matmul_nbits(str(widened), str(f))
             widened.unlink()
         _COMPILED[key] = out
