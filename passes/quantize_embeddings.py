@@ -39,7 +39,9 @@ tensor into the Transpose, so the file holds only the codes but onnxruntime fold
 head at session start (V x D x 4 bytes of memory, all streamed for every decoded token); "int4"
 (int4 rows, target "ort") runs the head as a com.microsoft MatMulNBits on the table's own codes and
 scales, a second copy of them (V x D / 2 bytes more in the file, 8x less to stream per token than
-FP32, the same weights); "auto" (default) is "int4" where it applies, else "shared".
+FP32, the same weights); int8 rows run the same way as MatMulNBits 8-bit (codes + 128, the row's
+scale per block of 32: V x D bytes more, 4x less to stream); "auto" (default) is "int4" where it
+applies, else "shared".
 
 Left alone: tables planned "keep" (or another format), tables under `min_elements` values
 (nothing to gain, a little error and four ops to lose), and tables that something other than a
@@ -194,6 +196,21 @@ class _Stored:
     block_index: ir.Value | None = None   # int4: int64 [D'] block of each column
     packed: list[ir.Value] | None = None  # PackedGather: table, row_offsets, row_bits, scales
     dtype: ir.DataType = ir.DataType.FLOAT  # the table's float type: the rows come out in it
+
+
+def _int8_rows_as_nbits(codes: np.ndarray, scales: np.ndarray, block: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """int8 rows [V, D] (scales [V, 1], or [V, G] per block of `block`) as MatMulNBits 8-bit weights:
+    uint8 codes + 128 (its default zero point for 8 bits) in blocks along D (32 for one scale per row;
+    the tail padded with 128, value 0), each block's scale. The same values, exactly."""
+    v, d = codes.shape
+    per_row = scales.shape[1] == 1
+    block = 32 if per_row else int(block)
+    nb = -(-d // block)
+    b = np.full((v, nb * block), 128, np.uint8)
+    b[:, :d] = (codes.astype(np.int16) + 128).astype(np.uint8)
+    s = scales.astype(np.float32).reshape(v, -1)
+    s = np.repeat(s, nb, axis=1) if per_row else s[:, :nb]
+    return b.reshape(v, nb, block), np.ascontiguousarray(s.reshape(-1)), block
 
 
 class QuantizeEmbeddings(QPass):
@@ -602,8 +619,8 @@ class QuantizeEmbeddings(QPass):
         why_not = self._nbits_head_refusal(lin, stored)
         if not why_not:
             self._rewrite_tied_nbits(model, lin, stored)
-            return (f"MatMulNBits int4 on the table's codes (accuracy_level {self.options.tied_head_accuracy_level}; "
-                    "a second copy of the codes in the file)")
+            return (f"MatMulNBits int{stored.bits} on the table's codes (accuracy_level "
+                    f"{self.options.tied_head_accuracy_level}; a second copy of the codes in the file)")
         if self.options.tied_head == "int4":
             self.report_append("notes", f"{lin.node.name}: tied_head int4 does not apply ({why_not}): shared")
         tape = ir.tape.Tape()
@@ -623,11 +640,12 @@ class QuantizeEmbeddings(QPass):
             return "tied_head = shared"
         if getattr(getattr(self.ctx, "options", None), "target", "ort") != "ort":
             return "target portable: standard ops only"
-        if stored.bits != 4 or stored.packed is not None:
-            return f"the table has {'packed' if stored.packed is not None else f'int{stored.bits}'} rows, not int4"
+        if stored.bits not in (4, 8) or stored.packed is not None:
+            return f"the table has {'packed' if stored.packed is not None else f'int{stored.bits}'} rows, not int4 or int8"
         from qcompiler.passes.quantize_int4 import BLOCK_SIZES
 
-        if stored.block_size not in BLOCK_SIZES:
+        per_row = stored.bits == 8 and stored.scales.const_value.shape[1] == 1
+        if not per_row and stored.block_size not in BLOCK_SIZES:
             return f"block_size {stored.block_size} is not one MatMulNBits takes"
         if lin.node.op_type != "MatMul" or not lin.transposed or stored.dtype != ir.DataType.FLOAT:
             return "not MatMul(x, Transpose(table)) in float32"
@@ -642,15 +660,19 @@ class QuantizeEmbeddings(QPass):
         if key not in self._heads:
             packed = stored.codes.const_value.numpy()
             v = packed.shape[0]
-            codes = unpack_int4_rows(packed, stored.d)                       # signed [V, D]
-            b, _ = pack_matmul_nbits(np.ascontiguousarray((codes.astype(np.int16) + 8).astype(np.uint8).T), None,
-                                     stored.block_size)
-            scales = stored.scales.const_value.numpy().astype(np.float32).reshape(-1)
             tag = stored.codes.name.removesuffix("_quantized")
-            self._heads[key] = (v, self._initializer(self._main, f"{tag}_head_Q4", b),
+            if stored.bits == 8:
+                b, scales, block = _int8_rows_as_nbits(packed, stored.scales.const_value.numpy(), stored.block_size)
+            else:
+                codes = unpack_int4_rows(packed, stored.d)                       # signed [V, D]
+                b, _ = pack_matmul_nbits(np.ascontiguousarray((codes.astype(np.int16) + 8).astype(np.uint8).T), None,
+                                         stored.block_size)
+                scales = stored.scales.const_value.numpy().astype(np.float32).reshape(-1)
+                block = stored.block_size
+            self._heads[key] = (v, block, self._initializer(self._main, f"{tag}_head_Q{stored.bits}", b),
                                 self._initializer(self._main, f"{tag}_head_scales", np.ascontiguousarray(scales)))
-        v, b, scales = self._heads[key]
-        attributes = {"K": stored.d, "N": v, "bits": 4, "block_size": stored.block_size}
+        v, block, b, scales = self._heads[key]
+        attributes = {"K": stored.d, "N": v, "bits": stored.bits, "block_size": block}
         if self.options.tied_head_accuracy_level:
             attributes["accuracy_level"] = int(self.options.tied_head_accuracy_level)
         old = lin.node

@@ -160,7 +160,7 @@ def test_tied_head_shares_the_codes(make_ctx, fmt):
     model, ref_model = _model(TIED), _model(TIED)
     ctx = make_ctx(model, _scheme(fmt, block_size=8))
     assert [lin.role for lin in ctx.roles.linears] == ["lm_head"]
-    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0})(model)
+    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, "tied_head": "shared"})(model)
     PASS_TABLE["cleanup"](ctx)(model)
     graph = model.graph
     floats = [v for v in graph.initializers.values() if v.const_value.dtype == ir.DataType.FLOAT and v.const_value.size >= V]
@@ -204,14 +204,48 @@ def test_tied_head_runs_as_matmulnbits_on_the_table_codes(make_ctx):
     assert np.linalg.norm(fast - ref) / np.linalg.norm(ref) < 0.01
 
 
+@pytest.mark.parametrize("block_size", [None, 16])
+def test_tied_head_of_int8_rows_runs_as_matmulnbits_8bit(make_ctx, block_size):
+    """int8 rows (one scale per row, or per block of 16): the head is MatMulNBits 8-bit on the codes
+    + 128; with fp32 activations it computes the shared head's logits, with int8 ones within their
+    rounding."""
+    def compiled(**options):
+        model = _model(TIED)
+        ctx = make_ctx(model, _scheme("int8", **({"block_size": block_size} if block_size else {})))
+        QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, **options})(model)
+        PASS_TABLE["cleanup"](ctx)(model)
+        return model, ctx.pass_reports["quantize_embeddings"]
+
+    shared, _ = compiled(tied_head="shared")
+    exact, rep = compiled(tied_head_accuracy_level=0)
+    fast, _ = compiled()
+    node = next(n for n in fast.graph if n.op_type == "MatMulNBits")
+    assert node.attributes["bits"].value == 8 and node.attributes["accuracy_level"].value == 4
+    assert rep["tables"][0]["tied_head"][0].startswith("MatMulNBits int8")
+    onnx.checker.check_model(ir.to_proto(fast), full_check=True)
+    feeds = {"ids": _ids()}
+    (ref,), (got,), (quick,) = _run(shared, feeds), _run(exact, feeds), _run(fast, feeds)
+    # the same weights; MLAS sums in its own order: 1e-5 relative
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # int8 activations per block: measured 0.32% relative L2 of the logits here (SPR); bound 2%
+    assert np.linalg.norm(quick - ref) / np.linalg.norm(ref) < 0.02
+
+
+def test_int8_rows_as_nbits_pads_with_value_zero():
+    from qcompiler.passes.quantize_embeddings import _int8_rows_as_nbits
+
+    codes = np.random.default_rng(0).integers(-127, 128, (5, 40)).astype(np.int8)
+    scales = np.arange(1, 6, dtype=np.float32)[:, None]
+    b, s, block = _int8_rows_as_nbits(codes, scales, None)
+    assert b.shape == (5, 2, 32) and block == 32 and s.shape == (10,)
+    values = (b.reshape(5, 64).astype(np.float32) - 128) * np.repeat(s.reshape(5, 2), 32, axis=1)
+    np.testing.assert_array_equal(values[:, :40], codes * scales)
+    assert not values[:, 40:].any()
+
+
 def test_tied_head_stays_shared_where_matmulnbits_does_not_apply(make_ctx):
     portable, rep = _tied_int4(make_ctx, target="portable")
     assert "MatMulNBits" not in _ops(portable) and rep["tables"][0]["tied_head"][0].startswith("shared")
-    model = _model(TIED)
-    ctx = make_ctx(model, _scheme("int8"))
-    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, "tied_head": "int4"})(model)
-    rep = ctx.pass_reports["quantize_embeddings"]
-    assert "MatMulNBits" not in _ops(model) and "int8 rows, not int4" in rep["notes"][0]
     with pytest.raises(Exception, match="tied_head must be"):
         QuantizeEmbeddings.from_dict(make_ctx(_model(TIED), _scheme("int4")), {"tied_head": "fp8"})(_model(TIED))
 
