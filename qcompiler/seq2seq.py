@@ -174,7 +174,9 @@ class Seq2SeqTranslator:
             if not next_beams:
                 break
             if len(finished) >= width:
-                best_open = max(sc for _, sc in next_beams) / (step + 1) ** length_penalty
+                # transformers' heuristic (early_stopping False): the best open beam at its current
+                # length (step tokens), against the width-th best finished hypothesis
+                best_open = max(sc for _, sc in next_beams) / step ** length_penalty
                 if sorted(f[0] for f in finished)[-width] >= best_open:
                     break
             beams = next_beams
