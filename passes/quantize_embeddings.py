@@ -40,8 +40,9 @@ head at session start (V x D x 4 bytes of memory, all streamed for every decoded
 (int4 rows, target "ort") runs the head as a com.microsoft MatMulNBits on the table's own codes and
 scales, a second copy of them (V x D / 2 bytes more in the file, 8x less to stream per token than
 FP32, the same weights); int8 rows run the same way as MatMulNBits 8-bit (codes + 128, the row's
-scale per block of 32: V x D bytes more, 4x less to stream); "auto" (default) is "int4" where it
-applies, else "shared".
+scale per block of 32; 4x less to stream), and where D is a multiple of 32 the codes are stored once,
+in that layout, the gathers reading them too (else V x D bytes more); "auto" (default) is "int4"
+where it applies, else "shared".
 
 Left alone: tables planned "keep" (or another format), tables under `min_elements` values
 (nothing to gain, a little error and four ops to lose), and tables that something other than a
@@ -196,6 +197,7 @@ class _Stored:
     block_index: ir.Value | None = None   # int4: int64 [D'] block of each column
     packed: list[ir.Value] | None = None  # PackedGather: table, row_offsets, row_bits, scales
     dtype: ir.DataType = ir.DataType.FLOAT  # the table's float type: the rows come out in it
+    nbits_layout: bool = False  # int8 rows stored once as MatMulNBits 8-bit B: uint8 [V, D / 32, 32], codes + 128
 
 
 def _int8_rows_as_nbits(codes: np.ndarray, scales: np.ndarray, block: int | None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -276,6 +278,8 @@ class QuantizeEmbeddings(QPass):
                 stored, entry = self._store(graph, table, bits, block, gram, quantized)
                 if decision is not None:
                     entry["chosen_by"] = decision["why"]
+            if tied and stored.bits == 8 and all(not self._nbits_head_refusal(lin, stored) for lin in tied.values()):
+                self._share_int8_codes_with_head(graph, stored)
             for emb in embs:
                 self._rewrite_gather(graph, emb, stored)
             heads = [self._rewrite_tied(model, lin, stored) for lin in tied.values()]
@@ -542,6 +546,10 @@ class QuantizeEmbeddings(QPass):
             return self._names.op(tape, "PackedGather", [*stored.packed, ids], attrs, name=f"{base}_PackedGather",
                                   domain=contract.DOMAIN)
         codes, scales = stored.codes, stored.scales
+        if stored.nbits_layout:
+            v = stored.codes.const_value.shape[0]
+            shape = self._const(tape, f"{base}_rows_shape", np.array([v, stored.d], np.int64))
+            codes = op("Reshape", [codes, shape], name=f"{base}_codes_Reshape")
         if ids is not None:
             codes = op("Gather", [codes, ids], {"axis": 0}, name=f"{base}_codes_Gather")
             scales = op("Gather", [scales, ids], {"axis": 0}, name=f"{base}_scales_Gather")
@@ -549,6 +557,9 @@ class QuantizeEmbeddings(QPass):
             scales = op("Cast", [scales], {"to": ir.DataType.FLOAT}, name=f"{base}_scales_Cast")
         if stored.bits == 8:
             values = op("Cast", [codes], {"to": ir.DataType.FLOAT}, name=f"{base}_codes_Cast")
+            if stored.nbits_layout:  # uint8 codes + 128: the subtraction is exact
+                offset = self._const(tape, f"{base}_128", np.array(128.0, np.float32))
+                values = op("Sub", [values, offset], name=f"{base}_codes_center_Sub")
             return op("Mul", [values, scales], name=f"{base}_dequant_Mul")
         sixteen = self._const(tape, f"{base}_16", np.array(16, np.uint8))
         four = self._const(tape, f"{base}_4", np.array(4, np.uint8))
@@ -609,6 +620,21 @@ class QuantizeEmbeddings(QPass):
         y.name = name
         y.type, y.shape = old.type, old.shape
 
+    def _share_int8_codes_with_head(self, graph: ir.Graph, stored: _Stored) -> None:
+        """int8 rows with one scale per row and D a multiple of 32, read by a MatMulNBits head: stored
+        once, in the head's layout (codes + 128 as uint8 [V, D / 32, 32]); the gathers read the same
+        initializer (reshaped to [V, D], which onnxruntime folds at session start), so the file holds
+        one copy of the codes instead of two."""
+        if stored.d % 32 or stored.scales.const_value.shape[1] != 1:
+            return
+        old = stored.codes
+        codes = old.const_value.numpy()
+        b, _, _ = _int8_rows_as_nbits(codes, stored.scales.const_value.numpy(), None)
+        stored.codes = self._initializer(graph, old.name.removesuffix("_quantized") + "_quantized_u8", b)
+        stored.nbits_layout = True
+        if not list(old.uses()) and old.name in graph.initializers:
+            del graph.initializers[old.name]
+
     def _rewrite_tied(self, model: ir.Model, lin, stored: _Stored) -> str:
         """The head reads the quantized table: MatMulNBits on its codes, or the whole dequantized table
         in place of the FP32 one (a function of initializers only, which onnxruntime folds once at
@@ -661,7 +687,11 @@ class QuantizeEmbeddings(QPass):
             packed = stored.codes.const_value.numpy()
             v = packed.shape[0]
             tag = stored.codes.name.removesuffix("_quantized")
-            if stored.bits == 8:
+            if stored.nbits_layout:   # the codes are already the head's B
+                b, block = None, 32
+                scales = np.repeat(stored.scales.const_value.numpy().astype(np.float32).reshape(v, 1),
+                                   stored.d // 32, axis=1).reshape(-1)
+            elif stored.bits == 8:
                 b, scales, block = _int8_rows_as_nbits(packed, stored.scales.const_value.numpy(), stored.block_size)
             else:
                 codes = unpack_int4_rows(packed, stored.d)                       # signed [V, D]
@@ -669,7 +699,8 @@ class QuantizeEmbeddings(QPass):
                                          stored.block_size)
                 scales = stored.scales.const_value.numpy().astype(np.float32).reshape(-1)
                 block = stored.block_size
-            self._heads[key] = (v, block, self._initializer(self._main, f"{tag}_head_Q{stored.bits}", b),
+            self._heads[key] = (v, block, stored.codes if b is None else
+                                self._initializer(self._main, f"{tag}_head_Q{stored.bits}", b),
                                 self._initializer(self._main, f"{tag}_head_scales", np.ascontiguousarray(scales)))
         v, block, b, scales = self._heads[key]
         attributes = {"K": stored.d, "N": v, "bits": stored.bits, "block_size": block}

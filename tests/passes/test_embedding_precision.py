@@ -97,7 +97,9 @@ def test_share_decides_int4_int8_fp32(make_ctx):
     assert _decision(ctx)["chosen"] == "int8" and ctx.plan["table"].format == "int8"
     (entry,) = ctx.pass_reports["quantize_embeddings"]["tables"]
     assert entry["bits"] == 8 and "int8 rows" in entry["chosen_by"]
-    assert model.graph.initializers["table_quantized"].const_value.dtype == ir.DataType.INT8
+    # int8 codes, stored once in the tied MatMulNBits head's layout (uint8 [V, D / 32, 32], codes + 128)
+    assert model.graph.initializers["table_quantized_u8"].const_value.shape == (V, 1, 32)
+    assert "table_quantized" not in model.graph.initializers
     model, ctx = _compile(make_ctx, error_share=2 * e4 / level)
     assert _decision(ctx)["chosen"] == "int4" and "int8" not in _decision(ctx)["output_error"]
     assert model.graph.initializers["table_quantized"].const_value.dtype == ir.DataType.UINT8   # packed nibbles

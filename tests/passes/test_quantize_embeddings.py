@@ -204,13 +204,13 @@ def test_tied_head_runs_as_matmulnbits_on_the_table_codes(make_ctx):
     assert np.linalg.norm(fast - ref) / np.linalg.norm(ref) < 0.01
 
 
-@pytest.mark.parametrize("block_size", [None, 16])
-def test_tied_head_of_int8_rows_runs_as_matmulnbits_8bit(make_ctx, block_size):
+@pytest.mark.parametrize("block_size, d", [(None, D), (16, D), (None, 64)])
+def test_tied_head_of_int8_rows_runs_as_matmulnbits_8bit(make_ctx, block_size, d):
     """int8 rows (one scale per row, or per block of 16): the head is MatMulNBits 8-bit on the codes
     + 128; with fp32 activations it computes the shared head's logits, with int8 ones within their
-    rounding."""
+    rounding. With D a multiple of 32 the file holds the codes once: the gathers read the head's B."""
     def compiled(**options):
-        model = _model(TIED)
+        model = _model(TIED, _table(d))
         ctx = make_ctx(model, _scheme("int8", **({"block_size": block_size} if block_size else {})))
         QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, **options})(model)
         PASS_TABLE["cleanup"](ctx)(model)
@@ -223,6 +223,9 @@ def test_tied_head_of_int8_rows_runs_as_matmulnbits_8bit(make_ctx, block_size):
     assert node.attributes["bits"].value == 8 and node.attributes["accuracy_level"].value == 4
     assert rep["tables"][0]["tied_head"][0].startswith("MatMulNBits int8")
     onnx.checker.check_model(ir.to_proto(fast), full_check=True)
+    code_bytes = [v.const_value.size for v in fast.graph.initializers.values()
+                  if v.const_value.dtype in (ir.DataType.INT8, ir.DataType.UINT8)]
+    assert sum(code_bytes) == (V * d if d % 32 == 0 else 2 * V * d + V * (-d % 32)), code_bytes
     feeds = {"ids": _ids()}
     (ref,), (got,), (quick,) = _run(shared, feeds), _run(exact, feeds), _run(fast, feeds)
     # the same weights; MLAS sums in its own order: 1e-5 relative
