@@ -200,19 +200,28 @@ class _Stored:
     nbits_layout: bool = False  # int8 rows stored once as MatMulNBits 8-bit B: uint8 [V, D / 32, 32], codes + 128
 
 
-def _int8_rows_as_nbits(codes: np.ndarray, scales: np.ndarray, block: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """int8 rows [V, D] (scales [V, 1], or [V, G] per block of `block`) as MatMulNBits 8-bit weights:
-    uint8 codes + 128 (its default zero point for 8 bits) in blocks along D (32 for one scale per row;
-    the tail padded with 128, value 0), each block's scale. The same values, exactly."""
-    v, d = codes.shape
+def _nbits8_scales(scales: np.ndarray, d: int, block: int | None) -> tuple[np.ndarray, int]:
+    """MatMulNBits 8-bit scales of int8 rows of width d (scales [V, 1], or [V, G] per block of
+    `block`): blocks of 32 for one scale per row, the row's scale for each; returns (flat, block)."""
+    v = scales.shape[0]
     per_row = scales.shape[1] == 1
     block = 32 if per_row else int(block)
     nb = -(-d // block)
-    b = np.full((v, nb * block), 128, np.uint8)
-    b[:, :d] = (codes.astype(np.int16) + 128).astype(np.uint8)
     s = scales.astype(np.float32).reshape(v, -1)
     s = np.repeat(s, nb, axis=1) if per_row else s[:, :nb]
-    return b.reshape(v, nb, block), np.ascontiguousarray(s.reshape(-1)), block
+    return np.ascontiguousarray(s.reshape(-1)), block
+
+
+def _int8_rows_as_nbits(codes: np.ndarray, scales: np.ndarray, block: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """int8 rows [V, D] as MatMulNBits 8-bit weights: uint8 codes + 128 (its default zero point for
+    8 bits) in blocks along D (the tail padded with 128, value 0), and their scales (_nbits8_scales).
+    The same values, exactly."""
+    v, d = codes.shape
+    flat, block = _nbits8_scales(scales, d, block)
+    nb = -(-d // block)
+    b = np.full((v, nb * block), 128, np.uint8)
+    b[:, :d] = (codes.astype(np.int16) + 128).astype(np.uint8)
+    return b.reshape(v, nb, block), flat, block
 
 
 class QuantizeEmbeddings(QPass):
@@ -645,8 +654,10 @@ class QuantizeEmbeddings(QPass):
         why_not = self._nbits_head_refusal(lin, stored)
         if not why_not:
             self._rewrite_tied_nbits(model, lin, stored)
+            copies = ("the codes stored once, in its layout, the gathers reading them too" if stored.nbits_layout
+                      else "a second copy of the codes in the file")
             return (f"MatMulNBits int{stored.bits} on the table's codes (accuracy_level "
-                    f"{self.options.tied_head_accuracy_level}; a second copy of the codes in the file)")
+                    f"{self.options.tied_head_accuracy_level}; {copies})")
         if self.options.tied_head == "int4":
             self.report_append("notes", f"{lin.node.name}: tied_head int4 does not apply ({why_not}): shared")
         tape = ir.tape.Tape()
@@ -688,9 +699,8 @@ class QuantizeEmbeddings(QPass):
             v = packed.shape[0]
             tag = stored.codes.name.removesuffix("_quantized")
             if stored.nbits_layout:   # the codes are already the head's B
-                b, block = None, 32
-                scales = np.repeat(stored.scales.const_value.numpy().astype(np.float32).reshape(v, 1),
-                                   stored.d // 32, axis=1).reshape(-1)
+                b = None
+                scales, block = _nbits8_scales(stored.scales.const_value.numpy(), stored.d, None)
             elif stored.bits == 8:
                 b, scales, block = _int8_rows_as_nbits(packed, stored.scales.const_value.numpy(), stored.block_size)
             else:
