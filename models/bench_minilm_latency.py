@@ -1,6 +1,7 @@
 """End-to-end latency of all-MiniLM-L6-v2 compiled with each scheme, against onnxruntime's int8.
 
     python -m models.bench_minilm_latency [--schemes ternary,bcq2,...] [--threads 1,2] [--out DIR]
+                                          [--file NAME=compiled.onnx ...]
 
 Shapes (batch x tokens): 1x8, 1x32, 1x128, 8x32. Variants: FP32, onnxruntime quantize_dynamic
 (per channel, int8 weights: the int8 baseline), and qcompiler's schemes compiled here with
@@ -80,6 +81,8 @@ def main(argv=None) -> None:
     ap.add_argument("--calib", type=int, default=128, help="calibration sentences for the compiles")
     ap.add_argument("--out", default="build/minilm_latency")
     ap.add_argument("--recompile", action="store_true")
+    ap.add_argument("--file", action="append", default=[], metavar="NAME=PATH",
+                    help="another compiled MiniLM to time beside the others (e.g. a scheme variant)")
     ap.add_argument("--json", help="also write the medians (CPU ms, wall ms) here")
     args = ap.parse_args(argv)
     import onnxruntime as ort
@@ -89,6 +92,11 @@ def main(argv=None) -> None:
 
     schemes = [s for s in args.schemes.split(",") if s]
     paths = build_variants(Path(args.out), schemes, args.calib, args.recompile)
+    for item in args.file:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--file wants NAME=PATH of an existing file, got {item!r}")
+        paths[name] = path
     names = list(paths)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; onnxruntime {ort.__version__}; "

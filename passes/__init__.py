@@ -9,6 +9,7 @@
 | insert_qdq | transform | int8 per-channel weights, dynamic or static int8 activations, FP32 outlier channels |
 | quantize_int4 | transform | blockwise int4 weights, MSE-chosen clipping, MatMulNBits or opset-21 DequantizeLinear |
 | replace_matmul | transform | ternary / binary-code / k-means weights as ai.qcompiler ops (+ function bodies), optional GPTQ recovery |
+| merge_linears | final | quantized linears reading one activation (q/k/v, gate/up) as one op over concatenated output channels, split after |
 | cleanup | final | remove unused, readable names, producer/scheme stamp |
 """
 
@@ -19,6 +20,7 @@ from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.passes.fold_layernorm import FoldLayerNorm
 from qcompiler.passes.cleanup import Cleanup
 from qcompiler.passes.insert_qdq import InsertQDQ
+from qcompiler.passes.merge_linears import MergeLinears
 from qcompiler.passes.prune_ffn import PruneFFN
 from qcompiler.passes.quantize_embeddings import QuantizeEmbeddings
 from qcompiler.passes.quantize_int4 import QuantizeInt4
@@ -33,6 +35,7 @@ PASS_TABLE: dict[str, type[QPass]] = {
     InsertQDQ.name: InsertQDQ,
     QuantizeInt4.name: QuantizeInt4,
     ReplaceMatMul.name: ReplaceMatMul,
+    MergeLinears.name: MergeLinears,
     Cleanup.name: Cleanup,
 }
 

@@ -44,6 +44,9 @@ class CompileContext:
     # The calibration feeds (list of {input name: array}), for passes that read inputs directly
     # (e.g. token frequencies for mixed-precision embedding rows).
     calib_feeds: list[dict[str, Any]] | None = None
+    # Weight initializers of compiled ops the input file already held (a file fed back): left as they
+    # are, never repacked (merge_linears skips their ops).
+    compiled_at_load: set[str] = dataclasses.field(default_factory=set)
     # Per-pass details for the report: {pass name: {...}}.
     pass_reports: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     progress: Callable[[str, int, int], None] = lambda label, done, total: None

@@ -35,6 +35,7 @@ from qcompiler.contract_check import check_compiled_nodes
 from qcompiler.index_check import check_index_ranges
 from qcompiler.errors import ModelLoadError, QCompilerError, SchemeError, UsageError, ort_message, require_extra
 from qcompiler.plan import KEEP, make_plan
+from qcompiler.passes.merge_linears import compiled_weights
 from qcompiler.quality_gate import check_gate
 from qcompiler.schemes import Scheme, load_scheme
 from qcompiler.synthetic_inputs import read_config
@@ -242,6 +243,7 @@ def _run(model, ctx, passes, scheme_obj, steps, options, calib, calib_feeds, exc
     compiled = _already_compiled(model)
     if compiled:
         notes.append(f"already compiled, left as they are: {compiled}")
+        ctx.compiled_at_load = compiled_weights(model)
     if not ctx.roles.linears and not ctx.roles.embeddings:
         if compiled:
             raise UsageError(f"nothing left to quantize: the model is already compiled ({compiled}), and no FP32 "

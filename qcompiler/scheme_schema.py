@@ -121,7 +121,7 @@ def _check_format(where: str, section: Any, table: dict[str, FormatRow], passes:
 
 def default_passes(data: dict[str, Any], pass_order: list[str]) -> list[str]:
     """The passes a scheme without a `passes` list runs: canonicalize, fold_layernorm, the passes
-    its formats need (in pipeline order), cleanup."""
+    its formats need (in pipeline order; merge_linears after replace_matmul / quantize_int4), cleanup."""
     sections = [data.get("weights", {}), *data.get("roles", {}).values()]
     needed = {WEIGHT_FORMATS[s["format"]].pass_name for s in sections
               if isinstance(s, dict) and s.get("format") in WEIGHT_FORMATS}
@@ -129,6 +129,8 @@ def default_passes(data: dict[str, Any], pass_order: list[str]) -> list[str]:
     if isinstance(emb, dict) and emb.get("format") in EMBEDDING_FORMATS:
         needed.add(EMBEDDING_FORMATS[emb["format"]].pass_name)
     needed |= {"canonicalize", "fold_layernorm", "cleanup"}
+    if needed & {"replace_matmul", "quantize_int4"}:
+        needed.add("merge_linears")     # their ops reading one activation become one op
     return [p for p in pass_order if p in needed]
 
 

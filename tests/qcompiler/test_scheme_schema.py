@@ -50,7 +50,8 @@ def test_mistakes_are_one_clear_error(tmp_path, text, expected):
 
 def test_a_scheme_written_from_the_readme_needs_no_pass_list(tmp_path):
     scheme = _load(tmp_path, '[weights]\nformat = "int4"\n[roles.ffn_down]\nformat = "int8"\n[embeddings]\nformat = "int8"\n')
-    assert scheme.passes == ["canonicalize", "fold_layernorm", "quantize_embeddings", "insert_qdq", "quantize_int4", "cleanup"]
+    assert scheme.passes == ["canonicalize", "fold_layernorm", "quantize_embeddings", "insert_qdq", "quantize_int4",
+                             "merge_linears", "cleanup"]
 
 
 def test_a_role_rule_with_another_format_does_not_inherit_the_default_keys(tmp_path):
