@@ -151,6 +151,26 @@ def test_threads_do_not_change_results(level):
     assert np.array_equal(y1, y2)
 
 
+@pytest.mark.parametrize("path", ["small", "batched"])
+@pytest.mark.parametrize("level", [0, 4])
+@pytest.mark.parametrize("op,bits", [("TernaryMatMul", None), ("BinaryCodeMatMul", 2), ("BinaryCodeMatMul", 3),
+                                     ("CodebookMatMul", 4)])
+def test_rows_prepared_on_the_pool_give_one_threads_bits(op, bits, level, path, monkeypatch):
+    """80 rows x K 512: enough for the per-row preparation (tables, int8 rows) to be split over the
+    pool on every path (small-M paths forced with QCOMPILER_GEMM_MIN_M=0, the batched one with 1);
+    every row is prepared alone, so 2 threads give 1 thread's bits."""
+    if path == "batched" and level == 0:
+        pytest.skip("the batched path is the level-4 path only")
+    monkeypatch.setenv("QCOMPILER_GEMM_MIN_M", "0" if path == "small" else "1")
+    case = matmul_case(op, 512, 96, 128, 80, bits=bits, n_out=2, level=level, seed=5)
+    y1 = _session(case.model(), threads=1).run(None, case.feed())[0]
+    y2 = _session(case.model(), threads=2).run(None, case.feed())[0]
+    assert np.array_equal(y1, y2)
+    ins = case.ordered()
+    tol = C.tolerance(case.op, ins[0], ins[1], ins[2], ins[4], ins[5], bias=ins[3], **case.attrs)
+    assert (np.abs(y2 - case.reference()) <= tol).all()
+
+
 def test_level4_accuracy_on_realistic_activations():
     """int8 tables / int8 codebooks: RMS error about 1% of the output's spread (measured 0.8-0.9%)."""
     for op, bits in [("TernaryMatMul", None), ("BinaryCodeMatMul", 2), ("CodebookMatMul", 4)]:

@@ -622,6 +622,55 @@ static void run_parallel(qc_parallel_fn par, void *host, qc_task_fn fn, void *ct
     }
 }
 
+/* Per-row preparation (tables, int8 rows) of the small-M paths, split over the pool in chunks of
+ * PREP_ROWS rows from PREP_PAR_MIN activations on: done serially it was a prologue that the second
+ * thread waited through (table building: ~20% of a lookup-table op at 128 rows). */
+enum { PREP_ROWS = 8, PREP_PAR_MIN = 1 << 13 };
+
+typedef struct prep_ctx {
+    const qc_matmul *w;
+    const float *A;
+    int64_t M;
+    int8_t *T;      /* lut tables */
+    float *F;       /* lut_f32 tables */
+    float *ts;      /* lut: table scales; cb: activation scales; lut_f32: ones */
+    int8_t *aq;     /* cb rows */
+    int32_t *asum;  /* cb row sums */
+    volatile int failed;
+} prep_ctx;
+
+static void prep_task(void *p, size_t t) {
+    prep_ctx *c = (prep_ctx *)p;
+    const qc_matmul *w = c->w;
+    const int64_t m0 = (int64_t)t * PREP_ROWS, m1 = m0 + PREP_ROWS < c->M ? m0 + PREP_ROWS : c->M;
+    float *av = NULL;
+    if (w->path == PATH_LUT || w->path == PATH_FLUT) {
+        av = (float *)malloc((size_t)w->Kv * sizeof(float));
+        if (!av) { c->failed = 1; return; }
+    }
+    for (int64_t m = m0; m < m1; ++m) {
+        const float *a = c->A + m * w->K;
+        if (w->path == PATH_LUT) {
+            build_tables(w, a, av, c->T + m * w->Q * 16, c->ts + m);
+        } else if (w->path == PATH_FLUT) {
+            build_ftables(w, a, av, c->F + m * w->Q * 8);
+            c->ts[m] = 1.f; /* the epilogue's table scale: none (x 1 is exact) */
+        } else {
+            quantize_row_i8(w, a, c->aq + m * w->kp, c->ts + m, c->asum + m);
+        }
+    }
+    free(av);
+}
+
+static int prepare_rows(prep_ctx *c, qc_parallel_fn par, void *host) {
+    const size_t tasks = (size_t)ceil_div(c->M, PREP_ROWS);
+    if (c->M * c->w->K >= PREP_PAR_MIN)
+        run_parallel(par, host, prep_task, c, tasks);
+    else
+        for (size_t t = 0; t < tasks; ++t) prep_task(c, t);
+    return c->failed ? -1 : 0;
+}
+
 int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
     if (M <= 0 || w->N <= 0) return 0;
     if (w->gemm_min_m > 0 && M >= w->gemm_min_m) return qc_gemm_run(w, A, M, Y, par, host);
@@ -629,10 +678,8 @@ int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_pa
     if (w->path == PATH_LUT) {
         int8_t *T = (int8_t *)malloc((size_t)(M * w->Q * 16));
         float *ts = (float *)malloc((size_t)M * sizeof(float));
-        float *av = (float *)malloc((size_t)w->Kv * sizeof(float));
-        if (!T || !ts || !av) { free(T); free(ts); free(av); return -1; }
-        for (int64_t m = 0; m < M; ++m) build_tables(w, A + m * w->K, av, T + m * w->Q * 16, ts + m);
-        free(av);
+        prep_ctx c = {w, A, M, T, NULL, ts, NULL, NULL, 0};
+        if (!T || !ts || prepare_rows(&c, par, host)) { free(T); free(ts); return -1; }
         r.tables = T; r.tscale = ts;
         r.cols_per_task = 64;
         run_parallel(par, host, lut_task, &r, (size_t)ceil_div(w->ncb, 2));
@@ -640,13 +687,8 @@ int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_pa
     } else if (w->path == PATH_FLUT) {
         float *T = (float *)malloc((size_t)(M * w->Q * 8) * sizeof(float));
         float *ones = (float *)malloc((size_t)M * sizeof(float));
-        float *av = (float *)malloc((size_t)w->Kv * sizeof(float));
-        if (!T || !ones || !av) { free(T); free(ones); free(av); return -1; }
-        for (int64_t m = 0; m < M; ++m) {
-            build_ftables(w, A + m * w->K, av, T + m * w->Q * 8);
-            ones[m] = 1.f; /* the epilogue's table scale: none (x 1 is exact) */
-        }
-        free(av);
+        prep_ctx c = {w, A, M, NULL, T, ones, NULL, NULL, 0};
+        if (!T || !ones || prepare_rows(&c, par, host)) { free(T); free(ones); return -1; }
         r.ftables = T; r.tscale = ones;
         r.cols_per_task = 64;
         run_parallel(par, host, lut_task, &r, (size_t)ceil_div(w->ncb, 2));
@@ -668,8 +710,8 @@ int qc_matmul_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_pa
         int8_t *aq = (int8_t *)malloc((size_t)(M * w->kp));
         float *as = (float *)malloc((size_t)M * sizeof(float));
         int32_t *asum = (int32_t *)malloc((size_t)M * sizeof(int32_t));
-        if (!aq || !as || !asum) { free(aq); free(as); free(asum); return -1; }
-        for (int64_t m = 0; m < M; ++m) quantize_row_i8(w, A + m * w->K, aq + m * w->kp, as + m, asum + m);
+        prep_ctx c = {w, A, M, NULL, NULL, as, aq, asum, 0};
+        if (!aq || !as || !asum || prepare_rows(&c, par, host)) { free(aq); free(as); free(asum); return -1; }
         r.aq = aq; r.tscale = as; r.asum = asum;
         r.cols_per_task = 32;
         run_parallel(par, host, cb_task, &r, (size_t)ceil_div(w->N, 32));
