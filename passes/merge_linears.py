@@ -43,16 +43,6 @@ class MergeLinearsOptions:
     max_ops: int = 8            # at most this many linears in one merged op
 
 
-def _domain(node: ir.Node) -> str:
-    return node.domain or "ai.onnx"
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
 def _attrs(node: ir.Node) -> dict:
     return {k: (a.value if not isinstance(a.value, (list, tuple)) else tuple(a.value))
             for k, a in node.attributes.items() if k != "N"}
@@ -61,29 +51,28 @@ def _attrs(node: ir.Node) -> dict:
 def compiled_weights(model: ir.Model) -> set[str]:
     """Names of the packed weights of every mergeable op in `model` (those of a file fed back)."""
     return {n.inputs[1].name for n in ir.traversal.RecursiveGraphIterator(model.graph)
-            if (_domain(n), n.op_type) in N_AXES and len(n.inputs) > 1 and n.inputs[1] is not None}
+            if (n.domain, n.op_type) in N_AXES and len(n.inputs) > 1 and n.inputs[1] is not None}
 
 
 def _signature(node: ir.Node, main: ir.Graph, keep: set[str]) -> tuple | None:
     """What must be equal for two nodes to merge, or None when this node cannot merge at all."""
-    axes = N_AXES.get((_domain(node), node.op_type))
+    axes = N_AXES.get((node.domain, node.op_type))
     if axes is None or not node.inputs or node.inputs[0] is None or "N" not in node.attributes:
         return None
     if len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name in keep:
         return None                                       # compiled before this run: left as it is
-    sig = [node.op_type, _domain(node), id(node.inputs[0]), tuple(sorted(_attrs(node).items()))]
+    sig = [node.op_type, node.domain, id(node.inputs[0]), tuple(sorted(_attrs(node).items()))]
     for i in range(1, max(axes) + 1):
         v = node.inputs[i] if i < len(node.inputs) else None
         if v is None:
             sig.append((i, None))
             continue
-        arr = _const(v)
-        if arr is None or v.name not in main.initializers or len(list(v.uses())) != 1 or v.is_graph_output():
+        t = v.const_value
+        if t is None or v.name not in main.initializers or len(list(v.uses())) != 1 or v.is_graph_output():
             return None                                   # computed, shared or tied: leave alone
-        if axes.get(i) is None:
-            return None
-        same = arr.tobytes() if axes[i] == _SAME else None
-        sig.append((i, str(arr.dtype), arr.ndim, same))
+        # only the inputs that must be equal are read; the weights' bytes stay where they are (mapped)
+        same = t.numpy().tobytes() if axes[i] == _SAME else None
+        sig.append((i, t.dtype, len(t.shape), same))
     return tuple(sig)
 
 
@@ -104,9 +93,10 @@ class MergeLinears(QPass):
                 sig = _signature(node, main, keep)
                 if sig is not None:
                     groups.setdefault(sig, []).append(node)
+            size = max(self.options.max_ops, 2)
             for nodes in groups.values():
-                for start in range(0, len(nodes), max(self.options.max_ops, 2)):
-                    part = nodes[start:start + self.options.max_ops]
+                for start in range(0, len(nodes), size):
+                    part = nodes[start:start + size]
                     if len(part) >= 2:
                         self._merge(graph, main, part, taken, opset)
                         modified = True
@@ -114,9 +104,9 @@ class MergeLinears(QPass):
 
     def _merge(self, graph: ir.Graph, main: ir.Graph, nodes: list[ir.Node], taken: set, opset: int) -> None:
         first = nodes[0]
-        axes = N_AXES[(_domain(first), first.op_type)]
+        axes = N_AXES[(first.domain, first.op_type)]
         ns = [int(n.attributes["N"].value) for n in nodes]
-        base = fresh_name("_".join(n.name or n.op_type for n in nodes[:1]) + f"_merged{len(nodes)}", taken)
+        base = fresh_name(f"{first.name or first.op_type}_merged{len(nodes)}", taken)
         taken.add(base)
         inputs: list[ir.Value | None] = [first.inputs[0]]
         for i in range(1, max(axes) + 1):
@@ -127,7 +117,7 @@ class MergeLinears(QPass):
             if axes[i] == _SAME:
                 inputs.append(v)
                 continue
-            arrays = [_const(n.inputs[i]) for n in nodes]
+            arrays = [n.inputs[i].const_value.numpy() for n in nodes]
             inputs.append(add_initializer(main, f"{base}_{i}", np.concatenate(arrays, axis=axes[i])))
         while inputs and inputs[-1] is None:
             inputs.pop()
