@@ -43,6 +43,8 @@ def required_opset(model: ir.Model, scheme, target: str = "ort") -> tuple[int, s
         needs.append((QDQ_PER_CHANNEL_OPSET, "insert_qdq: per-channel QuantizeLinear/DequantizeLinear"))
     if "quantize_int4" in passes and target == "portable":
         needs.append((PORTABLE_INT4_OPSET, "quantize_int4 --target portable: blockwise int4 DequantizeLinear"))
+    if "quantize_int4" in passes and target == "qcompiler":
+        needs.append((STANDARD_FUNCTIONS_OPSET, "quantize_int4 --target qcompiler: Int4MatMul's ONNX function body"))
     if "replace_matmul" in passes:
         needs.append((STANDARD_FUNCTIONS_OPSET, "replace_matmul: the ai.qcompiler ops' ONNX function bodies"))
     if "quantize_embeddings" in passes:

@@ -33,6 +33,7 @@ N_AXES: dict[tuple[str, str], dict[int, int | str]] = {
     ("ai.qcompiler", "TernaryMatMul"): {1: 0, 2: 0, 3: 0, 4: _SAME, 5: 1},
     ("ai.qcompiler", "BinaryCodeMatMul"): {1: 1, 2: 1, 3: 0, 4: _SAME, 5: 1},
     ("ai.qcompiler", "CodebookMatMul"): {1: 0, 2: 0, 3: 0, 4: _SAME, 5: 1},
+    ("ai.qcompiler", "Int4MatMul"): {1: 0, 2: 0, 3: 0, 4: _SAME, 5: 1, 6: 0},
     # B [N, blocks, blob], scales [N * blocks] or [N, blocks], zero_points [N * bytes] or [N, bytes], g_idx (never), bias [N]
     ("com.microsoft", "MatMulNBits"): {1: 0, 2: 0, 3: 0, 4: _SAME, 5: 0},
 }

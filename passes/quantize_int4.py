@@ -16,6 +16,13 @@ and the scale is refit by least squares). Written as:
   with 8; symmetric codes need none: the op's default zero point is 8). The bias Add becomes
   the op's bias input.
   `accuracy_level` (option, default 4) lets the kernel quantize activations to int8.
+- target "qcompiler" (onnxruntime with this project's op library): one ai.qcompiler Int4MatMul
+  (runtime_ops.formats) on the same codes and scales, W_packed [N, ceil(K/2)] (column n's codes
+  + 8, element k in the low nibble when k is even), its bias and FP16 outlier rows as the op's
+  own inputs, zero points uint8 [N, ceil(G/2)] (4-bit, all 8 for symmetric codes); the library
+  runs it on its batched int8 path at every M, and the ONNX function body the file carries runs
+  it anywhere else (slowly: it dequantizes the weight per run). Linears whose activations are not
+  float32 stay MatMulNBits.
 - target "portable": standard ONNX only. An opset-21 blockwise DequantizeLinear (axis 0 along
   K, block_size) of an INT4 (symmetric) or UINT4 (+ UINT4 zero point) initializer [K, N] feeds
   the original MatMul; the model's opset must be >= 21 (canonicalize upgrades to 21).
@@ -50,6 +57,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
+from qcompiler.context import TARGETS
+from qcompiler.ops import contract
 from qcompiler.errors import SchemeError, UsageError
 from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
                                    fresh_name, planned_linears)
@@ -206,7 +215,7 @@ class _Packed:
 
     q: Quantized
     rel_error: float
-    inputs: list[ir.Value | None]          # MatMulNBits [B, scales, zp] or DQ [x, scale, zp]
+    inputs: list[ir.Value | None]          # MatMulNBits [B, scales, zp], Int4MatMul [W_packed, scales, zp] or DQ [x, scale, zp]
     # portable: the DequantizeLinear output, one per graph (a branch cannot read another's values)
     dequantized: dict = dataclasses.field(default_factory=dict)
     method: str = "plain"
@@ -238,8 +247,8 @@ class QuantizeInt4(QPass):
         if ctx is None or ctx.roles is None:
             return ir.passes.PassResult(model, False)
         target = ctx.options.target
-        if target not in ("ort", "portable"):
-            raise UsageError(f"quantize_int4: unknown target '{target}' (ort or portable)")
+        if target not in TARGETS:
+            raise UsageError(f"quantize_int4: unknown target '{target}' ({', '.join(TARGETS)})")
         todo = self._mine()
         if not todo:
             return ir.passes.PassResult(model, False)
@@ -249,8 +258,10 @@ class QuantizeInt4(QPass):
                 raise UsageError(
                     f"--target portable writes int4 as opset-{PORTABLE_MIN_OPSET} blockwise DequantizeLinear, "
                     f"but the model is opset {opset}: run canonicalize first (it upgrades to {PORTABLE_MIN_OPSET})")
-        else:
-            model.opset_imports.setdefault(MS_DOMAIN, 1)
+        elif target == "qcompiler" and model.opset_imports.get("", 0) != contract.STANDARD_OPSET:
+            raise UsageError(
+                f"--target qcompiler writes Int4MatMul with its ONNX function body at opset {contract.STANDARD_OPSET}, "
+                f"but the model is opset {model.opset_imports.get('', 0)}: run canonicalize first")
 
         graph = model.graph
         self._node_names = {n.name for n in graph.all_nodes() if n.name}   # a shared weight's nodes get _2, _3 ...
@@ -265,9 +276,15 @@ class QuantizeInt4(QPass):
             block_size, symmetric, recovery, n_outliers = int4_settings(lin.name, plan.settings)
             key = (lin.name, lin.transposed, block_size, symmetric, recovery, n_outliers)
             a_dtype, np_dtype = _float_dtype(lin.node.inputs[0])
+            form_target = target
+            if target == "qcompiler" and a_dtype != ir.DataType.FLOAT:
+                form_target = "ort"                 # Int4MatMul: float32 activations
+            key = (*key, form_target)
+            if form_target == "ort":
+                model.opset_imports.setdefault(MS_DOMAIN, 1)
             if key not in packed:
                 gram = grams.get(lin.name) if recovery == "gptq" else None
-                packed[key] = self._quantize(graph, lin, block_size, symmetric, target, np_dtype, gram, n_outliers,
+                packed[key] = self._quantize(graph, lin, block_size, symmetric, form_target, np_dtype, gram, n_outliers,
                                              rows.get(lin.name), held_grams.get(lin.name) if gram is not None else None)
                 if recovery == "gptq" and gram is None:
                     packed[key].method = "plain (no calibration statistics)"
@@ -276,12 +293,16 @@ class QuantizeInt4(QPass):
                                                             packed[key].outlier_w] if v is not None)
             entry = packed[key]
             a, out_name, home = lin.node.inputs[0], lin.output.name, lin.node.graph
-            if target == "portable":
+            if form_target == "portable":
                 form = self._rewrite_portable(graph, lin, entry)
+            elif form_target == "qcompiler":
+                form = self._rewrite_library(graph, lin, entry, block_size)
             else:
                 form = self._rewrite_nbits(graph, lin, entry, block_size, np_dtype)
-            if entry.outlier_idx is not None:
+            if entry.outlier_idx is not None and form_target != "qcompiler":
                 form += self._add_outlier_path(home, lin, a, out_name, entry, self._fresh_node)
+            if form_target != target:
+                form += " (Int4MatMul takes float32 activations)"
             self.report_append("linears", {
                 "weight": lin.name, "node": lin.node.name, "role": lin.role, "layer": lin.layer,
                 "block_size": block_size, "symmetric": symmetric, "method": entry.method,
@@ -290,6 +311,8 @@ class QuantizeInt4(QPass):
             })
         ctx.progress("int4", len(todo), len(todo))
         drop_unused_weights(graph, [lin for lin, _ in todo])
+        if target == "qcompiler":
+            contract.attach_functions(model)
         self.report("target", target)
         self.report("quantized", len(todo))
         self.report("bytes_before", int(before))
@@ -366,6 +389,12 @@ class QuantizeInt4(QPass):
                       add_initializer(graph, f"{base}_zero_point", zp) if zp is not None else None]
             return _Packed(q, rel, inputs)
         codes, zp = unsigned_codes(q)
+        if target == "qcompiler":
+            w_packed, scales, zp_packed = contract.pack_int4(codes.T, q.scales.astype(np_dtype), zp)
+            inputs = [add_initializer(graph, f"{base}_int4_packed", ir.tensor(w_packed)),
+                      add_initializer(graph, f"{base}_scales", ir.tensor(scales)),
+                      add_initializer(graph, f"{base}_zero_points", ir.tensor(zp_packed))]
+            return _Packed(q, rel, inputs)
         b, zp_packed = pack_matmul_nbits(codes, None if symmetric else zp, block_size)
         inputs = [
             add_initializer(graph, f"{base}_Q4", ir.tensor(b)),
@@ -401,6 +430,38 @@ class QuantizeInt4(QPass):
         if lin.bias is not None:
             form += " (bias folded)" if bias is not None else " + Add"
         return form
+
+    def _rewrite_library(self, graph, lin: Linear, entry: _Packed, block_size: int) -> str:
+        """MatMul (+ bias Add) -> Int4MatMul(A, W_packed, scales, bias, outlier_idx, outlier_w, zero_points); a zero
+        bias and an empty outlier pair where there are none (the op lists all six inputs)."""
+        k, n = lin.shape_kn
+        bias = None
+        if lin.bias is not None and lin.bias.const_value is not None and lin.bias.const_value.size == n:
+            bias = lin.bias
+            arr = bias.const_value.numpy()
+            if arr.shape != (n,) or arr.dtype != np.float32:
+                bias = add_initializer(graph, f"{lin.bias.name}_1d", ir.tensor(arr.reshape(n).astype(np.float32)))
+        fold = bias is not None
+        if bias is None:
+            bias = add_initializer(graph, f"{lin.weight.name}_zero_bias", ir.tensor(np.zeros(n, np.float32)))
+        if entry.outlier_idx is None:
+            entry.outlier_idx = add_initializer(graph, f"{lin.weight.name}_outlier_idx", ir.tensor(np.zeros(0, np.int64)))
+            entry.outlier_w = add_initializer(graph, f"{lin.weight.name}_outlier_w", ir.tensor(np.zeros((0, n), np.float16)))
+        attributes = contract.node_attributes("Int4MatMul", K=k, N=n, group_size=block_size,
+                                              accuracy_level=int(self.options.accuracy_level))
+        w_packed, scales, zero_points = entry.inputs
+        node = ir.node("Int4MatMul", [lin.node.inputs[0], w_packed, scales, bias, entry.outlier_idx, entry.outlier_w,
+                                      zero_points],
+                       attributes, domain=contract.DOMAIN, name=self._fresh_node(_node_name(lin, "Int4MatMul")))
+        if fold:
+            old_nodes, old_out = [lin.node, lin.bias_node], lin.output
+        else:
+            old_nodes, old_out = [lin.node], lin.node.outputs[0]
+        ir.convenience.replace_nodes_and_values(lin.node.graph, old_nodes[-1], old_nodes, [node], [old_out],
+                                                [node.outputs[0]])
+        if lin.bias_node is not None:
+            return "Int4MatMul" + (" (bias folded)" if fold else " + Add")
+        return "Int4MatMul"
 
     def _fresh_node(self, name: str) -> str:
         name = fresh_name(name, self._node_names)

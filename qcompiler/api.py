@@ -127,7 +127,9 @@ def compile(  # noqa: A001 - the natural name
         without it, schemes that need statistics synthesize inputs and the result's notes say so.
     exclude: weights kept FP32: a role (``ffn_down``), ``layer:N`` or a glob on weight/node names;
         a pattern that matches nothing is a UsageError.
-    target: ``"ort"`` (onnxruntime contrib ops allowed) or ``"portable"`` (standard ONNX only).
+    target: ``"ort"`` (stock onnxruntime, contrib ops allowed: int4 as MatMulNBits), ``"qcompiler"``
+        (onnxruntime with this project's op library: int4 as Int4MatMul) or ``"portable"`` (standard
+        ONNX only).
     verify: run the compiled model beside the original and record its error.
     min_cosine: quality gate: raise QualityGateError (nothing written) when the verified cosine
         is below it.

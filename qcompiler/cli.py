@@ -17,6 +17,7 @@ import traceback
 import click
 from rich.console import Console
 
+from qcompiler.context import TARGETS
 from qcompiler.errors import QCompilerError
 
 _console = Console(stderr=True)
@@ -88,8 +89,9 @@ def _parse_size(text: str) -> int:
 @click.option("--calib-text", type=click.Path(dir_okay=False),
               help="MODEL a folder: calibrate on these sentences (one per line) through the folder's tokenizer.json.")
 @click.option("--exclude", multiple=True, help="Keep in FP32: a role (ffn_down), layer:N, or a glob on weight/node names. Repeatable.")
-@click.option("--target", type=click.Choice(["ort", "portable"]), default="ort", show_default=True,
-              help="ort: onnxruntime contrib ops allowed (MatMulNBits); portable: standard ONNX only.")
+@click.option("--target", type=click.Choice(list(TARGETS)), default="ort", show_default=True,
+              help="ort: stock onnxruntime, contrib ops allowed (int4 as MatMulNBits); qcompiler: onnxruntime with "
+                   "this project's op library (int4 as Int4MatMul); portable: standard ONNX only.")
 @click.option("--prune-ffn", type=float, default=None, metavar="C",
               help="Remove FFN hidden units whose calibrated max activation is below C x std of all units' maxima.")
 @click.option("--recover", type=click.Choice(["calibrated", "distill"]), default="calibrated", show_default=True,

@@ -12,12 +12,20 @@ from qcompiler.plan import WeightPlan
 from qcompiler.schemes import Scheme
 
 
+# What the output may use: "ort" stock onnxruntime (com.microsoft contrib ops: int4 as MatMulNBits),
+# "qcompiler" onnxruntime with this project's op library (int4 as ai.qcompiler Int4MatMul),
+# "portable" standard ONNX only (int4 as blockwise DequantizeLinear). The ai.qcompiler formats
+# (ternary, binary codes, codebooks) are the same ops under every target: they carry ONNX
+# function bodies that run anywhere.
+TARGETS = ("ort", "qcompiler", "portable")
+
+
 @dataclasses.dataclass
 class CompileOptions:
     """What the user asked for beyond the scheme (CLI flags / compile() keywords)."""
 
     exclude: list[str] = dataclasses.field(default_factory=list)
-    target: str = "ort"              # "ort" (com.microsoft ops allowed) or "portable" (standard ops only)
+    target: str = "ort"              # one of TARGETS
     calib_path: str | None = None
     calib_samples: int = 64           # synthesized samples when no calibration data is given
     verify: bool = True

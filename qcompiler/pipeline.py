@@ -29,7 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qcompiler import calibration, model_io, report as report_mod, verify as verify_mod
 from qcompiler.analyze import analyze, compiled_ops, runtime_weights
-from qcompiler.context import CompileContext, CompileOptions
+from qcompiler.context import TARGETS, CompileContext, CompileOptions
 from qcompiler.dtype_support import check_activation_types
 from qcompiler.contract_check import check_compiled_nodes
 from qcompiler.index_check import check_index_ranges
@@ -135,8 +135,8 @@ def compile_model(
     """
     t0 = time.perf_counter()
     steps = _Steps(progress, console)
-    if target not in ("ort", "portable"):
-        raise UsageError(f"unknown target '{target}' (ort or portable)")
+    if target not in TARGETS:
+        raise UsageError(f"unknown target '{target}' ({', '.join(TARGETS)})")
     if min_cosine is not None and not verify:
         raise UsageError("--min-cosine needs verification: drop --no-verify")
     model_path = Path(model_path)

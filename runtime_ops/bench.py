@@ -45,6 +45,7 @@ COLUMNS = {
     "bcq2": "BinaryCodeMatMul 2 planes, group 128 (bcq2 scheme)",
     "bcq3": "BinaryCodeMatMul 3 planes, group 128 (bcq3 scheme)",
     "kmeans4": "CodebookMatMul 4-bit (kmeans4 scheme)",
+    "int4": "Int4MatMul, block 32 with zero points (the int4 scheme, --target qcompiler)",
 }
 
 
@@ -129,6 +130,10 @@ def our_model(op, K, N, rng, bits=None, level=4, group_size=None):
     elif op == "BinaryCodeMatMul":
         w = {"W_packed": rng.integers(0, 256, shape, dtype=np.uint8),
              "alphas": (rng.random((bits, N, G)) * 0.05).astype(np.float16)}
+    elif op == "Int4MatMul":  # with zero points, as the int4 scheme writes them
+        w = {"W_packed": rng.integers(0, 256, shape, dtype=np.uint8),
+             "scales": (rng.random((N, G)) * 0.01).astype(np.float16),
+             "zero_points": rng.integers(0, 256, (N, (G + 1) // 2), dtype=np.uint8)}
     else:
         w = {"indices": rng.integers(0, 256, shape, dtype=np.uint8),
              "codebook": (rng.standard_normal((N, 1 << bits)) * 0.05).astype(np.float16)}
@@ -147,11 +152,12 @@ def columns(K, N, rng, names):
         "bcq2": lambda: our_model("BinaryCodeMatMul", K, N, rng, bits=2, group_size=BCQ_GROUP),
         "bcq3": lambda: our_model("BinaryCodeMatMul", K, N, rng, bits=3, group_size=BCQ_GROUP),
         "kmeans4": lambda: our_model("CodebookMatMul", K, N, rng, bits=4),
+        "int4": lambda: our_model("Int4MatMul", K, N, rng, group_size=BLOCK),
     }
     return {n: build[n]() for n in names}
 
 
-OURS = ("ternary", "bcq2", "bcq3", "kmeans4")
+OURS = ("ternary", "bcq2", "bcq3", "kmeans4", "int4")
 
 
 def session(model: onnx.ModelProto, threads: int, gemm_min_m: str | None = None) -> ort.InferenceSession:

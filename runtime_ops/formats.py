@@ -24,7 +24,7 @@ Common MatMul inputs
     write zero codes where the format has one; binary codes have none).
     Attributes: K, N (required), group_size (G = ceil(K / group_size) scale groups per output
     channel; group_size == K means per output channel), format_version (1), accuracy_level
-    (0 or 4), bits (BinaryCodeMatMul, CodebookMatMul).
+    (0 or 4), bits (BinaryCodeMatMul, CodebookMatMul; TernaryMatMul and Int4MatMul have none).
 
 TernaryMatMul(A, W_packed uint8 [N, ceil(K/4)], scales [N, G], ...)
     b = 2 codes: 0b00 -> 0, 0b01 -> +1, 0b11 -> -1; 0b10 is never written by the packer and reads
@@ -35,6 +35,11 @@ BinaryCodeMatMul(A, W_packed uint8 [bits, N, ceil(K/8)], alphas [bits, N, G], ..
     W[k, n] = sum_{i = 0..bits-1, in this order, fp32} alphas[i, n, k // group_size] * s_i[n, k].
 CodebookMatMul(A, indices uint8 [N, ceil(K*bits/8)], codebook [N, 2^bits], ...), bits 2..4
     W[k, n] = codebook[n, idx[n, k]]  (group_size is ignored: the codebook is per output channel).
+Int4MatMul(A, W_packed uint8 [N, ceil(K/2)], scales [N, G], ..., zero_points uint8 [N, ceil(G/2)])
+    b = 4 codes 0..15 and 4-bit zero points 0..15, one per (column, group), in the bitstream rule
+    (blockwise int4 as MatMulNBits holds it; symmetric codes have zero points 8); a seventh input,
+    required like the other six:
+    W[k, n] = scales[n, g] * float32(code[n, k] - zero_points[n, g]), g = k // group_size.
 PackedGather(table uint8 [total_bytes], row_offsets int64 [V+1], row_bits uint8 [V], scales [V, G],
              indices int32/int64 any shape) -> float32 [*indices.shape, D]
     Attributes D, group_size, format_version. Row r starts at byte row_offsets[r] (offsets
@@ -60,11 +65,12 @@ Numerics (the numpy reference is the spec)
     for ternary/binary codes; int8 activations and int8 per-channel centroids for codebooks):
         |Y - Y_ref| <= level-0 bound + (max_k |A[m,k]| * sum_k Wabs[k,n]
                                         + max_k Wtab[k,n] * sum_k |A[m,k]|) / 64
-    where Wabs = |W| (ternary, codebook) or sum_i |alphas[i]| (binary codes), and outlier channels
-    are excluded from A in that term (they are computed in fp32). Wtab is what one table entry or
-    int8 centroid is scaled by: |scales[n, k // group_size]| (ternary: codes 0 too), sum_i
+    where Wabs = |W| (ternary, codebook, int4) or sum_i |alphas[i]| (binary codes), and outlier
+    channels are excluded from A in that term (they are computed in fp32). Wtab is what one table
+    entry or int8 centroid is scaled by: |scales[n, k // group_size]| (ternary: codes 0 too), sum_i
     |alphas[i, n, k // group_size]| (binary codes), max_e |codebook[n, e]| (codebooks: the int8
-    centroids are scaled by the row's largest, used or not).
+    centroids are scaled by the row's largest, used or not), 15 |scales[n, k // group_size]| (int4:
+    at least the group's largest weight; its codes are exact in int8, only the activations round).
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ __all__ = [
     "DOMAIN", "OPSET_VERSION", "FORMAT_VERSION", "STANDARD_OPSET", "ACCURACY_LEVELS", "OpFormat",
     "OPS", "MATMUL_OPS", "ContractError", "pack_bitstream", "unpack_bitstream", "num_groups",
     "pack_ternary", "unpack_ternary", "pack_binary_code", "unpack_binary_code", "pack_codebook",
-    "unpack_codebook", "pack_packed_gather", "unpack_packed_gather", "dequantize", "reference",
+    "unpack_codebook", "pack_int4", "unpack_int4", "pack_packed_gather", "unpack_packed_gather", "dequantize", "reference",
     "tolerance", "bits_per_weight", "validate",
 ]
 
@@ -201,6 +207,32 @@ def unpack_codebook(indices_packed: np.ndarray, K: int, bits: int) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------
+# Int4 (blockwise symmetric)
+# ----------------------------------------------------------------------------------------------
+def pack_int4(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes [N, K] in 0..15, scales [N, G], zero points [N, G] in 0..15 (None: 8, symmetric)
+    -> (W_packed uint8 [N, ceil(K/2)], scales, zero_points uint8 [N, ceil(G/2)])."""
+    c = np.asarray(codes)
+    if c.ndim != 2:
+        raise ContractError("int4 codes must be [N, K]")
+    s = _scales_array(scales, "scales")
+    if s.ndim != 2 or s.shape[0] != c.shape[0]:
+        raise ContractError(f"int4 scales must be [N, G] with N = {c.shape[0]}, got {s.shape}")
+    z = np.full(s.shape, 8, np.int64) if zero_points is None else np.asarray(zero_points)
+    if z.shape != s.shape:
+        raise ContractError(f"int4 zero points must be [N, G] = {s.shape}, got {z.shape}")
+    return pack_bitstream(c, 4), s, pack_bitstream(z, 4)
+
+
+def unpack_int4(W_packed: np.ndarray, zero_points: np.ndarray, K: int, group_size: int) -> np.ndarray:
+    """-> code - zero point, int8 [N, K]."""
+    G = num_groups(K, group_size)
+    z = unpack_bitstream(zero_points, 4, G).astype(np.int16)[:, np.arange(K) // group_size]
+    return (unpack_bitstream(W_packed, 4, K).astype(np.int16) - z).astype(np.int8)
+
+
+# ----------------------------------------------------------------------------------------------
 # PackedGather
 # ----------------------------------------------------------------------------------------------
 def pack_packed_gather(values: np.ndarray, row_bits, scales: np.ndarray):
@@ -292,6 +324,17 @@ OPS: dict[str, OpFormat] = {
         packed_shape=lambda K, N, bits: (N, row_bytes(K, bits)),
         scale_shape=lambda K, N, bits, group_size: (N, 1 << bits),
     ),
+    "Int4MatMul": OpFormat(
+        op_type="Int4MatMul",
+        inputs=("A", "W_packed", "scales", "bias", "outlier_idx", "outlier_w", "zero_points"),
+        optional_from=3,
+        attributes=("K", "N", "group_size", "format_version", "accuracy_level"),
+        allowed_bits=(4,),
+        code_bits=lambda bits: 4,
+        element_meaning="4-bit code c, 4-bit zero point z per group: W = scales[n, k//group_size] * (c - z)",
+        packed_shape=lambda K, N, bits=4: (N, row_bytes(K, 4)),
+        scale_shape=lambda K, N, bits, group_size: (N, num_groups(K, group_size)),
+    ),
     "PackedGather": OpFormat(
         op_type="PackedGather",
         inputs=("table", "row_offsets", "row_bits", "scales", "indices"),
@@ -306,7 +349,9 @@ OPS: dict[str, OpFormat] = {
         level4_divisor=float("inf"),
     ),
 }
-MATMUL_OPS = ("TernaryMatMul", "BinaryCodeMatMul", "CodebookMatMul")
+MATMUL_OPS = ("TernaryMatMul", "BinaryCodeMatMul", "CodebookMatMul", "Int4MatMul")
+# the ops without a `bits` attribute: their fixed width
+FIXED_BITS = {"TernaryMatMul": 2, "Int4MatMul": 4}
 
 
 def _check_version(attrs: dict) -> None:
@@ -319,13 +364,13 @@ def _check_version(attrs: dict) -> None:
 # Dequantization and the reference (the spec)
 # ----------------------------------------------------------------------------------------------
 def dequantize(op_type: str, packed: np.ndarray, scales: np.ndarray, *, K: int, N: int,
-               group_size: int | None = None, bits: int | None = None, **attrs) -> np.ndarray:
+               group_size: int | None = None, bits: int | None = None, zero_points=None, **attrs) -> np.ndarray:
     """The weight W float32 [K, N] that a MatMul op multiplies by (fixed fp32 order)."""
     _check_version(attrs)
     group_size = K if group_size is None else int(group_size)
     s = np.asarray(scales).astype(np.float32)
     fmt = OPS[op_type]
-    expected = fmt.packed_shape(K, N, bits if bits is not None else 2)
+    expected = fmt.packed_shape(K, N, bits if bits is not None else FIXED_BITS.get(op_type, 2))
     if tuple(np.shape(packed)) != expected:
         raise ContractError(f"{op_type}: packed shape {np.shape(packed)} != {expected}")
     if tuple(s.shape) != fmt.scale_shape(K, N, bits, group_size):
@@ -342,17 +387,23 @@ def dequantize(op_type: str, packed: np.ndarray, scales: np.ndarray, *, K: int, 
     elif op_type == "CodebookMatMul":
         idx = unpack_codebook(packed, K, bits)
         wt = np.take_along_axis(s, idx.astype(np.int64), axis=1)
+    elif op_type == "Int4MatMul":
+        if tuple(np.shape(zero_points)) != (N, (num_groups(K, group_size) + 1) // 2):
+            raise ContractError(f"Int4MatMul: zero_points shape {np.shape(zero_points)} != "
+                                f"{(N, (num_groups(K, group_size) + 1) // 2)}")
+        wt = s[:, grp] * unpack_int4(packed, zero_points, K, group_size).astype(np.float32)
     else:
         raise ContractError(f"{op_type} is not a MatMul op")
     return np.ascontiguousarray(wt.T.astype(np.float32))
 
 
-def _matmul_reference(op_type, A, packed, scales, bias=None, outlier_idx=None, outlier_w=None, **attrs):
+def _matmul_reference(op_type, A, packed, scales, bias=None, outlier_idx=None, outlier_w=None, zero_points=None,
+                      **attrs):
     K, N = int(attrs["K"]), int(attrs["N"])
     A = np.asarray(A, np.float32)
     if A.shape[-1] != K:
         raise ContractError(f"A's last dim {A.shape[-1]} != K={K}")
-    W = dequantize(op_type, packed, scales, **attrs)
+    W = dequantize(op_type, packed, scales, zero_points=zero_points, **attrs)
     if outlier_idx is not None and len(outlier_idx):
         W[np.asarray(outlier_idx, np.int64)] = 0.0  # outlier rows of the packed weights are ignored
     a2 = A.reshape(int(np.prod(A.shape[:-1])), K)
@@ -429,7 +480,7 @@ def validate(op_type: str, inputs: list, attrs: dict) -> None:
         if idx.size and (idx.min() < -V or idx.max() >= V):
             raise ContractError("PackedGather index out of range")
         return
-    A, packed, scales, bias, outlier_idx, outlier_w = (list(inputs) + [None] * 6)[:6]
+    A, packed, scales, bias, outlier_idx, outlier_w, zero_points = (list(inputs) + [None] * 7)[:7]
     K, N = get("K"), get("N")
     if K is None or N is None or not (1 <= K <= MAX_DIM and 1 <= N <= MAX_DIM):
         raise ContractError(f"{op_type}: K and N must be in 1..2^31, got K={K}, N={N}")
@@ -438,7 +489,7 @@ def validate(op_type: str, inputs: list, attrs: dict) -> None:
         raise ContractError(f"{op_type}: accuracy_level must be 0 or 4, got {level}")
     gs = K if get("group_size") is None else get("group_size")
     G = num_groups(K, gs)
-    bits = 2 if op_type == "TernaryMatMul" else get("bits")
+    bits = FIXED_BITS[op_type] if op_type in FIXED_BITS else get("bits")
     if bits not in OPS[op_type].allowed_bits:
         raise ContractError(f"{op_type}: bits must be one of {OPS[op_type].allowed_bits}, got {bits}")
     _expect(op_type, "A", A, ("float32",), None)
@@ -448,6 +499,10 @@ def validate(op_type: str, inputs: list, attrs: dict) -> None:
     _expect(op_type, "scales", scales, ("float32", "float16"), OPS[op_type].scale_shape(K, N, bits, gs))
     if bias is not None:
         _expect(op_type, "bias", bias, ("float32",), (N,))
+    if op_type == "Int4MatMul":
+        if zero_points is None:
+            raise ContractError("Int4MatMul: zero_points (input 6) is required (all 8 for symmetric codes)")
+        _expect(op_type, "zero_points", zero_points, ("uint8",), (N, (G + 1) // 2))
     if (outlier_idx is None) != (outlier_w is None):
         raise ContractError(f"{op_type}: outlier_idx and outlier_w must be given together")
     if outlier_idx is not None:
@@ -465,7 +520,7 @@ def validate_node(op_type: str, input_names) -> None:
     (PackedGather's inputs are all required and checked by validate()). Raises ContractError."""
     names = list(input_names)
     if op_type in MATMUL_OPS and (len(names) != len(OPS[op_type].inputs) or not all(names)):
-        raise ContractError(f"{op_type}: a node lists all six inputs {', '.join(OPS[op_type].inputs)} "
+        raise ContractError(f"{op_type}: a node lists all {len(OPS[op_type].inputs)} inputs {', '.join(OPS[op_type].inputs)} "
                             f"(a zero bias and an empty outlier pair where there are none), got {names}")
 
 
@@ -481,10 +536,10 @@ def reference(op_type: str, *inputs, **attrs) -> np.ndarray:
     raise ContractError(f"unknown op {op_type}")
 
 
-def weight_abs(op_type: str, packed, scales, **attrs) -> np.ndarray:
+def weight_abs(op_type: str, packed, scales, zero_points=None, **attrs) -> np.ndarray:
     """Wabs [K, N] of the accuracy_level 4 bound."""
     if op_type != "BinaryCodeMatMul":
-        return np.abs(dequantize(op_type, packed, scales, **attrs))
+        return np.abs(dequantize(op_type, packed, scales, zero_points=zero_points, **attrs))
     K, N = int(attrs["K"]), int(attrs["N"])
     gs = int(attrs.get("group_size") or K)
     s = np.abs(np.asarray(scales).astype(np.float32)).sum(0)  # [N, G]
@@ -494,10 +549,10 @@ def weight_abs(op_type: str, packed, scales, **attrs) -> np.ndarray:
 def _table_weight_abs(op_type: str, wabs: np.ndarray, scales, **attrs) -> np.ndarray:
     """[K, N]: the largest |weight| a table lookup of element k scales (the group's scale for
     ternary, sum_i |alpha_i| for binary codes, the row's largest centroid for codebooks)."""
-    if op_type == "TernaryMatMul":
+    if op_type in ("TernaryMatMul", "Int4MatMul"):
         K = int(attrs["K"])
         gs = int(attrs.get("group_size") or K)
-        s = np.abs(np.asarray(scales).astype(np.float32))
+        s = np.abs(np.asarray(scales).astype(np.float32)) * (15.0 if op_type == "Int4MatMul" else 1.0)
         return np.ascontiguousarray(s[:, np.arange(K) // gs].T)
     if op_type == "CodebookMatMul":
         cmax = np.abs(np.asarray(scales).astype(np.float32)).max(1)
@@ -506,14 +561,14 @@ def _table_weight_abs(op_type: str, wabs: np.ndarray, scales, **attrs) -> np.nda
 
 
 def tolerance(op_type: str, A, packed, scales, outlier_idx=None, outlier_w=None, *,
-              accuracy_level: int = 0, bias=None, **attrs) -> np.ndarray:
+              accuracy_level: int = 0, bias=None, zero_points=None, **attrs) -> np.ndarray:
     """The stated bound on |Y - reference| for a kernel that is not the scalar fp32 one. With a
     bias, + 2^-22 |bias|: it is added last and that add rounds at the output's magnitude, so a sum
     within the bound can still land one output ulp away (a fuzz finding: bias 4.7e8, bound 4.2)."""
     K = int(attrs["K"])
     lead = np.shape(A)[:-1]
     A = np.asarray(A, np.float32).reshape(int(np.prod(lead)), K)
-    W = dequantize(op_type, packed, scales, **attrs)
+    W = dequantize(op_type, packed, scales, zero_points=zero_points, **attrs)
     if outlier_idx is not None and len(outlier_idx):
         W[np.asarray(outlier_idx, np.int64)] = 0.0
     bound = np.abs(A) @ np.abs(W)
@@ -525,7 +580,7 @@ def tolerance(op_type: str, A, packed, scales, outlier_idx=None, outlier_w=None,
     a = A.copy()
     if outlier_idx is not None and len(outlier_idx):
         a[:, outlier_idx] = 0
-    wabs = weight_abs(op_type, packed, scales, **attrs)
+    wabs = weight_abs(op_type, packed, scales, zero_points=zero_points, **attrs)
     wtab = _table_weight_abs(op_type, wabs, scales, **attrs)
     if OPS[op_type].epsilon_level0:
         bound = bound + 2.0**-20 * (np.abs(A) @ wtab)
@@ -541,7 +596,9 @@ def bits_per_weight(op_type: str, *, K: int, N: int, group_size: int | None = No
     """Stored bits per weight of one packed MatMul weight (the report's column)."""
     fmt = OPS[op_type]
     gs = K if group_size is None else group_size
-    packed = int(np.prod(fmt.packed_shape(K, N, bits if bits is not None else 2)))
+    packed = int(np.prod(fmt.packed_shape(K, N, bits if bits is not None else FIXED_BITS.get(op_type, 2))))
     scales = int(np.prod(fmt.scale_shape(K, N, bits, gs)))
     total = packed * 8 + scales * scale_bytes * 8 + n_out * (N * 16 + 64)
+    if op_type == "Int4MatMul":  # 4-bit zero points, rows of whole bytes
+        total += N * ((num_groups(K, gs) + 1) // 2) * 8
     return total / (K * N)

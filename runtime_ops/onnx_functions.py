@@ -152,10 +152,15 @@ def _matmul_checks(b: _Body, op_type: str, A: str, packed: str, scales: str, bia
     one = b.const(1)
     G = b("Add", b("Div", b("Sub", K, one), b("Max", gs, one)), one)  # ceil(K / gs) without overflow
     bits = None
-    if op_type == "TernaryMatMul":
-        rb = b("Div", b("Add", K, b.const(3)), b.const(4))
+    if op_type in ("TernaryMatMul", "Int4MatMul"):
+        per_byte = 4 if op_type == "TernaryMatMul" else 2
+        rb = b("Div", b("Add", K, b.const(per_byte - 1)), b.const(per_byte))
         b.check_shape(packed, [N, rb])
         b.check_shape(scales, [N, G])
+        if op_type == "Int4MatMul":  # zero_points [N, ceil(G/2)] uint8
+            zp = OPS[op_type].inputs[6]
+            b.check_dtype(zp, np.uint8)
+            b.check_shape(zp, [N, b("Div", b("Add", G, one), b.const(2))])
     else:
         bits = b.attr_int("bits")
         lo = 1 if op_type == "BinaryCodeMatMul" else 2
@@ -248,7 +253,7 @@ def _function(op_type: str) -> onnx.FunctionProto:
     fmt = OPS[op_type]
     b = _Body()
     if op_type in MATMUL_OPS:
-        A, packed, scales, bias, idx, wout = fmt.inputs
+        A, packed, scales, bias, idx, wout = fmt.inputs[:6]
         k_a, bits = _matmul_checks(b, op_type, A, packed, scales, bias, idx, wout)
         k_range = b("Range", b.const(0), k_a, b.guard())
         grp = b("Div", k_range, b("Max", b.attr_int("group_size"), b.const(1)))
@@ -261,6 +266,12 @@ def _function(op_type: str) -> onnx.FunctionProto:
             codes = _unpack_codes(b, packed, k_range, 1, straddle=False)  # [bits, N, K]
             signs = b("Sub", b("Mul", b("Cast", codes, to=_F32), b.const(2.0, np.float32)), b.const(1.0, np.float32))
             w_t = b("ReduceSum", b("Mul", signs, b("Gather", s, grp, axis=2)), b.const([0]), keepdims=0)
+        elif op_type == "Int4MatMul":  # scale * (code - zero point), as DequantizeLinear computes it
+            zp = fmt.inputs[6]
+            codes = _unpack_codes(b, packed, k_range, 4, straddle=False)  # [N, K]
+            zps = _unpack_codes(b, zp, grp, 4, straddle=False)            # [N, K]: each element's group's
+            vals = b("Cast", b("Sub", b("Cast", codes, to=_I64), b("Cast", zps, to=_I64)), to=_F32)
+            w_t = b("Mul", b("Gather", s, grp, axis=1), vals)
         else:
             codes = _unpack_codes(b, packed, k_range, bits, straddle=True)  # [N, K]
             w_t = b("GatherElements", s, b("Cast", codes, to=_I64), axis=1)

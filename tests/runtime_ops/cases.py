@@ -19,6 +19,12 @@ class Case:
     def ordered(self):
         return [self.inputs.get(n) for n in C.OPS[self.op].inputs]
 
+    def tolerance(self):
+        """The contract's bound on |Y - reference| for this case's accuracy_level."""
+        ins = self.ordered()
+        return C.tolerance(self.op, ins[0], ins[1], ins[2], ins[4], ins[5], bias=ins[3],
+                           zero_points=self.inputs.get("zero_points"), **self.attrs)
+
     def reference(self):
         attrs = {k: v for k, v in self.attrs.items() if k != "accuracy_level"}
         return C.reference(self.op, *self.ordered(), **attrs)
@@ -56,6 +62,11 @@ def matmul_case(op, K, N, gs, M, *, bits=None, n_out=0, level=0, batch=(), scale
         alphas = (rng.random((bits, N, G)) * 0.5 ** np.arange(bits)[:, None, None] + 0.05).astype(scale_dtype)
         packed, scales = C.pack_binary_code(signs, alphas)
         names = ("W_packed", "alphas")
+    elif op == "Int4MatMul":  # odd seeds: zero points of every value (asymmetric codes); even: 8
+        zp = rng.integers(0, 16, (N, G)) if seed % 2 else None
+        packed, scales, zp_packed = C.pack_int4(rng.integers(0, 16, (N, K)),
+                                                (rng.random((N, G)) * 0.2 + 0.01).astype(scale_dtype), zp)
+        names = ("W_packed", "scales")
     else:
         ind = rng.integers(0, 1 << bits, (N, K))
         packed, scales = C.pack_codebook(ind, rng.standard_normal((N, 1 << bits)).astype(scale_dtype), bits)
@@ -65,6 +76,8 @@ def matmul_case(op, K, N, gs, M, *, bits=None, n_out=0, level=0, batch=(), scale
     if bits is not None:
         attrs["bits"] = bits
     inputs = {"A": A, names[0]: packed, names[1]: scales, "bias": bias, "outlier_idx": idx, "outlier_w": ow}
+    if op == "Int4MatMul":
+        inputs["zero_points"] = zp_packed
     name = name or f"{op}-K{K}-N{N}-gs{gs}-M{M}-b{bits}-o{n_out}-l{level}{'-batch' if batch else ''}"
     return Case(name, op, inputs, attrs)
 
@@ -101,6 +114,10 @@ def all_cases() -> list[Case]:
             matmul_case("CodebookMatMul", 75, 31, 75, 3, bits=3, n_out=1, level=level, seed=11),
             matmul_case("CodebookMatMul", 300, 17, 300, 5, bits=4, n_out=2, level=level, scale_dtype=np.float32,
                         seed=12),
+            matmul_case("Int4MatMul", 256, 70, 32, 3, n_out=2, level=level, seed=13),
+            matmul_case("Int4MatMul", 75, 33, 75, 1, level=level, scale_dtype=np.float32, seed=14),
+            matmul_case("Int4MatMul", 37, 11, 5, 4, n_out=1, level=level, batch=(2,), seed=15),  # odd groups
+            matmul_case("Int4MatMul", 64, 32, 16, 0, level=level, seed=16),  # M = 0
         ]
     # prepacked indices over 2 MB: huge-page buffers and the prefetching LUT loops; N not a multiple
     # of the 32-column blocks nor of the codebook's 8-column interleave
@@ -118,6 +135,8 @@ def all_cases() -> list[Case]:
         matmul_case("BinaryCodeMatMul", 130, 40, 37, 11, bits=3, level=4, batch=(2,), seed=34),
         matmul_case("CodebookMatMul", 520, 50, 520, 70, bits=4, n_out=2, level=4, seed=35),
         matmul_case("CodebookMatMul", 75, 31, 75, 10, bits=2, level=4, seed=36),
+        matmul_case("Int4MatMul", 600, 70, 128, 131, n_out=2, level=4, seed=37),  # 128-row tasks, big groups
+        matmul_case("Int4MatMul", 1030, 65, 64, 20, n_out=1, level=4, seed=38),
     ]
     cases += [gather_case(), gather_case(V=5, D=7, gs=7, idx_shape=(6,), dtype=np.int32, seed=1)]
     return cases

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases import all_cases, gather_case, matmul_case  # noqa: E402
 
-OPS = {"TernaryMatMul": 0, "BinaryCodeMatMul": 1, "CodebookMatMul": 2, "PackedGather": 3}
+OPS = {"TernaryMatMul": 0, "BinaryCodeMatMul": 1, "CodebookMatMul": 2, "PackedGather": 3, "Int4MatMul": 4}
 MATMUL_ATTRS = ("K", "N", "group_size", "bits", "format_version", "accuracy_level")
 GATHER_ATTRS = ("D", "group_size", "format_version")
 MAX_SEED_BYTES = 256 << 10   # larger tensors exceed the target's per-tensor cap anyway

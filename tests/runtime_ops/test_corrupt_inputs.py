@@ -30,6 +30,8 @@ BASES = {
     "bcq3_l4": lambda: matmul_case("BinaryCodeMatMul", 33, 7, 33, 1, bits=3, level=4),
     "kmeans3": lambda: matmul_case("CodebookMatMul", 30, 11, 30, 2, bits=3, n_out=1),
     "kmeans4_l4": lambda: matmul_case("CodebookMatMul", 64, 8, 64, 2, bits=4, level=4),
+    "int4": lambda: matmul_case("Int4MatMul", 40, 12, 16, 2, n_out=2),
+    "int4_l4": lambda: matmul_case("Int4MatMul", 64, 9, 32, 3, n_out=1, level=4),
     "gather": lambda: gather_case(V=7, D=13, gs=8, idx_shape=(2, 3)),
 }
 DTYPES = [np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_]

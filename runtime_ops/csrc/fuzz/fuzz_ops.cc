@@ -156,6 +156,10 @@ std::vector<float> dequantize(const qc::MatMulAttrs &a, const qc::MatMulWeights 
                     const unsigned bit = (m.packed[(i * N + n) * rb + k / 8] >> (k % 8)) & 1u;
                     w = w + m.scales[(size_t)((i * N + n) * a.G + g)] * (bit ? 1.f : -1.f);
                 }
+            } else if (a.kind == QC_INT4) {
+                const unsigned c = (m.packed[n * rb + k / 2] >> (4 * (k % 2))) & 15u;
+                const unsigned z = (m.zero_points[n * ((a.G + 1) / 2) + g / 2] >> (4 * (g % 2))) & 15u;
+                w = m.scales[(size_t)(n * a.G + g)] * (float)((int)c - (int)z);
             } else {
                 const int64_t b = a.bits, pos = k * b;
                 unsigned v = m.packed[n * rb + pos / 8];
@@ -187,6 +191,7 @@ void reference(const qc::MatMulAttrs &a, const qc::MatMulWeights &m, const std::
 double table_weight_abs(const qc::MatMulAttrs &a, const qc::MatMulWeights &m, int64_t k, int64_t n) {
     const int64_t g = k / a.group_size;
     if (a.kind == QC_TERNARY) return std::fabs(m.scales[(size_t)(n * a.G + g)]);
+    if (a.kind == QC_INT4) return 15.0 * std::fabs(m.scales[(size_t)(n * a.G + g)]);
     double x = 0;
     if (a.kind == QC_BINARY) {
         for (int64_t i = 0; i < a.bits; ++i) x += std::fabs(m.scales[(size_t)((i * a.N + n) * a.G + g)]);
@@ -220,12 +225,14 @@ void level4_bound(const qc::MatMulAttrs &a, const qc::MatMulWeights &m, const fl
                   int forced);
 
 void fuzz_matmul(int kind, Reader &r) {
-    const char *op = kind == QC_TERNARY ? "TernaryMatMul" : kind == QC_BINARY ? "BinaryCodeMatMul" : "CodebookMatMul";
+    const char *op = kind == QC_TERNARY ? "TernaryMatMul" : kind == QC_BINARY ? "BinaryCodeMatMul"
+                     : kind == QC_INT4  ? "Int4MatMul" : "CodebookMatMul";
     const qc::Attr K = read_attr(r), N = read_attr(r), gs = read_attr(r), bits = read_attr(r), fv = read_attr(r),
                    lvl = read_attr(r);
     const int64_t M = r.u8() % 9;
-    Spec spec[6];
-    for (auto &s : spec) s = read_spec(r);
+    const int n_in = kind == QC_INT4 ? 7 : 6;  // Int4MatMul: + zero_points
+    Spec spec[7];
+    for (int i = 0; i < n_in; ++i) spec[i] = read_spec(r);
     if (!r.ok) return;
     qc::MatMulAttrs a;
     try {
@@ -238,20 +245,21 @@ void fuzz_matmul(int kind, Reader &r) {
     std::vector<int64_t> packed_shape = kind == QC_BINARY ? std::vector<int64_t>{a.bits, a.N, a.row_bytes}
                                                           : std::vector<int64_t>{a.N, a.row_bytes};
     std::vector<int64_t> scale_shape = kind == QC_BINARY   ? std::vector<int64_t>{a.bits, a.N, G}
-                                       : kind == QC_TERNARY ? std::vector<int64_t>{a.N, G}
+                                       : kind == QC_TERNARY || kind == QC_INT4 ? std::vector<int64_t>{a.N, G}
                                                             : std::vector<int64_t>{a.N, int64_t(1) << a.bits};
-    const std::vector<int64_t> shapes[6] = {{M, a.K}, packed_shape, scale_shape, {a.N}, {n_out}, {n_out, a.N}};
-    const int dtypes[6] = {qc::kFloat, qc::kUint8, qc::kFloat16, qc::kFloat, qc::kInt64, qc::kFloat16};
-    Tensor t[6];
-    for (int i = 0; i < 6; ++i)
+    const std::vector<int64_t> shapes[7] = {{M, a.K}, packed_shape, scale_shape, {a.N}, {n_out}, {n_out, a.N},
+                                            {a.N, (G + 1) / 2}};
+    const int dtypes[7] = {qc::kFloat, qc::kUint8, qc::kFloat16, qc::kFloat, qc::kInt64, qc::kFloat16, qc::kUint8};
+    Tensor t[7];
+    for (int i = 0; i < n_in; ++i)
         if (!make_tensor(spec[i], shapes[i], dtypes[i], r, t[i])) return;
     if (t[4].v.present && t[4].v.type == qc::kInt64 && a.K > 0)  // mostly valid outlier indices
         for (size_t j = 0; j < t[4].v.count; ++j) {
             int64_t *p = (int64_t *)t[4].bytes.data() + j;
             if (spec[4].content != 0) *p = ((*p % (a.K + 1)) + (a.K + 1)) % (a.K + 1);
         }
-    qc::TensorView w[6];
-    for (int i = 0; i < 6; ++i) w[i] = t[i].v;
+    qc::TensorView w[7];
+    for (int i = 0; i < n_in; ++i) w[i] = t[i].v;
     qc::MatMulWeights m;
     int64_t rows;
     try {
@@ -458,10 +466,10 @@ void fuzz_gather(Reader &r) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     Reader r{data, size};
-    const int op = r.u8() % 4;
+    const int op = r.u8() % 5;  // 0-2: the kinds, 3: PackedGather, 4: Int4MatMul (see fuzz_format.md)
     if (op == 3)
         fuzz_gather(r);
     else
-        fuzz_matmul(op, r);
+        fuzz_matmul(op == 4 ? QC_INT4 : op, r);
     return 0;
 }

@@ -11,8 +11,13 @@
  * - weights: ternary codes and 1-bit codes decode exactly to -1/0/+1 with the format's scale per
  *   (column, group); 2-4 binary-code planes and codebooks decode each code's value to int8 in
  *   [-64, 64] on a per (column, group) scale vmax / 64 (vmax: the largest |value|): rounding
- *   <= vmax / 128 per weight, inside the bound's weight term (max |W| sum |A| / 64);
- * - y = (sum over groups g, ascending, of (float)isum_g * scale_g) * s, then outliers, then bias. */
+ *   <= vmax / 128 per weight, inside the bound's weight term (max |W| sum |A| / 64); int4 codes
+ *   decode exactly to code - 8 with the format's scale per (column, group), the zero point's part
+ *   (8 - z) x the group's int8 activation sum added to the int32 sum, and their activations get one
+ *   int8 scale per (row, group) (quantize_row_groups; Int4MatMul has no other level-4 path: the
+ *   batched one runs from M = 1);
+ * - y = (sum over groups g, ascending, of (float)isum_g * scale_g) * s, then outliers, then bias;
+ *   int4: y = sum over g of ((float)isum_g * scale_g) * s_g, then outliers, then bias. */
 #include "qc_internal.h"
 
 #include <math.h>
@@ -45,6 +50,7 @@ enum { GEMM_CHUNK_Q = 64, GEMM_ROWS = 128 }; /* kernel rows per tile (256 elemen
  *   lookup tables around 64 and win above; 2 planes never won there (lookup tables 1.0-1.2x
  *   faster up to M = 256): 0, off unless QCOMPILER_GEMM_MIN_M asks for it. */
 static int64_t default_min_m(const qc_matmul *w) {
+    if (w->kind == QC_INT4) return 1; /* int4 has no other level-4 path */
     const int exact = w->kind == QC_TERNARY || (w->kind == QC_BINARY && w->n_planes == 1);
     const int two = w->kind == QC_BINARY && w->n_planes == 2;
     const qc_i8_gemm_fn k = w->isa->i8_gemm;
@@ -91,6 +97,13 @@ static inline unsigned binary_rec_nibble(const uint8_t *rec, int c, unsigned h, 
 
 /* Kernel rows [q0, q0 + nq) of scale group g of column block cb into wt. */
 static void decode_portable(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
+    if (w->kind == QC_INT4) { /* tile byte t from nibble (t & 32 ? high : low) of byte (t & 31) + (t >= 64 ? 32 : 0) */
+        const uint8_t *rec = w->i4 + ((cb * w->G + g) * w->gemm_lq + q0) * 64;
+        for (int q = 0; q < nq; ++q, rec += 64, wt += 128)
+            for (int t = 0; t < 128; ++t)
+                wt[t] = (int8_t)((int)((rec[(t & 31) + (t >= 64 ? 32 : 0)] >> (t & 32 ? 4 : 0)) & 15u) - 8);
+        return;
+    }
     if (w->kind == QC_TERNARY) {
         decode_ternary_rows(w->nib + ((cb * w->G + g) * w->steps + q0) * 32, nq, wt);
         return;
@@ -181,7 +194,11 @@ void qc_gemm_free(qc_matmul *w) {
 int qc_gemm_prepare(qc_matmul *w) {
     w->gemm_min_m = 0;
     if (w->level < 4 || !w->isa->i8_gemm) return 0;
-    if (w->path == PATH_LUT) {
+    if (w->kind == QC_INT4) {
+        w->gemm_lq = w->gsp / 4;
+        w->gemm_G = w->G;
+        w->gemm_ncb = w->ncb;
+    } else if (w->path == PATH_LUT) {
         w->gemm_lq = w->gsp / 4;
         w->gemm_G = w->G;
         w->gemm_ncb = w->ncb;
@@ -193,18 +210,18 @@ int qc_gemm_prepare(qc_matmul *w) {
         return 0;
     }
     const int64_t G = w->gemm_G, ncb = w->gemm_ncb, N = w->N, P = w->n_planes;
-    w->gemm_small = w->kind == QC_TERNARY || (w->kind == QC_BINARY && P == 1);
+    w->gemm_small = w->kind == QC_TERNARY || (w->kind == QC_BINARY && P == 1) || (w->kind == QC_INT4 && w->i4_max * w->gemm_lq <= 64);
     w->gscale = (float *)calloc((size_t)(ncb * G * 32), sizeof(float));
     w->gwsum = (int32_t *)calloc((size_t)(ncb * G * 32), sizeof(int32_t));
-    const int tables = !w->gemm_small;
+    const int tables = w->kind == QC_BINARY ? P > 1 : w->kind == QC_CODEBOOK;
     if (tables) w->gvt = (int8_t *)calloc((size_t)(N * G * 16), 1);
     if (!w->gscale || !w->gwsum || (tables && !w->gvt)) { qc_gemm_free(w); return -1; }
     for (int64_t n = 0; n < N; ++n) {
         const int64_t cb = n / 32, c = n % 32;
         for (int64_t g = 0; g < G; ++g) {
             float *gs = w->gscale + (cb * G + g) * 32 + c;
-            if (w->kind == QC_TERNARY || w->gemm_small) {
-                *gs = w->scales[n * w->G + g]; /* ternary: scales [N][G]; 1 plane: alphas [1][N][G] */
+            if (!tables) {
+                *gs = w->scales[n * w->G + g]; /* ternary, int4: scales [N][G]; 1 plane: alphas [1][N][G] */
                 continue;
             }
             float v[16], vmax = 0.f;
@@ -257,7 +274,8 @@ typedef struct gemm_ctx {
     int64_t M;
     float *Y;
     const uint8_t *aq; /* [M][KL] rows, KL bytes apart */
-    const float *as;   /* [M] */
+    const float *as;   /* [M], int4: [M][G] (a scale per row and group) */
+    const int32_t *asum; /* int4: [M][G] sums of the int8 activations of each group */
     int64_t KL, parts;
 } gemm_ctx;
 
@@ -280,7 +298,8 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *scale = amax > 0.f ? amax / 127.f : 0.f;
     const uint8_t off = w->isa->i8_act_offset ? 128 : 0;
-    const int64_t seg = w->path == PATH_LUT ? w->gs : w->K, seg_pad = w->path == PATH_LUT ? w->gsp : w->kp;
+    const int grouped = w->path == PATH_LUT || w->kind == QC_INT4;
+    const int64_t seg = grouped ? w->gs : w->K, seg_pad = grouped ? w->gsp : w->kp;
     for (int64_t g = 0, k0 = 0; k0 < w->K; ++g, k0 += seg) {
         const int64_t len = w->K - k0 < seg ? w->K - k0 : seg;
         uint8_t *d = dst + g * seg_pad;
@@ -306,6 +325,59 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
     }
 }
 
+/* int4: row m's activations with one int8 scale per scale group (as MatMulNBits' int8 path
+ * quantizes them: a row's few large channels then cost only their own group's precision);
+ * scale[g] = amax_g / 127 over the group's non-outlier channels, the same rounding as quantize_row. */
+QC_CLONES static void quantize_row_groups(const qc_matmul *w, const float *a, uint8_t *dst, float *scale, int32_t *sum) {
+    const uint8_t off = w->isa->i8_act_offset ? 128 : 0;
+    for (int64_t g = 0, k0 = 0; k0 < w->K; ++g, k0 += w->gs) {
+        const int64_t len = w->K - k0 < w->gs ? w->K - k0 : w->gs;
+        float amax = 0.f;
+        for (int64_t i = 0; i < len; ++i) {
+            const float v = w->is_outlier[k0 + i] ? 0.f : fabsf(a[k0 + i]);
+            amax = v > amax ? v : amax;
+        }
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        scale[g] = amax > 0.f ? amax / 127.f : 0.f;
+        uint8_t *d = dst + g * w->gsp;
+        memset(d + len, off, (size_t)(w->gsp - len));
+        int32_t total = 0;
+        for (int64_t i = 0; i < len; ++i) { /* rounding and clamping as in quantize_row */
+            const float r = a[k0 + i] * inv + 12582912.f;
+            uint32_t u;
+            memcpy(&u, &r, 4);
+            int32_t q = (int32_t)(u - 0x4B400000u);
+            q = q < -127 ? -127 : q;
+            q = q > 127 ? 127 : q;
+            q = w->is_outlier[k0 + i] ? 0 : q; /* outlier channels: fp32 in the epilogue */
+            total += q;
+            d[i] = (uint8_t)(q + off);
+        }
+        sum[g] = total;
+    }
+}
+
+/* int4's group end: the exact integer dot of (code - z) and the int8 activations, s = acc - corr[c]
+ * + (8 - z[c]) x asum[m], then facc[m][c] (+)= ((float)s * scale[c]) * as[m] (per-row, per-group
+ * activation scales). In uint32, wrapping like the kernels' int32 sums (exact while a group's sums
+ * fit in int32: groups up to ~2 million elements; int64 arithmetic made this loop scalar, the op
+ * 2.3x slower on 2048 x 2048, M = 64). */
+QC_CLONES static void group_epilogue(const int32_t *acc, const int32_t *corr, const uint8_t *zp, const float *scale,
+                                     const float *as, const int32_t *asum, size_t stride, int64_t M, int first,
+                                     float *facc) {
+    uint32_t zd[32];
+    for (int c = 0; c < 32; ++c) zd[c] = 8u - (uint32_t)zp[c];
+    for (int64_t m = 0; m < M; ++m) {
+        const float sa = as[m * (int64_t)stride];
+        const uint32_t sum = (uint32_t)asum[m * (int64_t)stride];
+        for (int c = 0; c < 32; ++c) {
+            const int32_t v = (int32_t)((uint32_t)acc[m * 32 + c] - (uint32_t)corr[c] + zd[c] * sum);
+            const float x = ((float)v * scale[c]) * sa;
+            facc[m * 32 + c] = first ? x : facc[m * 32 + c] + x;
+        }
+    }
+}
+
 QC_CLONES static void gemm_task(void *p, size_t t) {
     const gemm_ctx *r = (const gemm_ctx *)p;
     const qc_matmul *w = r->w;
@@ -315,7 +387,7 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
     int8_t tile[GEMM_CHUNK_Q * 128] __attribute__((aligned(32)));
     int32_t acc[GEMM_ROWS * 32] __attribute__((aligned(32))); /* 2 x 16 KB: fine on pool threads' stacks */
     float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
-    const int offset = w->isa->i8_act_offset;
+    const int offset = w->isa->i8_act_offset, group_scales = w->kind == QC_INT4;
     for (int64_t g = 0; g < G; ++g) {
         const int32_t *ws = w->gwsum + (cb * G + g) * 32;
         int32_t corr[32];
@@ -326,17 +398,21 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
             const int nq = (int)(Lq - q0 < GEMM_CHUNK_Q ? Lq - q0 : GEMM_CHUNK_Q);
             decode_tile(w, cb, g, q0, nq, tile);
             w->isa->i8_gemm(r->aq + m0 * r->KL + (g * Lq + q0) * 4, (size_t)r->KL, tile, nq, Mr, w->gemm_small, acc,
-                            q0 > 0, q0 + nq >= Lq ? &epi : NULL);
+                            q0 > 0, q0 + nq >= Lq && !group_scales ? &epi : NULL);
         }
+        if (group_scales)
+            group_epilogue(acc, corr, w->i4zp + (cb * G + g) * 32, epi.scale, r->as + m0 * G + g,
+                           r->asum + m0 * G + g, (size_t)G, Mr, g == 0, facc);
     }
     for (int64_t m = 0; m < Mr; ++m) {
         const int64_t row = m0 + m;
         const float *a = r->A + row * w->K;
         float *y = r->Y + row * w->N;
+        const float ts = group_scales ? 1.f : r->as[row]; /* int4: applied per group */
         if (n0 + 32 <= w->N)
-            qc_finish_block(w, a, facc + m * 32, r->as[row], y, n0, 32);
+            qc_finish_block(w, a, facc + m * 32, ts, y, n0, 32);
         else
-            qc_finish_block(w, a, facc + m * 32, r->as[row], y, n0, (int)(w->N - n0));
+            qc_finish_block(w, a, facc + m * 32, ts, y, n0, (int)(w->N - n0));
     }
 }
 
@@ -348,13 +424,18 @@ typedef struct quant_ctx {
     int64_t M, KL, stride;
     uint8_t *aq;
     float *as;
+    int32_t *asum;
 } quant_ctx;
 
 static void quant_task(void *p, size_t t) {
     const quant_ctx *q = (const quant_ctx *)p;
     const int64_t m1 = ((int64_t)t + 1) * QUANT_ROWS < q->M ? ((int64_t)t + 1) * QUANT_ROWS : q->M;
     for (int64_t m = (int64_t)t * QUANT_ROWS; m < m1; ++m)
-        quantize_row(q->w, q->A + m * q->w->K, q->aq + m * q->stride, q->KL, q->as + m);
+        if (q->w->kind == QC_INT4)
+            quantize_row_groups(q->w, q->A + m * q->w->K, q->aq + m * q->stride, q->as + m * q->w->G,
+                                q->asum + m * q->w->G);
+        else
+            quantize_row(q->w, q->A + m * q->w->K, q->aq + m * q->stride, q->KL, q->as + m);
 }
 
 int qc_gemm_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_parallel_fn par, void *host) {
@@ -363,22 +444,24 @@ int qc_gemm_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_para
      * (the kernel reads 4-6 rows at once; measured 27% faster on K = 4096) */
     const int64_t stride = ((KL + 63) / 64 | 1) * 64;
     uint8_t *aq = (uint8_t *)malloc((size_t)(M * stride));
-    float *as = (float *)malloc((size_t)M * sizeof(float));
-    if (!aq || !as) { free(aq); free(as); return -1; }
+    const int64_t ng = w->kind == QC_INT4 ? w->G : 1; /* activation scales per row */
+    float *as = (float *)malloc((size_t)(M * ng) * sizeof(float));
+    int32_t *asum = w->kind == QC_INT4 ? (int32_t *)malloc((size_t)(M * ng) * sizeof(int32_t)) : NULL;
+    if (!aq || !as || (w->kind == QC_INT4 && !asum)) { free(aq); free(as); free(asum); return -1; }
     /* rows quantized on the pool too (a serial prologue of 6-8% of the op held 2 threads back) */
-    const quant_ctx qc = {w, A, M, KL, stride, aq, as};
+    const quant_ctx qc = {w, A, M, KL, stride, aq, as, asum};
     const size_t qtasks = (size_t)cdiv(M, QUANT_ROWS);
     if (par && qtasks > 1 && M * w->K >= QUANT_PAR_MIN)
         par(host, quant_task, (void *)&qc, qtasks);
     else
         for (size_t t = 0; t < qtasks; ++t) quant_task((void *)&qc, t);
-    gemm_ctx r = {w, A, M, Y, aq, as, stride, cdiv(M, GEMM_ROWS)};
+    gemm_ctx r = {w, A, M, Y, aq, as, asum, stride, cdiv(M, GEMM_ROWS)};
     /* tasks: column block major, then parts of 128 rows (a block's decoded weights stay in cache) */
     const size_t total = (size_t)(w->gemm_ncb * r.parts);
     if (par && total > 1)
         par(host, gemm_task, &r, total);
     else
         for (size_t i = 0; i < total; ++i) gemm_task(&r, i);
-    free(aq); free(as);
+    free(aq); free(as); free(asum);
     return 0;
 }

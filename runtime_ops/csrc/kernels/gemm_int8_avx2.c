@@ -9,22 +9,34 @@
 #include <string.h>
 
 /* t[2r + i]: row r, columns 16h + 8i .. + 7 of the block: the running int32 sums, or the group's
- * float epilogue in the portable order (convert, mul, then add). */
-static inline void finish(const __m256i *t, int n, int small, int32_t *acc, int acc_in, const qc_gemm_epi *epi,
-                          int h) {
+ * float epilogue in the portable order (convert, mul, then add). Always inlined into the kernels
+ * with n a constant, the group's corrections and scales loaded once and `first` tested once: as a
+ * loop with those in it, the epilogue of groups of 32 elements took ~45% of the kernel. */
+static inline __attribute__((always_inline)) void finish(const __m256i *t, const int n, const int small, int32_t *acc,
+                                                         int acc_in, const qc_gemm_epi *epi, int h) {
     const __m256i ones = _mm256_set1_epi16(1);
+    __m256i s[12];
     for (int k = 0; k < n; ++k) {
         const int r = k / 2, c = 16 * h + 8 * (k & 1);
-        __m256i s = small ? _mm256_madd_epi16(t[k], ones) : t[k];
-        if (acc_in) s = _mm256_add_epi32(s, _mm256_loadu_si256((const __m256i *)(acc + r * 32 + c)));
-        if (!epi) {
-            _mm256_storeu_si256((__m256i *)(acc + r * 32 + c), s);
-            continue;
+        s[k] = small ? _mm256_madd_epi16(t[k], ones) : t[k];
+        if (acc_in) s[k] = _mm256_add_epi32(s[k], _mm256_loadu_si256((const __m256i *)(acc + r * 32 + c)));
+        if (!epi) _mm256_storeu_si256((__m256i *)(acc + r * 32 + c), s[k]);
+    }
+    if (!epi) return;
+    const __m256i corr[2] = {_mm256_loadu_si256((const __m256i *)(epi->corr + 16 * h)),
+                             _mm256_loadu_si256((const __m256i *)(epi->corr + 16 * h + 8))};
+    const __m256 scale[2] = {_mm256_loadu_ps(epi->scale + 16 * h), _mm256_loadu_ps(epi->scale + 16 * h + 8)};
+    float *f = epi->facc + 16 * h;
+    if (epi->first) {
+        for (int k = 0; k < n; ++k)
+            _mm256_storeu_ps(f + (k / 2) * 32 + 8 * (k & 1),
+                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[k], corr[k & 1])), scale[k & 1]));
+    } else {
+        for (int k = 0; k < n; ++k) {
+            float *fk = f + (k / 2) * 32 + 8 * (k & 1);
+            const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s[k], corr[k & 1])), scale[k & 1]);
+            _mm256_storeu_ps(fk, _mm256_add_ps(_mm256_loadu_ps(fk), x));
         }
-        s = _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)(epi->corr + c)));
-        const __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_loadu_ps(epi->scale + c));
-        float *f = epi->facc + r * 32 + c;
-        _mm256_storeu_ps(f, epi->first ? x : _mm256_add_ps(_mm256_loadu_ps(f), x));
     }
 }
 
@@ -321,7 +333,23 @@ static int decode_binary_rows(const qc_matmul *w, int64_t cb, int64_t g, int64_t
     return nq;
 }
 
+/* int4 records (prepack_int4) -> kernel rows: low and high nibbles of each 32-byte half, minus 8. */
+static void decode_int4(const uint8_t *rec, int nq, int8_t *wt) {
+    const __m256i m = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    for (int q = 0; q < nq; ++q, rec += 64, wt += 128) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)rec), x1 = _mm256_loadu_si256((const __m256i *)(rec + 32));
+        _mm256_store_si256((__m256i *)wt, _mm256_sub_epi8(_mm256_and_si256(x0, m), eight));
+        _mm256_store_si256((__m256i *)(wt + 32), _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x0, 4), m), eight));
+        _mm256_store_si256((__m256i *)(wt + 64), _mm256_sub_epi8(_mm256_and_si256(x1, m), eight));
+        _mm256_store_si256((__m256i *)(wt + 96), _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x1, 4), m), eight));
+    }
+}
+
 int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt) {
+    if (w->kind == QC_INT4) {
+        decode_int4(w->i4 + ((cb * w->G + g) * w->gemm_lq + q0) * 64, nq, wt);
+        return nq;
+    }
     if (w->kind == QC_TERNARY) {
         decode_ternary(w->nib + ((cb * w->G + g) * w->steps + q0) * 32, nq, wt);
         return nq;

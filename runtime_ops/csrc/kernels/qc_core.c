@@ -125,6 +125,12 @@ static void value_table(const qc_matmul *w, int64_t n, int64_t g, float *vt) {
             vt[code] = v;
         }
         break;
+    case QC_INT4: {
+        const float s = w->scales[n * w->G + g];
+        const int z = w->zp[n * w->G + g];
+        for (int e = 0; e < 16; ++e) vt[e] = s * (float)(e - z);
+        break;
+    }
     default:
         for (int e = 0; e < (1 << w->bits); ++e) vt[e] = w->scales[(n << w->bits) + e];
     }
@@ -139,7 +145,7 @@ static void dequant_panel(const qc_matmul *w, int64_t n0, int nc, int64_t k0, in
             for (int kk = 0; kk < kb; ++kk) panel[kk * QC_FMA_COLS + c] = 0.f;
             continue;
         }
-        const int b = w->kind == QC_TERNARY ? 2 : w->kind == QC_CODEBOOK ? w->bits : 0;
+        const int b = w->kind == QC_TERNARY ? 2 : w->kind == QC_CODEBOOK ? w->bits : w->kind == QC_INT4 ? 4 : 0;
         if (b != 2 && b != 4) column_codes(w, n0 + c, k0, kb, codes);
         const uint8_t *row = w->packed + (n0 + c) * w->row_bytes + k0 * b / 8;
         float *pc = panel + c;
@@ -330,15 +336,55 @@ static void prepack_codebook(qc_matmul *w) {
     }
 }
 
+/* int4 codes for the batched int8 path, in the order its decoded tile wants them: per block of 32
+ * columns, scale group g and kernel row q (4 elements of the group), 64 bytes; tile byte t =
+ * 4c + j (column c, element 4q + j) is nibble (t & 32 ? high : low) of byte (t & 31) + (t >= 64 ?
+ * 32 : 0), so one 32-byte load gives two 32-byte tile rows by a mask and a shift. The tile holds
+ * code - 8 (|value| <= 8: the int16 kernels apply); the zero point's part, (8 - z) x the group's
+ * activation sum, is added in the batched path's epilogue. Padding elements and columns and outlier
+ * channels hold code 8 (value 0). */
+static void prepack_int4(qc_matmul *w) {
+    w->glen = w->gs < w->K ? w->gs : w->K;
+    w->gsp = round_up(w->glen, 4);
+    w->ncb = ceil_div(w->N, 32);
+    const int64_t lq = w->gsp / 4, G = w->G;
+    w->i4 = (uint8_t *)weights_calloc((size_t)(w->ncb * G * lq * 64));
+    w->i4zp = (uint8_t *)malloc((size_t)(w->ncb * G * 32));
+    if (!w->i4 || !w->i4zp) return;
+    memset(w->i4, 0x88, (size_t)(w->ncb * G * lq * 64));
+    memset(w->i4zp, 8, (size_t)(w->ncb * G * 32));
+    int vmax = 0;
+    for (int64_t n = 0; n < w->N; ++n) {
+        const uint8_t *row = w->packed + n * w->row_bytes;
+        const int64_t cb = n / 32, c = n % 32;
+        for (int64_t g = 0; g < G; ++g) {
+            const unsigned z = w->zp[n * G + g];
+            w->i4zp[(cb * G + g) * 32 + c] = (uint8_t)z;
+            for (int64_t off = 0; off < w->gsp; ++off) {
+                const int64_t k = g * w->gs + off;
+                const int valid = off < w->glen && k < w->K && !w->is_outlier[k];
+                const unsigned code = valid ? (row[k >> 1] >> ((k & 1) * 4)) & 15u : 8u;
+                const int v = (int)code - 8;
+                vmax = v > vmax ? v : -v > vmax ? -v : vmax;
+                const int64_t q = off / 4, t = 4 * c + off % 4;
+                uint8_t *b = w->i4 + ((cb * G + g) * lq + q) * 64 + (t & 31) + (t >= 64 ? 32 : 0);
+                const unsigned sh = t & 32 ? 4u : 0u;
+                *b = (uint8_t)((*b & ~(15u << sh)) | code << sh);
+            }
+        }
+    }
+    w->i4_max = vmax;
+}
+
 qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
     qc_matmul *w = (qc_matmul *)calloc(1, sizeof(qc_matmul));
     if (!w) return NULL;
-    w->kind = d->kind; w->bits = d->bits; w->level = d->accuracy_level;
+    w->kind = d->kind; w->bits = d->kind == QC_INT4 ? 4 : d->bits; w->level = d->accuracy_level;
     w->K = d->K; w->N = d->N; w->gs = d->group_size > 0 ? d->group_size : d->K;
     w->G = ceil_div(w->K, w->gs);
     w->isa = isa ? isa : qc_isa_get();
     w->n_planes = d->kind == QC_BINARY ? d->bits : 1;
-    const int code_bits = d->kind == QC_TERNARY ? 2 : d->kind == QC_BINARY ? 1 : d->bits;
+    const int code_bits = d->kind == QC_TERNARY ? 2 : d->kind == QC_BINARY ? 1 : w->bits;
     w->row_bytes = ceil_div(w->K * code_bits, 8);
     const size_t packed_bytes = (size_t)(w->n_planes * w->N * w->row_bytes);
     const size_t n_scales = d->kind == QC_CODEBOOK ? (size_t)(w->N << d->bits) : (size_t)(w->n_planes * w->N * w->G);
@@ -361,9 +407,22 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
         for (int64_t j = 0; j < d->n_out; ++j) w->is_outlier[w->oidx[j]] = 1;
     }
     if (d->bias) memcpy(w->bias, d->bias, (size_t)w->N * sizeof(float));
+    if (w->kind == QC_INT4) { /* zero points unpacked, one byte per (column, group) */
+        w->zp = (uint8_t *)malloc((size_t)(w->N * w->G));
+        if (!w->zp) { qc_matmul_free(w); return NULL; }
+        const int64_t zrb = ceil_div(w->G, 2);
+        for (int64_t n = 0; n < w->N; ++n)
+            for (int64_t g = 0; g < w->G; ++g)
+                w->zp[n * w->G + g] = d->zero_points ? (uint8_t)((d->zero_points[n * zrb + g / 2] >> ((g & 1) * 4)) & 15u) : 8;
+    }
 
     w->path = PATH_FMA;
-    if (w->level >= 4 && w->kind == QC_CODEBOOK) {
+    if (w->kind == QC_INT4) { /* the fma path at level 0; level 4 runs the batched int8 path at every M */
+        if (w->level >= 4) {
+            prepack_int4(w);
+            if (!w->i4 || !w->i4zp) { qc_matmul_free(w); return NULL; }
+        }
+    } else if (w->level >= 4 && w->kind == QC_CODEBOOK) {
         prepack_codebook(w);
         if (!w->cbnib || !w->cbq || !w->cbsum || !w->cbs) { qc_matmul_free(w); return NULL; }
         w->path = PATH_CB;
@@ -394,7 +453,9 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
         }
     }
     if (qc_gemm_prepare(w)) { qc_matmul_free(w); return NULL; } /* the batched int8 path, where it applies */
-    if (w->path != PATH_FMA) { /* only the fma path reads the contract bytes: keep one copy of the weights */
+    /* only the fma path reads the contract bytes: keep one copy of the weights (int4 at level 4
+     * takes the fma path only when QCOMPILER_GEMM_MIN_M moves the batched one) */
+    if (w->path != PATH_FMA || (w->kind == QC_INT4 && w->gemm_min_m == 1)) {
         free(w->packed);
         w->packed = NULL;
     }
@@ -404,7 +465,7 @@ qc_matmul *qc_matmul_create(const qc_matmul_desc *d, const qc_isa *isa) {
 void qc_matmul_free(qc_matmul *w) {
     if (!w) return;
     free(w->packed); free(w->scales); free(w->is_outlier); free(w->oidx); free(w->ow); free(w->bias);
-    free(w->nib); free(w->lscales); free(w->cbnib); free(w->cbq); free(w->cbsum); free(w->cbs);
+    free(w->nib); free(w->lscales); free(w->cbnib); free(w->cbq); free(w->cbsum); free(w->cbs); free(w->i4); free(w->zp); free(w->i4zp);
     qc_gemm_free(w);
     free(w);
 }

@@ -38,6 +38,10 @@ struct qc_matmul {
     float *gscale;     /* [block][group][32] scale of the decoded int8 weights (NULL: from lscales) */
     int32_t *gwsum;    /* [block][group][32] sum of the decoded weights (for kernels offsetting activations) */
     int8_t *gvt;       /* binary codes >= 2 planes: [N][G][16]; codebook: [N][16]: int8 value of each code */
+    uint8_t *i4;       /* int4: [block][group][kernel row][64] codes in the decoded tile's order (see prepack_int4) */
+    uint8_t *zp;       /* int4: [N][G] zero points */
+    uint8_t *i4zp;     /* int4: [block][group][32] zero points of the block's columns (8 past N) */
+    int i4_max;        /* int4: the largest |code - 8| of the batched path's weights */
 };
 
 /* 8 floats, unaligned (GCC lets a vector alias its element type): element-wise operations round as

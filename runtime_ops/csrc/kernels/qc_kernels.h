@@ -11,7 +11,10 @@
 extern "C" {
 #endif
 
-enum { QC_TERNARY = 0, QC_BINARY = 1, QC_CODEBOOK = 2 };
+/* QC_INT4: blockwise int4, W[k][n] = scales[n][g] * (code - zero_point[n][g]), g = k / group_size,
+ * codes and zero points 0..15 in 4-bit bitstream rows [N][ceil(K / 2)] and [N][ceil(G / 2)]
+ * (Int4MatMul). */
+enum { QC_TERNARY = 0, QC_BINARY = 1, QC_CODEBOOK = 2, QC_INT4 = 3 };
 enum { QC_LUT_COLS = 32, QC_FMA_COLS = 16, QC_FMA_KB = 256, QC_CB_KB = 128 };
 
 typedef struct qc_matmul qc_matmul;
@@ -77,8 +80,9 @@ typedef struct qc_isa {
     /* Batched int8 GEMM (gemm_int8.c) on one block of 32 decoded columns and M rows:
      * s[m][c] = (acc_in ? acc[m*32 + c] : 0) + sum_{q < nq} sum_{j < 4} act(a[m*a_stride + 4q + j]) * wt[q*128 + 4c + j]
      * (wt 32-byte aligned), act(x) = x read as uint8 when i8_act_offset (activations stored + 128;
-     * epi->corr then holds 128 x the weight sums) and as int8 otherwise. small: |wt| <= 1 and
-     * nq <= 64 (int16 partial sums cannot overflow); otherwise |wt| <= 64 (no maddubs saturation).
+     * epi->corr then holds 128 x the weight sums) and as int8 otherwise. small: |wt| * nq <= 64
+     * (|wt| <= 1 and nq <= 64, or symmetric int4's |wt| <= 8 and nq <= 8: int16 partial sums of the unsigned
+     * activations cannot overflow); otherwise |wt| <= 64 (no maddubs saturation).
      * epi NULL: acc[m*32 + c] = s. Otherwise the group's end: x = (float)(s - corr[c]) * scale[c],
      * facc[m*32 + c] = first ? x : facc[m*32 + c] + x (mul, then add). NULL: no batched path. */
     void (*i8_gemm)(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
@@ -121,9 +125,9 @@ typedef void (*qc_task_fn)(void *ctx, size_t i);
 typedef void (*qc_parallel_fn)(void *host, qc_task_fn fn, void *ctx, size_t total);
 
 typedef struct qc_matmul_desc {
-    int kind;            /* QC_TERNARY / QC_BINARY / QC_CODEBOOK */
+    int kind;            /* QC_TERNARY / QC_BINARY / QC_CODEBOOK / QC_INT4 */
     int64_t K, N, group_size;
-    int bits;            /* planes (binary) or index bits (codebook); 2 for ternary */
+    int bits;            /* planes (binary) or index bits (codebook); 2 for ternary, 4 for int4 */
     int accuracy_level;  /* 0 or 4 */
     const uint8_t *packed;       /* the contract's packed bytes */
     const float *scales;         /* fp32 copy of scales / alphas / codebook */
@@ -131,6 +135,7 @@ typedef struct qc_matmul_desc {
     const int64_t *outlier_idx;  /* [n_out], validated 0 <= idx < K */
     const float *outlier_w;      /* [n_out][N] fp32 */
     const float *bias;           /* [N] or NULL */
+    const uint8_t *zero_points;  /* int4: [N][ceil(G/2)] 4-bit zero points (bitstream rule); NULL: 8 */
 } qc_matmul_desc;
 
 /* Copies what it needs. NULL on allocation failure. */

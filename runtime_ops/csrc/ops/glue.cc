@@ -59,7 +59,8 @@ void ort_parallel_for(void *host, qc_task_fn fn, void *ctx, size_t total) {
 }
 
 // ------------------------------------------------------------------------------ MatMulKernel
-MatMulKernel::MatMulKernel(const OrtKernelInfo *info, int kind, const char *name) : name_(name) {
+MatMulKernel::MatMulKernel(const OrtKernelInfo *info, int kind, const char *name)
+    : name_(name), n_inputs_(kind == QC_INT4 ? 7 : 6) {
     attrs_ = validate_matmul_attrs(kind, name, attr_int(info, "K"), attr_int(info, "N"), attr_int(info, "group_size"),
                                    attr_int(info, "bits"), attr_int(info, "format_version"),
                                    attr_int(info, "accuracy_level"));
@@ -67,7 +68,7 @@ MatMulKernel::MatMulKernel(const OrtKernelInfo *info, int kind, const char *name
     // before any run, and nothing below changes after).
     bool all_const = true;
     const size_t n_in = input_count(info);
-    for (size_t i = 1; i < 6; ++i) {
+    for (size_t i = 1; i < n_inputs_; ++i) {
         bool c = false;
         constants_[i] = constant_input(info, i, &c);
         const bool present = i < n_in && !input_name(info, i).empty();
@@ -107,9 +108,9 @@ OrtStatusPtr MatMulKernel::ComputeV2(OrtKernelContext *context) {
             tmp = build(constants_, true);
             w = tmp.get();
         } else if (!w) {
-            TensorView in[6];
+            TensorView in[7];
             const size_t n = ctx.GetInputCount();
-            for (size_t i = 1; i < 6 && i < n; ++i) in[i] = view(ctx.GetInput(i));
+            for (size_t i = 1; i < n_inputs_ && i < n; ++i) in[i] = view(ctx.GetInput(i));
             tmp = build(in, !finite_A);
             w = tmp.get();
         }

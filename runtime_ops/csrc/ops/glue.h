@@ -46,7 +46,7 @@ OrtStatusPtr guarded(F &&f) {
 
 using MatMulPtr = std::unique_ptr<qc_matmul, void (*)(qc_matmul *)>;
 
-// The three MatMul ops share one kernel; the op files only name the kind and the inputs. The
+// The MatMul ops share one kernel; the op files only name the kind and the inputs. The
 // object is immutable after construction (concurrent runs of one session share it): weights that
 // are constant initializers are validated and prepacked once, here; weights fed as graph inputs
 // are validated and packed per run into per-call buffers.
@@ -61,7 +61,8 @@ struct MatMulKernel {
     MatMulAttrs attrs_;
     MatMulPtr prepacked_{nullptr, qc_matmul_free};
     bool prepacked_exact_ = false;
-    TensorView constants_[6];  // the constant initializers (owned by the session, outlive the kernel)
+    size_t n_inputs_;          // 6, or 7 for Int4MatMul (zero_points)
+    TensorView constants_[7];  // the constant initializers (owned by the session, outlive the kernel)
 };
 
 template <typename TOp>
@@ -70,7 +71,7 @@ struct MatMulOpBase : Ort::CustomOpBase<TOp, MatMulKernel, true> {
         return guarded([&] { *kernel = new MatMulKernel(info, TOp::kKind, TOp::kName); });
     }
     const char *GetName() const { return TOp::kName; }
-    size_t GetInputTypeCount() const { return 6; }
+    size_t GetInputTypeCount() const { return TOp::kKind == QC_INT4 ? 7 : 6; }
     ONNXTensorElementDataType GetInputType(size_t i) const {
         switch (i) {
         case 0: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -78,7 +79,8 @@ struct MatMulOpBase : Ort::CustomOpBase<TOp, MatMulKernel, true> {
         case 2: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // float32 or float16, checked
         case 3: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
         case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-        default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+        case 5: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+        default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;  // Int4MatMul's zero_points
         }
     }
     OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {

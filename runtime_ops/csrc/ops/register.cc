@@ -6,6 +6,7 @@ namespace qc {
 const OrtCustomOp *TernaryMatMul_op();
 const OrtCustomOp *BinaryCodeMatMul_op();
 const OrtCustomOp *CodebookMatMul_op();
+const OrtCustomOp *Int4MatMul_op();
 const OrtCustomOp *PackedGather_op();
 }  // namespace qc
 
@@ -18,7 +19,7 @@ RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *api_base) {
         OrtCustomOpDomain *domain = nullptr;  // lives as long as the process: sessions keep pointers
         Ort::ThrowOnError(api->CreateCustomOpDomain(qc::kDomain, &domain));
         for (const OrtCustomOp *op : {qc::TernaryMatMul_op(), qc::BinaryCodeMatMul_op(), qc::CodebookMatMul_op(),
-                                      qc::PackedGather_op()})
+                                      qc::Int4MatMul_op(), qc::PackedGather_op()})
             Ort::ThrowOnError(api->CustomOpDomain_Add(domain, const_cast<OrtCustomOp *>(op)));
         Ort::ThrowOnError(api->AddCustomOpDomain(options, domain));
     });

@@ -87,8 +87,8 @@ MatMulAttrs validate_matmul_attrs(int kind, const char *op, Attr K, Attr N, Attr
     if (a.group_size <= 0) fail(op, "group_size must be positive, got ", a.group_size);
     a.level = accuracy_level.present ? accuracy_level.value : 0;
     if (a.level != 0 && a.level != 4) fail(op, "accuracy_level must be 0 or 4, got ", a.level);
-    if (kind == QC_TERNARY) {
-        a.bits = 2;
+    if (kind == QC_TERNARY || kind == QC_INT4) {
+        a.bits = kind == QC_TERNARY ? 2 : 4;
     } else {
         if (!bits.present) fail(op, "missing required int attribute 'bits'");
         a.bits = bits.value;
@@ -111,6 +111,7 @@ qc_matmul_desc MatMulWeights::desc(const MatMulAttrs &a) const {
     d.outlier_idx = n_out ? outlier_idx : nullptr;
     d.outlier_w = n_out ? outlier_w.data() : nullptr;
     d.bias = bias.empty() ? nullptr : bias.data();
+    d.zero_points = zero_points;
     return d;
 }
 
@@ -129,6 +130,13 @@ MatMulWeights validate_matmul_weights(const char *op, const MatMulAttrs &a, cons
     } else if (a.kind == QC_TERNARY) {
         expect_shape(op, "W_packed [N, ceil(K/4)]", packed, {a.N, a.row_bytes});
         expect_shape(op, "scales [N, G]", scales, {a.N, a.G});
+    } else if (a.kind == QC_INT4) {
+        expect_shape(op, "W_packed [N, ceil(K/2)]", packed, {a.N, a.row_bytes});
+        expect_shape(op, "scales [N, G]", scales, {a.N, a.G});
+        const TensorView &zp = w[6];
+        if (!zp.present) fail(op, "input 6 (zero_points) is required: 4-bit zero points [N, ceil(G/2)] (all 8 for symmetric codes)");
+        expect_type(op, "zero_points (input 6)", zp, kUint8, "uint8");
+        expect_shape(op, "zero_points [N, ceil(G/2)]", zp, {a.N, ceil_div_nonneg(a.G, 2)});
     } else {
         expect_shape(op, "indices [N, ceil(K*bits/8)]", packed, {a.N, a.row_bytes});
         expect_shape(op, "codebook [N, 2^bits]", scales, {a.N, int64_t(1) << a.bits});
@@ -149,6 +157,7 @@ MatMulWeights validate_matmul_weights(const char *op, const MatMulAttrs &a, cons
     // Only now, every shape known to match the tensors: copies sized by those tensors.
     MatMulWeights m;
     m.packed = packed.as<uint8_t>();
+    if (a.kind == QC_INT4) m.zero_points = w[6].as<uint8_t>();
     m.scales = to_float(op, "input 2 (scales)", scales);
     m.finite_weights = all_finite(m.scales.data(), m.scales.size());
     m.bias.assign(bias.as<float>(), bias.as<float>() + bias.count);

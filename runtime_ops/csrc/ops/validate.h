@@ -60,7 +60,7 @@ std::vector<float> to_float(const char *op, const char *what, const TensorView &
 bool all_finite(const float *x, size_t n);
 
 // ------------------------------------------------------------------ TernaryMatMul, BinaryCodeMatMul,
-// CodebookMatMul (kind = QC_TERNARY / QC_BINARY / QC_CODEBOOK)
+// CodebookMatMul, Int4MatMul (kind = QC_TERNARY / QC_BINARY / QC_CODEBOOK / QC_INT4)
 struct MatMulAttrs {
     int kind = QC_TERNARY;
     int64_t K = 0, N = 0, group_size = 0, bits = 0, level = 0;
@@ -69,10 +69,11 @@ struct MatMulAttrs {
 MatMulAttrs validate_matmul_attrs(int kind, const char *op, Attr K, Attr N, Attr group_size, Attr bits,
                                   Attr format_version, Attr accuracy_level);
 
-// The weights (inputs 1..5 of w[6]; w[0] unused) checked and converted to what the kernels read.
+// The weights (inputs 1..5 of w[6], 1..6 of w[7] for Int4MatMul; w[0] unused) checked and converted
+// to what the kernels read.
 // The fp32 copies are sized by the tensors. finite_weights: every scale/alpha/centroid is finite.
 struct MatMulWeights {
-    const uint8_t *packed = nullptr;
+    const uint8_t *packed = nullptr, *zero_points = nullptr;
     std::vector<float> scales, bias, outlier_w;
     int64_t n_out = 0;
     const int64_t *outlier_idx = nullptr;

@@ -36,12 +36,12 @@ int main(int argc, char **argv) {
     int64_t oidx[2] = {3, K / 2};
     float *ow = malloc(sizeof(float) * 2 * (size_t)N);
     for (int64_t i = 0; i < 2 * N; ++i) ow[i] = 0.01f * (float)(i % 7);
-    const char *names[3] = {"ternary", "bcq2", "cb4"};
+    const char *names[4] = {"ternary", "bcq2", "cb4", "int4"};
     printf("isa %s K %lld N %lld M %lld evict %zu KB\n", isa->name, (long long)K, (long long)N, (long long)M, evict >> 10);
     const int only = argc > 7 ? atoi(argv[7]) : -1;
-    for (int kind = 0; kind < 3; ++kind) {
+    for (int kind = 0; kind < 4; ++kind) {
         if (only >= 0 && kind != only) continue;
-        const int bits = kind == QC_TERNARY ? 2 : kind == QC_BINARY ? 2 : 4;
+        const int bits = kind == QC_TERNARY ? 2 : kind == QC_BINARY ? 2 : 4; /* int4: 4-bit codes */
         const int64_t planes = kind == QC_BINARY ? 2 : 1, cbits = kind == QC_BINARY ? 1 : bits;
         const int64_t rb = (K * cbits + 7) / 8;
         uint8_t *packed = malloc((size_t)(planes * N * rb));
@@ -58,7 +58,9 @@ int main(int argc, char **argv) {
         float *sc = malloc(sizeof(float) * (size_t)ns);
         for (int64_t i = 0; i < ns; ++i) sc[i] = (float)((int)(rnd() % 2001) - 1000) / 20000.f;
         const int64_t gs = argc > 8 && kind != QC_CODEBOOK ? atoll(argv[8]) : K, G = (K + gs - 1) / gs;
-        qc_matmul_desc d = {kind, K, N, gs, bits, 4, packed, sc, 2, oidx, ow, N <= (1 << 14) ? bias : NULL};
+        uint8_t *zp = malloc((size_t)(N * ((G + 1) / 2)) + 1); /* int4: random zero points, as the int4 scheme's */
+        for (int64_t i = 0; i < N * ((G + 1) / 2); ++i) zp[i] = (uint8_t)rnd();
+        qc_matmul_desc d = {kind, K, N, gs, bits, 4, packed, sc, 2, oidx, ow, N <= (1 << 14) ? bias : NULL, zp};
         qc_matmul *w = qc_matmul_create(&d, isa);
         double *t = malloc(sizeof(double) * (size_t)runs);
         for (int r = 0; r < runs + 10; ++r) {
@@ -74,7 +76,7 @@ int main(int argc, char **argv) {
         qsort(t, (size_t)runs, sizeof(double), cmp);
         printf("%-8s %-7s median %8.2f us  p10 %8.2f  (gs %lld)\n", names[kind], qc_matmul_path_for(w, M), t[runs / 2],
                t[runs / 10], (long long)(G ? (K + G - 1) / G : K));
-        qc_matmul_free(w); free(packed); free(sc); free(t);
+        qc_matmul_free(w); free(packed); free(sc); free(t); free(zp);
     }
     return 0;
 }

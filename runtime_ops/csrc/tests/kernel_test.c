@@ -38,6 +38,8 @@ static void check(const char *what, const float *got, const float *want, const f
     }
 }
 
+static int int4_symmetric; /* int4 cases: zero points all 8 (symmetric codes) or random */
+
 static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_t gs, int n_out) {
     const int code_bits = kind == QC_TERNARY ? 2 : kind == QC_BINARY ? 1 : bits;
     const int64_t planes = kind == QC_BINARY ? bits : 1, rb = (K * code_bits + 7) / 8, G = (K + gs - 1) / gs;
@@ -53,6 +55,10 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
     for (int64_t i = 0; i < M * K; ++i) A[i] = rndf();
     for (int64_t i = 0; i < N; ++i) bias[i] = rndf();
     for (int64_t i = 0; i < n_out * N; ++i) ow[i] = rndf();
+    const int64_t zrb = (G + 1) / 2;
+    uint8_t *zp = calloc((size_t)(N * zrb) + 1, 1); /* int4: [N][ceil(G/2)] 4-bit zero points */
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t g = 0; g < G; ++g) put_bits(zp + n * zrb, g, 4, int4_symmetric ? 8u : rnd() % 16u);
     /* codes and the contract's W (fixed fp32 order) */
     for (int64_t n = 0; n < N; ++n)
         for (int64_t k = 0; k < K; ++k) {
@@ -71,6 +77,11 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
                     v = v + scales[(i * N + n) * G + g] * (bit ? 1.f : -1.f);
                 }
                 W[k * N + n] = v;
+            } else if (kind == QC_INT4) {
+                unsigned c = rnd() % 16u;
+                put_bits(packed + n * rb, k, 4, c);
+                const int z = (zp[n * zrb + g / 2] >> (4 * (g % 2))) & 15;
+                W[k * N + n] = scales[n * G + g] * (float)((int)c - z);
             } else {
                 unsigned c = rnd() % (1u << bits);
                 put_bits(packed + n * rb, k, bits, c);
@@ -110,7 +121,7 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
             /* x 0.999: the float sums above round; the bound must not be looser than the contract's */
             bound4[m * N + n] = bound[m * N + n] + 0.999f * (amax * wsum + wmax * asum) / 64.f;
         }
-    qc_matmul_desc d = {kind, K, N, gs, bits, 0, packed, scales, n_out, oidx, ow, bias};
+    qc_matmul_desc d = {kind, K, N, gs, bits, 0, packed, scales, n_out, oidx, ow, bias, kind == QC_INT4 ? zp : NULL};
     char name[160];
     float *y0 = malloc(sizeof(float) * (size_t)(M * N + 1)), *y4 = malloc(sizeof(float) * (size_t)(M * N + 1));
     float *y = malloc(sizeof(float) * (size_t)(M * N + 1));
@@ -195,7 +206,7 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
         }
     }
     unsetenv("QCOMPILER_GEMM_MIN_M");
-    free(packed); free(scales); free(A); free(W); free(bias); free(ow); free(is_out);
+    free(packed); free(scales); free(A); free(W); free(bias); free(ow); free(is_out); free(zp);
     free(ref); free(bound); free(bound4); free(y0); free(y4); free(y4l); free(y4g); free(y);
 }
 
@@ -247,6 +258,8 @@ int main(void) {
         run_case(QC_TERNARY, 2, M, K, N, gs, s % 3 == 1 ? 2 : 0);
         for (int b = 1; b <= 4; ++b) run_case(QC_BINARY, b, M, K, N, gs, s % 3 == 2 ? 2 : 0);
         for (int b = 2; b <= 4; ++b) run_case(QC_CODEBOOK, b, M, K, N, gs, s % 3 == 0 ? 3 : 0);
+        int4_symmetric = s % 2;
+        run_case(QC_INT4, 4, M, K, N, gs, s % 3 == 1 ? 3 : 0);
     }
     gather_case();
     printf("gemm_i8 ISA comparisons: %d\n", gemm_cases);
