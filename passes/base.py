@@ -72,6 +72,33 @@ def add_initializer(graph: ir.Graph, name: str, value) -> ir.Value:
     return v
 
 
+def bias_input(graph: ir.Graph, lin: Any, n: int) -> tuple[ir.Value, bool]:
+    """The float32 [N] bias input of an ai.qcompiler op replacing `lin`: its own bias when it is a
+    constant of N values (reshaped / cast as needed; folded: True), else a zero bias (its Add, if
+    any, stays after the op)."""
+    bias = lin.bias
+    if bias is None or bias.const_value is None or bias.const_value.size != n:
+        return add_initializer(graph, f"{lin.weight.name}_zero_bias", np.zeros(n, np.float32)), False
+    arr = bias.const_value.numpy()
+    if arr.shape != (n,) or arr.dtype != np.float32:
+        bias = add_initializer(graph, f"{bias.name}_1d", arr.reshape(n).astype(np.float32))
+    return bias, True
+
+
+def replace_linear(lin: Any, node: ir.Node, folded: bool) -> str:
+    """Put `node` in place of the linear's MatMul (and its bias Add when the bias was folded into
+    `node`), its output taking over the replaced output's uses; returns the report's form suffix."""
+    if folded:
+        old_nodes, old_out = [lin.node, lin.bias_node], lin.output
+    else:
+        old_nodes, old_out = [lin.node], lin.node.outputs[0]
+    ir.convenience.replace_nodes_and_values(lin.node.graph, old_nodes[-1], old_nodes, [node], [old_out],
+                                            [node.outputs[0]])
+    if lin.bias_node is None:
+        return ""
+    return " (bias folded)" if folded else " + Add"
+
+
 def planned_linears(ctx: Any, formats) -> list:
     """(linear, plan) of every linear planned in one of `formats`, except tied LM heads (the
     weight is an embedding table: quantize_embeddings owns it)."""

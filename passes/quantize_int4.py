@@ -60,8 +60,8 @@ from qcompiler.analyze import Linear, weight_array
 from qcompiler.context import TARGETS
 from qcompiler.ops import contract
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
-                                   fresh_name, planned_linears)
+from qcompiler.passes.base import (QPass, add_initializer, bias_input, consumer_grams, consumer_rows,
+                                   drop_unused_weights, fresh_name, planned_linears, replace_linear)
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import held_out_check, output_error, recover, shrinkage_for, too_few_rows
 from qcompiler.quantizers.uniform import Quantized, quantize_blockwise
@@ -435,33 +435,17 @@ class QuantizeInt4(QPass):
         """MatMul (+ bias Add) -> Int4MatMul(A, W_packed, scales, bias, outlier_idx, outlier_w, zero_points); a zero
         bias and an empty outlier pair where there are none (the op lists all six inputs)."""
         k, n = lin.shape_kn
-        bias = None
-        if lin.bias is not None and lin.bias.const_value is not None and lin.bias.const_value.size == n:
-            bias = lin.bias
-            arr = bias.const_value.numpy()
-            if arr.shape != (n,) or arr.dtype != np.float32:
-                bias = add_initializer(graph, f"{lin.bias.name}_1d", ir.tensor(arr.reshape(n).astype(np.float32)))
-        fold = bias is not None
-        if bias is None:
-            bias = add_initializer(graph, f"{lin.weight.name}_zero_bias", ir.tensor(np.zeros(n, np.float32)))
+        bias, folded = bias_input(graph, lin, n)
         if entry.outlier_idx is None:
-            entry.outlier_idx = add_initializer(graph, f"{lin.weight.name}_outlier_idx", ir.tensor(np.zeros(0, np.int64)))
-            entry.outlier_w = add_initializer(graph, f"{lin.weight.name}_outlier_w", ir.tensor(np.zeros((0, n), np.float16)))
+            entry.outlier_idx = add_initializer(graph, f"{lin.weight.name}_outlier_idx", np.zeros(0, np.int64))
+            entry.outlier_w = add_initializer(graph, f"{lin.weight.name}_outlier_w", np.zeros((0, n), np.float16))
         attributes = contract.node_attributes("Int4MatMul", K=k, N=n, group_size=block_size,
                                               accuracy_level=int(self.options.accuracy_level))
         w_packed, scales, zero_points = entry.inputs
         node = ir.node("Int4MatMul", [lin.node.inputs[0], w_packed, scales, bias, entry.outlier_idx, entry.outlier_w,
                                       zero_points],
                        attributes, domain=contract.DOMAIN, name=self._fresh_node(_node_name(lin, "Int4MatMul")))
-        if fold:
-            old_nodes, old_out = [lin.node, lin.bias_node], lin.output
-        else:
-            old_nodes, old_out = [lin.node], lin.node.outputs[0]
-        ir.convenience.replace_nodes_and_values(lin.node.graph, old_nodes[-1], old_nodes, [node], [old_out],
-                                                [node.outputs[0]])
-        if lin.bias_node is not None:
-            return "Int4MatMul" + (" (bias folded)" if fold else " + Add")
-        return "Int4MatMul"
+        return "Int4MatMul" + replace_linear(lin, node, folded)
 
     def _fresh_node(self, name: str) -> str:
         name = fresh_name(name, self._node_names)

@@ -40,8 +40,8 @@ import onnx_ir as ir
 
 from qcompiler.analyze import Linear, weight_array
 from qcompiler.errors import SchemeError, UsageError
-from qcompiler.passes.base import (QPass, add_initializer, consumer_grams, consumer_rows, drop_unused_weights,
-                                   fresh_name, planned_linears)
+from qcompiler.passes.base import (QPass, add_initializer, bias_input, consumer_grams, consumer_rows,
+                                   drop_unused_weights, fresh_name, planned_linears, replace_linear)
 from qcompiler.qat.on_grid import find_on_grid
 from qcompiler.quantizers.recovery import (RecoveredWeight, held_out_check, output_error, quantize_plain, recover,
                                            shrinkage_for, too_few_rows)
@@ -297,26 +297,10 @@ class ReplaceMatMul(QPass):
 
     def _rewrite(self, graph: ir.Graph, lin: Linear, p: PackedLinear, accuracy_level: int) -> str:
         k, n = p.attrs["K"], p.attrs["N"]
-        bias = None
-        if lin.bias is not None and lin.bias.const_value is not None and lin.bias.const_value.size == n:
-            bias = lin.bias
-            arr = bias.const_value.numpy()
-            if arr.shape != (n,) or arr.dtype != np.float32:
-                bias = add_initializer(graph, f"{lin.bias.name}_1d", arr.reshape(n).astype(np.float32))
-        fold = bias is not None
-        if bias is None:
-            bias = add_initializer(graph, f"{lin.weight.name}_zero_bias", np.zeros(n, np.float32))
+        bias, folded = bias_input(graph, lin, n)
         attributes = dict(contract.node_attributes(p.op_type, K=k, N=n, group_size=p.attrs["group_size"],
                                                    bits=p.attrs.get("bits"), accuracy_level=accuracy_level))
         node = ir.node(p.op_type, [lin.node.inputs[0], p.inputs[0], p.inputs[1], bias, p.inputs[2], p.inputs[3]],
                        attributes, domain=contract.DOMAIN,
                        name=_node_name(lin, p.op_type, {n.name for n in graph.all_nodes() if n.name}))
-        if fold:
-            old_nodes, old_out = [lin.node, lin.bias_node], lin.output
-        else:
-            old_nodes, old_out = [lin.node], lin.node.outputs[0]
-        ir.convenience.replace_nodes_and_values(lin.node.graph, old_nodes[-1], old_nodes, [node], [old_out],
-                                                [node.outputs[0]])
-        if lin.bias_node is not None:
-            return p.op_type + (" (bias folded)" if fold else " + Add")
-        return p.op_type
+        return p.op_type + replace_linear(lin, node, folded)

@@ -279,6 +279,19 @@ typedef struct gemm_ctx {
     int64_t KL, parts;
 } gemm_ctx;
 
+/* x * inv rounded to nearest even as lrintf does, by adding 1.5 * 2^23 and reading the low bits
+ * (exact for |x| <= 2^22; x is within +-127 here), then clamped as integers: vectorizes, and NaN /
+ * inf inputs give defined (clamped) codes. Outlier channels can be far outside: the offset is
+ * removed in unsigned arithmetic (a signed subtraction overflowed there: UBSan, fuzzer). */
+static inline __attribute__((always_inline)) int32_t quantize_value(float x, float inv) {
+    const float r = x * inv + 12582912.f;
+    uint32_t u;
+    memcpy(&u, &r, 4);
+    int32_t q = (int32_t)(u - 0x4B400000u);
+    q = q < -127 ? -127 : q;
+    return q > 127 ? 127 : q;
+}
+
 /* Row m's activations as int8 in the padded group layout (outlier channels and padding 0),
  * stored + 128 for kernels that read them unsigned. */
 QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *dst, int64_t KL, float *scale) {
@@ -304,20 +317,7 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
         const int64_t len = w->K - k0 < seg ? w->K - k0 : seg;
         uint8_t *d = dst + g * seg_pad;
         memset(d + len, off, (size_t)(seg_pad - len)); /* padding */
-        for (int64_t i = 0; i < len; ++i) {
-            /* round to nearest even as lrintf does, by adding 1.5 * 2^23 and reading the low bits
-             * (exact for |x| <= 2^22; x is within +-127 here), then clamped as integers: vectorizes,
-             * and NaN / inf inputs give defined (clamped) codes. Outlier channels (overwritten
-             * below) can be far outside: the offset is removed in unsigned arithmetic (a signed
-             * subtraction overflowed there: UBSan, fuzzer) */
-            const float r = a[k0 + i] * inv + 12582912.f;
-            uint32_t u;
-            memcpy(&u, &r, 4);
-            int32_t q = (int32_t)(u - 0x4B400000u);
-            q = q < -127 ? -127 : q;
-            q = q > 127 ? 127 : q;
-            d[i] = (uint8_t)(q + off);
-        }
+        for (int64_t i = 0; i < len; ++i) d[i] = (uint8_t)(quantize_value(a[k0 + i], inv) + off);
     }
     for (int64_t j = 0; j < w->n_out; ++j) { /* outlier channels: fp32 in the epilogue */
         const int64_t k = w->oidx[j], g = k / seg;
@@ -342,14 +342,8 @@ QC_CLONES static void quantize_row_groups(const qc_matmul *w, const float *a, ui
         uint8_t *d = dst + g * w->gsp;
         memset(d + len, off, (size_t)(w->gsp - len));
         int32_t total = 0;
-        for (int64_t i = 0; i < len; ++i) { /* rounding and clamping as in quantize_row */
-            const float r = a[k0 + i] * inv + 12582912.f;
-            uint32_t u;
-            memcpy(&u, &r, 4);
-            int32_t q = (int32_t)(u - 0x4B400000u);
-            q = q < -127 ? -127 : q;
-            q = q > 127 ? 127 : q;
-            q = w->is_outlier[k0 + i] ? 0 : q; /* outlier channels: fp32 in the epilogue */
+        for (int64_t i = 0; i < len; ++i) {
+            const int32_t q = w->is_outlier[k0 + i] ? 0 : quantize_value(a[k0 + i], inv); /* outliers: fp32 in the epilogue */
             total += q;
             d[i] = (uint8_t)(q + off);
         }
