@@ -15,6 +15,7 @@
 #include "qc_internal.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#include <cpuid.h>
 #include <immintrin.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -132,10 +133,18 @@ static int amx_permitted(void) {
     return s > 0;
 }
 
+/* CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8 (read directly: clang before 17 has no
+ * "amx-tile" for __builtin_cpu_supports, which broke the fuzz build) */
+static int cpu_has_amx_int8(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (d >> 24 & 1u) && (d >> 25 & 1u);
+}
+
 const qc_isa *qc_isa_amx(void) {
     static qc_isa v;
     const qc_isa *base = qc_isa_avx512();
-    if (!base || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8") || !amx_permitted())
+    if (!base || !cpu_has_amx_int8() || !amx_permitted())
         return 0;
     if (!__atomic_load_n(&v.name, __ATOMIC_ACQUIRE)) {
         qc_isa t = *base;
