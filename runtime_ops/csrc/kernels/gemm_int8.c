@@ -15,7 +15,8 @@
  *   decode exactly to code - 8 with the format's scale per (column, group), the zero point's part
  *   (8 - z) x the group's int8 activation sum added to the int32 sum, and their activations get one
  *   int8 scale per (row, group) (quantize_row_groups; Int4MatMul has no other level-4 path: the
- *   batched one runs from M = 1);
+ *   batched one runs from M = 1, below a crossover straight from the packed records, without the
+ *   tile: qc_isa.i4_direct, the same integers and floats);
  * - y = (sum over groups g, ascending, of (float)isum_g * scale_g) * s, then outliers, then bias;
  *   int4: y = sum over g of ((float)isum_g * scale_g) * s_g, then outliers, then bias. */
 #include "qc_internal.h"
@@ -184,6 +185,21 @@ void qc_i8_gemm_scalar(const uint8_t *a, size_t a_stride, const int8_t *wt, int 
     }
 }
 
+/* int4: below this M, qc_isa.i4_direct instead of the tile path. Chosen by qc_kernel_bench (one
+ * thread, 768x3072, 2048x2048, 4096x4096, M 1-128, QCOMPILER_I4_DIRECT_MAX_M=0 against the
+ * direct kernel, caches evicted by 8 and 64 MB) on a 2-core AMD EPYC with AVX-512 VNNI: the
+ * AVX-512 one 2-3x faster than the tile path at M = 1-4, 1.1-1.6x at 8-128: every M. The AVX2 one
+ * (forced on that machine, against the maddubs and the AVX-VNNI tile kernels): 1.5-2.5x at M = 1-2;
+ * at 4-8 faster with weights from memory (1.2-1.4x) and from 6 on slower with them in cache
+ * (0.6-0.9x): up to 5 rows, 4 against AVX-VNNI's kernel. */
+static int64_t default_direct_max_m(const qc_matmul *w) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (w->isa->i4_direct == qc_i4_direct_avx512vnni) return INT64_MAX;
+    if (w->isa->i8_gemm == qc_i8_gemm_avxvnni) return 5;
+#endif
+    return 6;
+}
+
 /* ----------------------------------------------------------------------------- preparation */
 void qc_gemm_free(qc_matmul *w) {
     free(w->gscale); free(w->gwsum); free(w->gvt);
@@ -263,6 +279,9 @@ int qc_gemm_prepare(qc_matmul *w) {
     free(tile);
     const char *env = getenv("QCOMPILER_GEMM_MIN_M");
     w->gemm_min_m = env && *env ? atoll(env) : default_min_m(w);
+    const char *genv = getenv("QCOMPILER_I4_DIRECT_MAX_M");
+    const int64_t gmax = genv && *genv ? atoll(genv) : default_direct_max_m(w);
+    w->i4_direct_max_m = w->kind == QC_INT4 && w->isa->i4_direct && gmax > 0 ? gmax : 0;
     if (w->gemm_min_m <= 0) qc_gemm_free(w);
     return 0;
 }
@@ -328,8 +347,8 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
 /* int4: row m's activations with one int8 scale per scale group (as MatMulNBits' int8 path
  * quantizes them: a row's few large channels then cost only their own group's precision);
  * scale[g] = amax_g / 127 over the group's non-outlier channels, the same rounding as quantize_row. */
-QC_CLONES static void quantize_row_groups(const qc_matmul *w, const float *a, uint8_t *dst, float *scale, int32_t *sum) {
-    const uint8_t off = w->isa->i8_act_offset ? 128 : 0;
+QC_CLONES static void quantize_row_groups(const qc_matmul *w, const float *a, uint8_t *dst, float *scale, int32_t *sum,
+                                          uint8_t off) {
     for (int64_t g = 0, k0 = 0; k0 < w->K; ++g, k0 += w->gs) {
         const int64_t len = w->K - k0 < w->gs ? w->K - k0 : w->gs;
         float amax = 0.f;
@@ -410,6 +429,27 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
     }
 }
 
+/* int4, M < i4_direct_max_m: one block of 32 columns and up to 128 rows straight from the packed
+ * records (the tasks of gemm_task) */
+static void direct_task(void *p, size_t t) {
+    const gemm_ctx *r = (const gemm_ctx *)p;
+    const qc_matmul *w = r->w;
+    const int64_t cb = (int64_t)t / r->parts, m0 = ((int64_t)t % r->parts) * GEMM_ROWS;
+    const int64_t Mr = r->M - m0 < GEMM_ROWS ? r->M - m0 : GEMM_ROWS;
+    const int64_t G = w->gemm_G, Lq = w->gemm_lq, n0 = cb * 32;
+    float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
+    w->isa->i4_direct(w->i4 + cb * G * Lq * 64, G, Lq, (const int8_t *)r->aq + m0 * r->KL, (size_t)r->KL, r->as + m0 * G,
+                      r->asum + m0 * G, (size_t)G, w->gscale + cb * G * 32, w->i4zp + cb * G * 32, Mr, facc);
+    for (int64_t m = 0; m < Mr; ++m) {
+        const int64_t row = m0 + m;
+        float *y = r->Y + row * w->N;
+        if (n0 + 32 <= w->N)
+            qc_finish_block(w, r->A + row * w->K, facc + m * 32, 1.f, y, n0, 32);
+        else
+            qc_finish_block(w, r->A + row * w->K, facc + m * 32, 1.f, y, n0, (int)(w->N - n0));
+    }
+}
+
 enum { QUANT_ROWS = 16, QUANT_PAR_MIN = 1 << 15 }; /* rows per quantize task; M x K from which it is split */
 
 typedef struct quant_ctx {
@@ -419,6 +459,7 @@ typedef struct quant_ctx {
     uint8_t *aq;
     float *as;
     int32_t *asum;
+    uint8_t off; /* 128: activations stored unsigned (the tile kernels' i8_act_offset), 0: signed */
 } quant_ctx;
 
 static void quant_task(void *p, size_t t) {
@@ -427,7 +468,7 @@ static void quant_task(void *p, size_t t) {
     for (int64_t m = (int64_t)t * QUANT_ROWS; m < m1; ++m)
         if (q->w->kind == QC_INT4)
             quantize_row_groups(q->w, q->A + m * q->w->K, q->aq + m * q->stride, q->as + m * q->w->G,
-                                q->asum + m * q->w->G);
+                                q->asum + m * q->w->G, q->off);
         else
             quantize_row(q->w, q->A + m * q->w->K, q->aq + m * q->stride, q->KL, q->as + m);
 }
@@ -443,19 +484,21 @@ int qc_gemm_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_para
     int32_t *asum = w->kind == QC_INT4 ? (int32_t *)malloc((size_t)(M * ng) * sizeof(int32_t)) : NULL;
     if (!aq || !as || (w->kind == QC_INT4 && !asum)) { free(aq); free(as); free(asum); return -1; }
     /* rows quantized on the pool too (a serial prologue of 6-8% of the op held 2 threads back) */
-    const quant_ctx qc = {w, A, M, KL, stride, aq, as, asum};
+    const int direct = w->kind == QC_INT4 && M < w->i4_direct_max_m; /* reads the activations signed */
+    const quant_ctx qc = {w, A, M, KL, stride, aq, as, asum, (uint8_t)(!direct && w->isa->i8_act_offset ? 128 : 0)};
     const size_t qtasks = (size_t)cdiv(M, QUANT_ROWS);
     if (par && qtasks > 1 && M * w->K >= QUANT_PAR_MIN)
         par(host, quant_task, (void *)&qc, qtasks);
     else
         for (size_t t = 0; t < qtasks; ++t) quant_task((void *)&qc, t);
     gemm_ctx r = {w, A, M, Y, aq, as, asum, stride, cdiv(M, GEMM_ROWS)};
+    const qc_task_fn task = direct ? direct_task : gemm_task;
     /* tasks: column block major, then parts of 128 rows (a block's decoded weights stay in cache) */
     const size_t total = (size_t)(w->gemm_ncb * r.parts);
     if (par && total > 1)
-        par(host, gemm_task, &r, total);
+        par(host, task, &r, total);
     else
-        for (size_t i = 0; i < total; ++i) gemm_task(&r, i);
+        for (size_t i = 0; i < total; ++i) task(&r, i);
     free(aq); free(as); free(asum);
     return 0;
 }

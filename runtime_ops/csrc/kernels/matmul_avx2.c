@@ -357,7 +357,7 @@ static void cbf_dot_avx2(const uint8_t *nib, const float *cb, int NC, const floa
 
 static const qc_isa kAvx2 = {"avx2", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2, lut_tables_avx2,
                              flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf, lut_pair_block_avx2_pf, 0,
-                             qc_i8_gemm_avx2, 1, qc_i8_decode_avx2};
+                             qc_i8_gemm_avx2, 1, qc_i8_decode_avx2, qc_i4_direct_avx2};
 const qc_isa *qc_isa_avx2(void) {
     return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? &kAvx2 : 0;
 }
@@ -371,7 +371,8 @@ int qc_cpu_has_avxvnni(void) {
 /* AVX2 with the AVX-VNNI kernel on the batched int8 path (CPUs with AVX-VNNI but no AVX-512). */
 static const qc_isa kAvxVnni = {"avxvnni", lut_block_avx2, lut_pair_block_avx2, fma_panel_avx2, cb_dot_avx2,
                                 lut_tables_avx2, flut_block_avx2, cbf_dot_avx2, lut_block_avx2_pf,
-                                lut_pair_block_avx2_pf, 0, qc_i8_gemm_avxvnni, 1, qc_i8_decode_avx2};
+                                lut_pair_block_avx2_pf, 0, qc_i8_gemm_avxvnni, 1, qc_i8_decode_avx2,
+                                qc_i4_direct_avx2};
 const qc_isa *qc_isa_avxvnni(void) { return qc_isa_avx2() && qc_cpu_has_avxvnni() ? &kAvxVnni : 0; }
 #else
 const qc_isa *qc_isa_avx2(void) { return 0; }

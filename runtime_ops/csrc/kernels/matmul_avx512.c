@@ -227,6 +227,7 @@ static const qc_isa *avx512_isa(int vbmi) {
     v->name = vbmi ? "avx512" : "avx512novbmi";
     v->cb_dot = vbmi ? cb_dot_vbmi : cb_dot_avx512;
     v->i8_gemm = qc_i8_gemm_avx512vnni;
+    v->i4_direct = qc_i4_direct_avx512vnni;
     if (vbmi) {
         v->lut_pair_block = lut_pair_block_vbmi;
         v->lut_pair_block_pf = lut_pair_block_vbmi_pf;

@@ -166,9 +166,9 @@ void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T);
 
 /* kNeonDot: the same with the batched int8 path's sdot kernel, where the CPU has the extension */
 static const qc_isa kNeon = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
-                             qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL};
+                             qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL};
 static const qc_isa kNeonDot = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
-                                qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, qc_i8_gemm_neon_dot, 0, NULL};
+                                qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, qc_i8_gemm_neon_dot, 0, NULL, NULL};
 const qc_isa *qc_isa_neon(void) { return qc_neon_has_dotprod() ? &kNeonDot : &kNeon; }
 #else
 const qc_isa *qc_isa_neon(void) { return 0; }

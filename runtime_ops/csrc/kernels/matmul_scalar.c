@@ -82,5 +82,5 @@ void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T) {
 
 static const qc_isa kScalar = {"scalar", lut_block_scalar, lut_pair_block_scalar, fma_panel_scalar, cb_dot_scalar,
                                qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0,
-                               qc_i8_gemm_scalar, 0, NULL};
+                               qc_i8_gemm_scalar, 0, NULL, NULL};
 const qc_isa *qc_isa_scalar(void) { return &kScalar; }

@@ -42,6 +42,7 @@ struct qc_matmul {
     uint8_t *zp;       /* int4: [N][G] zero points */
     uint8_t *i4zp;     /* int4: [block][group][32] zero points of the block's columns (8 past N) */
     int i4_max;        /* int4: the largest |code - 8| of the batched path's weights */
+    int64_t i4_direct_max_m; /* int4: rows below which qc_isa.i4_direct runs instead of the tile path (0: never) */
 };
 
 /* 8 floats, unaligned (GCC lets a vector alias its element type): element-wise operations round as
@@ -106,6 +107,12 @@ void qc_i8_gemm_avx512vnni(const uint8_t *a, size_t a_stride, const int8_t *wt, 
  * calls for the last rows (fewer than 16). */
 void qc_i8_gemm_amx(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small, int32_t *acc,
                     int acc_in, const qc_gemm_epi *epi);
+void qc_i4_direct_avx2(const uint8_t *rec, int64_t G, int64_t Lq, const int8_t *a, size_t a_stride, const float *as,
+                     const int32_t *asum, size_t s_stride, const float *scale, const uint8_t *zp, int64_t M,
+                     float *facc);
+void qc_i4_direct_avx512vnni(const uint8_t *rec, int64_t G, int64_t Lq, const int8_t *a, size_t a_stride,
+                           const float *as, const int32_t *asum, size_t s_stride, const float *scale, const uint8_t *zp,
+                           int64_t M, float *facc);
 int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
 void qc_i8_gemm_neon_dot(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
                          int32_t *acc, int acc_in, const qc_gemm_epi *epi);

@@ -92,6 +92,14 @@ typedef struct qc_isa {
      * wt (layout as above, the values gemm_int8.c's portable decoder gives); returns how many
      * leading rows it decoded (the portable decoder does the rest). NULL: none. */
     int (*i8_decode)(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
+    /* Int4MatMul on the batched path below a crossover M (gemm_int8.c), one block of 32 columns,
+     * straight from its packed records (rec: [G][Lq][64], prepack_int4's layout): facc[m*32 + c] = the batched path's group
+     * sums for m < M, bit for bit, from signed int8 activations a (row m at a + m*a_stride, group g
+     * at + 4 Lq g) and their per-(row, group) scales as and sums asum ([m*s_stride + g]); scale and
+     * zp: the block's [G][32]. NULL: none (the tile path serves every M). */
+    void (*i4_direct)(const uint8_t *rec, int64_t G, int64_t Lq, const int8_t *a, size_t a_stride, const float *as,
+                    const int32_t *asum, size_t s_stride, const float *scale, const uint8_t *zp, int64_t M,
+                    float *facc);
 } qc_isa;
 
 /* A LUT block entry point (the lut_block / lut_pair_block signature) calling `rows`, an always-inline
