@@ -23,5 +23,5 @@ K="$ROOT/runtime_ops/csrc/kernels"
     "$ROOT/runtime_ops/csrc/tests/kernel_test.c" "$K/qc_core.c" "$K/dispatch.c" "$K/matmul_scalar.c" \
     "$K/matmul_avx2.c" "$K/matmul_avx512.c" "$K/matmul_neon.c" "$K/gemm_int8.c" "$K/gemm_int8_avx2.c" \
     "$K/gemm_int8_avx512.c" "$K/gemm_int8_amx.c" "$K/gemm_int8_neon.c" "$K/int4_direct_avx2.c" \
-    "$K/int4_direct_avx512.c" -lm
+    "$K/int4_direct_avx512.c" "$K/decode_binary_avx512.c" -lm
 QCOMPILER_ISA=neon "$QEMU" "$OUT/qc_kernel_test"

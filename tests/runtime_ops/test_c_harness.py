@@ -24,10 +24,11 @@ def test_native_harness(tmp_path):
     isa_flags = {"matmul_avx2.c": ["-mavx2", "-mfma"], "gemm_int8_avx2.c": ["-mavx2", "-mfma"],
                  "matmul_avx512.c": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]}
     isa_flags["gemm_int8_avx512.c"] = isa_flags["int4_direct_avx512.c"] = isa_flags["matmul_avx512.c"]
+    isa_flags["decode_binary_avx512.c"] = isa_flags["matmul_avx512.c"]
     isa_flags["int4_direct_avx2.c"] = isa_flags["matmul_avx2.c"]
     for src in ("qc_core.c", "dispatch.c", "matmul_scalar.c", "matmul_avx2.c", "matmul_avx512.c", "matmul_neon.c",
                 "gemm_int8.c", "gemm_int8_avx2.c", "gemm_int8_avx512.c", "gemm_int8_amx.c", "gemm_int8_neon.c",
-                "int4_direct_avx2.c", "int4_direct_avx512.c"):
+                "int4_direct_avx2.c", "int4_direct_avx512.c", "decode_binary_avx512.c"):
         flags = isa_flags.get(src, []) if x86 else []
         obj = str(tmp_path / (src + ".o"))
         subprocess.run([cc, "-std=c11", "-O2", "-ffp-contract=off", *flags, "-c", os.path.join(k, src), "-o", obj],

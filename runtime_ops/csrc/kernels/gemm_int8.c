@@ -40,6 +40,9 @@ enum { GEMM_CHUNK_Q = 64, GEMM_ROWS = 128 }; /* kernel rows per tile (256 elemen
  *   768x3072, 2048x2048, 4096x4096, M 4-256, load 11-13): ternary / 1-bit codes from 16, 3-4
  *   planes and codebooks from 32, 2 planes from 64 (tie at 32). Without VBMI the lookup loops are
  *   slower and the int8 kernel the same: the crossover can only move down, so the same table.
+ *   With the VBMI binary-code decoder (the avx512 variant; the 2-core AVX-512 VNNI EPYC of
+ *   2026-12-04, 768x3072, 2048x2048, 4096x4096, M 4-64, load 0.3-0.5): 2 planes from 16 (at most
+ *   5% slower there, faster from 32), 3 planes from 16 (6% slower at 8 on 4096x4096); 4 planes as 3.
  * - AVX-VNNI (avxvnni; same machine and grid): ternary / 1-bit from 16, 3-4 planes from 32,
  *   2 planes from 64, codebooks from 8.
  * - AMX-INT8 (amx; the 2-core Sapphire Rapids, 768x3072 and 4096x4096, M 4-64, one thread, the
@@ -57,6 +60,8 @@ static int64_t default_min_m(const qc_matmul *w) {
     const qc_i8_gemm_fn k = w->isa->i8_gemm;
 #if defined(__x86_64__) || defined(_M_X64)
     if (k == qc_i8_gemm_amx) return w->kind == QC_CODEBOOK ? 8 : 32;
+    if (k == qc_i8_gemm_avx512vnni && w->kind == QC_BINARY && w->isa->i8_decode == qc_i8_decode_avx512vbmi)
+        return 16; /* binary codes decoded with VBMI (decode_binary_avx512.c) */
     if (k == qc_i8_gemm_avx512vnni) return exact ? 16 : two ? 64 : 32;
     if (k == qc_i8_gemm_avxvnni) return exact ? 16 : two ? 64 : w->kind == QC_CODEBOOK ? 8 : 32;
 #endif

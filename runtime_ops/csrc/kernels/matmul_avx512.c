@@ -234,6 +234,7 @@ static const qc_isa *avx512_isa(int vbmi) {
         v->lut_block = lut_block_vbmi;
         v->lut_block_pf = lut_block_vbmi_pf;
         v->lut_binary_pair = 1;
+        v->i8_decode = qc_i8_decode_avx512vbmi;
     }
     return v;
 }

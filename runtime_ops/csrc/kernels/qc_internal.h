@@ -114,6 +114,8 @@ void qc_i4_direct_avx512vnni(const uint8_t *rec, int64_t G, int64_t Lq, const in
                            const float *as, const int32_t *asum, size_t s_stride, const float *scale, const uint8_t *zp,
                            int64_t M, float *facc);
 int qc_i8_decode_avx2(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
+/* decode_binary_avx512.c: binary codes with AVX-512 VBMI (paired layout), the rest by qc_i8_decode_avx2 */
+int qc_i8_decode_avx512vbmi(const qc_matmul *w, int64_t cb, int64_t g, int64_t q0, int nq, int8_t *wt);
 void qc_i8_gemm_neon_dot(const uint8_t *a, size_t a_stride, const int8_t *wt, int nq, int64_t M, int small,
                          int32_t *acc, int acc_in, const qc_gemm_epi *epi);
 int qc_neon_has_dotprod(void);
