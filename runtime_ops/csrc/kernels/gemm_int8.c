@@ -396,12 +396,29 @@ QC_CLONES static void group_epilogue(const int32_t *acc, const int32_t *corr, co
     }
 }
 
+/* Rows m0 .. m0 + Mr of column block cb from their group sums: the row scale (int4: 1, applied per
+ * group), outliers, bias, stored to Y. */
+QC_CLONES static void finish_rows(const gemm_ctx *r, const float *facc, int64_t m0, int64_t Mr, int64_t cb) {
+    const qc_matmul *w = r->w;
+    const int64_t n0 = cb * 32;
+    for (int64_t m = 0; m < Mr; ++m) {
+        const int64_t row = m0 + m;
+        const float *a = r->A + row * w->K;
+        float *y = r->Y + row * w->N;
+        const float ts = w->kind == QC_INT4 ? 1.f : r->as[row];
+        if (n0 + 32 <= w->N)
+            qc_finish_block(w, a, facc + m * 32, ts, y, n0, 32);
+        else
+            qc_finish_block(w, a, facc + m * 32, ts, y, n0, (int)(w->N - n0));
+    }
+}
+
 QC_CLONES static void gemm_task(void *p, size_t t) {
     const gemm_ctx *r = (const gemm_ctx *)p;
     const qc_matmul *w = r->w;
     const int64_t cb = (int64_t)t / r->parts, m0 = ((int64_t)t % r->parts) * GEMM_ROWS;
     const int64_t Mr = r->M - m0 < GEMM_ROWS ? r->M - m0 : GEMM_ROWS;
-    const int64_t G = w->gemm_G, Lq = w->gemm_lq, n0 = cb * 32;
+    const int64_t G = w->gemm_G, Lq = w->gemm_lq;
     int8_t tile[GEMM_CHUNK_Q * 128] __attribute__((aligned(32)));
     int32_t acc[GEMM_ROWS * 32] __attribute__((aligned(32))); /* 2 x 16 KB: fine on pool threads' stacks */
     float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
@@ -422,16 +439,7 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
             group_epilogue(acc, corr, w->i4zp + (cb * G + g) * 32, epi.scale, r->as + m0 * G + g,
                            r->asum + m0 * G + g, (size_t)G, Mr, g == 0, facc);
     }
-    for (int64_t m = 0; m < Mr; ++m) {
-        const int64_t row = m0 + m;
-        const float *a = r->A + row * w->K;
-        float *y = r->Y + row * w->N;
-        const float ts = group_scales ? 1.f : r->as[row]; /* int4: applied per group */
-        if (n0 + 32 <= w->N)
-            qc_finish_block(w, a, facc + m * 32, ts, y, n0, 32);
-        else
-            qc_finish_block(w, a, facc + m * 32, ts, y, n0, (int)(w->N - n0));
-    }
+    finish_rows(r, facc, m0, Mr, cb);
 }
 
 /* int4, M < i4_direct_max_m: one block of 32 columns and up to 128 rows straight from the packed
@@ -441,18 +449,11 @@ static void direct_task(void *p, size_t t) {
     const qc_matmul *w = r->w;
     const int64_t cb = (int64_t)t / r->parts, m0 = ((int64_t)t % r->parts) * GEMM_ROWS;
     const int64_t Mr = r->M - m0 < GEMM_ROWS ? r->M - m0 : GEMM_ROWS;
-    const int64_t G = w->gemm_G, Lq = w->gemm_lq, n0 = cb * 32;
+    const int64_t G = w->gemm_G, Lq = w->gemm_lq;
     float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
     w->isa->i4_direct(w->i4 + cb * G * Lq * 64, G, Lq, (const int8_t *)r->aq + m0 * r->KL, (size_t)r->KL, r->as + m0 * G,
                       r->asum + m0 * G, (size_t)G, w->gscale + cb * G * 32, w->i4zp + cb * G * 32, Mr, facc);
-    for (int64_t m = 0; m < Mr; ++m) {
-        const int64_t row = m0 + m;
-        float *y = r->Y + row * w->N;
-        if (n0 + 32 <= w->N)
-            qc_finish_block(w, r->A + row * w->K, facc + m * 32, 1.f, y, n0, 32);
-        else
-            qc_finish_block(w, r->A + row * w->K, facc + m * 32, 1.f, y, n0, (int)(w->N - n0));
-    }
+    finish_rows(r, facc, m0, Mr, cb);
 }
 
 enum { QUANT_ROWS = 16, QUANT_PAR_MIN = 1 << 15 }; /* rows per quantize task; M x K from which it is split */
