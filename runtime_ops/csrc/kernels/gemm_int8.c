@@ -301,6 +301,7 @@ typedef struct gemm_ctx {
     const float *as;   /* [M], int4: [M][G] (a scale per row and group) */
     const int32_t *asum; /* int4: [M][G] sums of the int8 activations of each group */
     int64_t KL, parts;
+    int direct; /* int4 on qc_isa.i4_direct (signed activations) */
 } gemm_ctx;
 
 /* x * inv rounded to nearest even as lrintf does, by adding 1.5 * 2^23 and reading the low bits
@@ -419,9 +420,16 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
     const int64_t cb = (int64_t)t / r->parts, m0 = ((int64_t)t % r->parts) * GEMM_ROWS;
     const int64_t Mr = r->M - m0 < GEMM_ROWS ? r->M - m0 : GEMM_ROWS;
     const int64_t G = w->gemm_G, Lq = w->gemm_lq;
+    float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
+    if (r->direct) { /* int4 below i4_direct_max_m: straight from the packed records, no tile */
+        w->isa->i4_direct(w->i4 + cb * G * Lq * 64, G, Lq, (const int8_t *)r->aq + m0 * r->KL, (size_t)r->KL,
+                          r->as + m0 * G, r->asum + m0 * G, (size_t)G, w->gscale + cb * G * 32, w->i4zp + cb * G * 32,
+                          Mr, facc);
+        finish_rows(r, facc, m0, Mr, cb);
+        return;
+    }
     int8_t tile[GEMM_CHUNK_Q * 128] __attribute__((aligned(32)));
     int32_t acc[GEMM_ROWS * 32] __attribute__((aligned(32))); /* 2 x 16 KB: fine on pool threads' stacks */
-    float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
     const int offset = w->isa->i8_act_offset, group_scales = w->kind == QC_INT4;
     for (int64_t g = 0; g < G; ++g) {
         const int32_t *ws = w->gwsum + (cb * G + g) * 32;
@@ -439,20 +447,6 @@ QC_CLONES static void gemm_task(void *p, size_t t) {
             group_epilogue(acc, corr, w->i4zp + (cb * G + g) * 32, epi.scale, r->as + m0 * G + g,
                            r->asum + m0 * G + g, (size_t)G, Mr, g == 0, facc);
     }
-    finish_rows(r, facc, m0, Mr, cb);
-}
-
-/* int4, M < i4_direct_max_m: one block of 32 columns and up to 128 rows straight from the packed
- * records (the tasks of gemm_task) */
-static void direct_task(void *p, size_t t) {
-    const gemm_ctx *r = (const gemm_ctx *)p;
-    const qc_matmul *w = r->w;
-    const int64_t cb = (int64_t)t / r->parts, m0 = ((int64_t)t % r->parts) * GEMM_ROWS;
-    const int64_t Mr = r->M - m0 < GEMM_ROWS ? r->M - m0 : GEMM_ROWS;
-    const int64_t G = w->gemm_G, Lq = w->gemm_lq;
-    float facc[GEMM_ROWS * 32] __attribute__((aligned(32)));
-    w->isa->i4_direct(w->i4 + cb * G * Lq * 64, G, Lq, (const int8_t *)r->aq + m0 * r->KL, (size_t)r->KL, r->as + m0 * G,
-                      r->asum + m0 * G, (size_t)G, w->gscale + cb * G * 32, w->i4zp + cb * G * 32, Mr, facc);
     finish_rows(r, facc, m0, Mr, cb);
 }
 
@@ -497,14 +491,13 @@ int qc_gemm_run(const qc_matmul *w, const float *A, int64_t M, float *Y, qc_para
         par(host, quant_task, (void *)&qc, qtasks);
     else
         for (size_t t = 0; t < qtasks; ++t) quant_task((void *)&qc, t);
-    gemm_ctx r = {w, A, M, Y, aq, as, asum, stride, cdiv(M, GEMM_ROWS)};
-    const qc_task_fn task = direct ? direct_task : gemm_task;
+    gemm_ctx r = {w, A, M, Y, aq, as, asum, stride, cdiv(M, GEMM_ROWS), direct};
     /* tasks: column block major, then parts of 128 rows (a block's decoded weights stay in cache) */
     const size_t total = (size_t)(w->gemm_ncb * r.parts);
     if (par && total > 1)
-        par(host, task, &r, total);
+        par(host, gemm_task, &r, total);
     else
-        for (size_t i = 0; i < total; ++i) task(&r, i);
+        for (size_t i = 0; i < total; ++i) gemm_task(&r, i);
     free(aq); free(as); free(asum);
     return 0;
 }
