@@ -411,6 +411,7 @@ def _scheme_grids(scheme) -> list[tuple]:
             grid = (fmt, s["bits"], s.get("group_size"), s["scale_dtype"], False, int(s["n_outliers"]))
         elif fmt == "int4":
             block, symmetric, _, n_outliers = int4_settings(role, settings)
+            n_outliers = max(n_outliers, int4_settings(role, settings, native=True)[3])   # either form's rows
             grid = (fmt, 4, block, "float32", symmetric, n_outliers)   # the pass stores the activation's dtype
         else:
             continue

@@ -34,7 +34,9 @@ GPTQ-style recovery on the Gram matrix X^T X of the linear's input (qcompiler.qu
 error feedback over input rows, act-order, per-block scale refit), and `n_outliers` (default 2)
 input channels with the largest Hessian diagonal keep their weight rows in FP16: their int4 codes
 are the code of 0 and a side path adds them exactly,
-``Y = MatMulNBits(A) + MatMul(Gather(A, outlier_idx, axis=-1), Cast(outlier_w_fp16))``.
+``Y = MatMulNBits(A) + MatMul(Gather(A, outlier_idx, axis=-1), Cast(outlier_w_fp16))``; Int4MatMul
+takes the rows as its own inputs (no side path), with `n_outliers_native` of them (default:
+`n_outliers`).
 Without statistics for a linear, or with too few calibration rows for its width
 (recovery.too_few_rows), it falls back to plain rounding and says so in the report.
 
@@ -124,13 +126,17 @@ def _recovery(name: str, settings: dict) -> str:
     return recovery
 
 
-def int4_settings(name: str, settings: dict) -> tuple[int, bool, str, int]:
-    """(block_size, symmetric, recovery, n_outliers) of one plan entry, with this pass's defaults."""
+def int4_settings(name: str, settings: dict, native: bool = False) -> tuple[int, bool, str, int]:
+    """(block_size, symmetric, recovery, n_outliers) of one plan entry, with this pass's defaults.
+    native: the form carries outlier rows in the op itself (Int4MatMul), where `n_outliers_native`
+    (default: `n_outliers`) applies; the other forms add a side path per linear for them."""
     block_size = int(settings.get("block_size", DEFAULT_BLOCK_SIZE))
     if block_size not in BLOCK_SIZES:
         raise SchemeError(f"int4 block_size must be one of {BLOCK_SIZES}, got {block_size} ({name})")
     recovery = _recovery(name, settings)
     n_outliers = int(settings.get("n_outliers", 2 if recovery == "gptq" else 0))
+    if native:
+        n_outliers = int(settings.get("n_outliers_native", n_outliers))
     return block_size, bool(settings.get("symmetric", True)), recovery, n_outliers
 
 
@@ -273,13 +279,13 @@ class QuantizeInt4(QPass):
         before = after = 0
         for i, (lin, plan) in enumerate(todo):
             ctx.progress("int4", i, len(todo))
-            block_size, symmetric, recovery, n_outliers = int4_settings(lin.name, plan.settings)
-            key = (lin.name, lin.transposed, block_size, symmetric, recovery, n_outliers)
             a_dtype, np_dtype = _float_dtype(lin.node.inputs[0])
             form_target = target
             if target == "qcompiler" and a_dtype != ir.DataType.FLOAT:
                 form_target = "ort"                 # Int4MatMul: float32 activations
-            key = (*key, form_target)
+            block_size, symmetric, recovery, n_outliers = int4_settings(lin.name, plan.settings,
+                                                                        native=form_target == "qcompiler")
+            key = (lin.name, lin.transposed, block_size, symmetric, recovery, n_outliers, form_target)
             if form_target == "ort":
                 model.opset_imports.setdefault(MS_DOMAIN, 1)
             if key not in packed:

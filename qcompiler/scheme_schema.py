@@ -74,7 +74,7 @@ WEIGHT_FORMATS: dict[str, FormatRow] = {
     "int8": FormatRow("insert_qdq", "int8 per output channel, int8 activations", {}),
     "int4": FormatRow("quantize_int4", "4-bit blocks (MatMulNBits / int4 DequantizeLinear)",
                       {"block_size": _choice(16, 32, 64, 128, 256), "symmetric": _bool, "recovery": _RECOVERY,
-                       "n_outliers": _OUTLIERS}),
+                       "n_outliers": _OUTLIERS, "n_outliers_native": _OUTLIERS}),
     "ternary": FormatRow("replace_matmul", "TWN ternary per output channel (TernaryMatMul)",
                          {**_PACKED_COMMON, "ternary_method": _choice("twn", "optimal")}),
     "bcq": FormatRow("replace_matmul", "binary codes sum alpha_i b_i (BinaryCodeMatMul)",

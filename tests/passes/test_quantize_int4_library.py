@@ -17,10 +17,10 @@ from qcompiler.schemes import Scheme
 
 
 
-def _scheme(symmetric: bool, recovery: str = "none", n_outliers: int = 0) -> Scheme:
+def _scheme(symmetric: bool, recovery: str = "none", n_outliers: int = 0, **weights) -> Scheme:
     return Scheme(name="int4-library-test", summary="", passes=["quantize_int4"],
                   weights={"format": "int4", "block_size": 32, "symmetric": symmetric, "recovery": recovery,
-                           "n_outliers": n_outliers},
+                           "n_outliers": n_outliers, **weights},
                   roles={}, embeddings={}, options={}, source="<test>")
 
 
@@ -122,3 +122,20 @@ def test_outlier_rows_are_the_ops_own_inputs(make_ctx):
     for name, w in (("y1", W1), ("y2", W2T.T)):
         ref = X.astype(np.float64) @ w + (B1 if name == "y1" else 0)
         assert np.linalg.norm(got[name] - ref) / np.linalg.norm(ref) < 0.2
+
+
+@pytest.mark.parametrize("target, rows", [("qcompiler", 3), ("ort", 0)])
+def test_native_outlier_count_follows_the_form(make_ctx, target, rows):
+    """n_outliers_native applies where the op carries the rows (Int4MatMul), n_outliers where a side
+    path would (MatMulNBits): 3 rows in each Int4MatMul, none and no side path on the ort form."""
+    from tests.passes.test_quantize_int4 import _calibration_rows, _gptq_stats, _model
+
+    model = _model(21)
+    ctx = make_ctx(model, _scheme(False, "gptq", 0, n_outliers_native=3), target=target)
+    p = QuantizeInt4(ctx)
+    ctx.stats = _gptq_stats(_calibration_rows())
+    model = p(model).model
+    assert [n.op_type for n in model.graph if n.op_type in ("Gather", "MatMul")] == []
+    assert [r["n_outliers"] for r in ctx.pass_reports["quantize_int4"]["linears"]] == [rows, rows]
+    if target == "qcompiler":
+        assert all(n.inputs[4].const_value.numpy().size == rows for n in model.graph if n.op_type == "Int4MatMul")
