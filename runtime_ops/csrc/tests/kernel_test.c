@@ -47,8 +47,8 @@ static void run_case(int kind, int bits, int64_t M, int64_t K, int64_t N, int64_
     uint8_t *packed = calloc((size_t)(planes * N * rb) + 1, 1);
     float *scales = malloc(sizeof(float) * (size_t)n_scales), *A = malloc(sizeof(float) * (size_t)(M * K + 1));
     float *W = calloc((size_t)(K * N), sizeof(float)), *bias = malloc(sizeof(float) * (size_t)N);
-    int64_t oidx[4];
-    float *ow = malloc(sizeof(float) * (size_t)(4 * N));
+    int64_t oidx[80]; /* n_out <= 80 */
+    float *ow = malloc(sizeof(float) * (size_t)(80 * N));
     uint8_t *is_out = calloc((size_t)K, 1);
     for (int j = 0; j < n_out; ++j) { oidx[j] = (int64_t)((j * 7919 + 3) % K); is_out[oidx[j]] = 1; }
     for (int64_t i = 0; i < n_scales; ++i) scales[i] = rndf();
@@ -261,6 +261,10 @@ int main(void) {
         int4_symmetric = s % 2;
         run_case(QC_INT4, 4, M, K, N, gs, s % 3 == 1 ? 3 : 0);
     }
+    /* many outlier channels (70 of 300) */
+    run_case(QC_TERNARY, 2, 3, 300, 40, 300, 70);
+    run_case(QC_BINARY, 2, 20, 300, 70, 64, 70);
+    run_case(QC_INT4, 4, 3, 300, 40, 32, 70);
     gather_case();
     printf("gemm_i8 ISA comparisons: %d\n", gemm_cases);
     printf("%d passed, %d failed\n", passed, failed);
