@@ -162,13 +162,35 @@ static void cb_dot_neon(const uint8_t *nib0, const int8_t *cb0, const int32_t *w
     }
 }
 
-void qc_lut_tables_scalar(const float *av, int64_t Q, float inv, int8_t *T);
+/* Q tables of 16 signed 4-sums (qc_isa.lut_tables), the scalar loop's numbers: entry i = 4h + l is
+ * lo[l] + hi[h] with lo = (+-x0) + (+-x1), hi = (+-x2) + (+-x3) (sign by bit: the negation is exact,
+ * the adds in the scalar order), times inv, rounded to nearest even (fcvtns, as lrintf), clamped to
+ * +-127. */
+static void lut_tables_neon(const float *av, int64_t Q, float inv, int8_t *T) {
+    static const float s0[4] = {-1.f, 1.f, -1.f, 1.f}, s1[4] = {-1.f, -1.f, 1.f, 1.f};
+    const float32x4_t vs0 = vld1q_f32(s0), vs1 = vld1q_f32(s1);
+    const int8x16_t lim = vdupq_n_s8(-127);
+    for (int64_t q = 0; q < Q; ++q) {
+        const float32x4_t x = vld1q_f32(av + q * 4);
+        const float32x4_t lo = vaddq_f32(vmulq_laneq_f32(vs0, x, 0), vmulq_laneq_f32(vs1, x, 1));
+        const float32x4_t hi = vaddq_f32(vmulq_laneq_f32(vs0, x, 2), vmulq_laneq_f32(vs1, x, 3));
+        int32x4_t v[4];
+        for (int h = 0; h < 4; ++h) {
+            const float32x4_t hh = h == 0 ? vdupq_laneq_f32(hi, 0) : h == 1 ? vdupq_laneq_f32(hi, 1)
+                                 : h == 2 ? vdupq_laneq_f32(hi, 2) : vdupq_laneq_f32(hi, 3);
+            v[h] = vcvtnq_s32_f32(vmulq_n_f32(vaddq_f32(lo, hh), inv));
+        }
+        const int16x8_t p01 = vcombine_s16(vqmovn_s32(v[0]), vqmovn_s32(v[1]));
+        const int16x8_t p23 = vcombine_s16(vqmovn_s32(v[2]), vqmovn_s32(v[3]));
+        vst1q_s8(T + q * 16, vmaxq_s8(vcombine_s8(vqmovn_s16(p01), vqmovn_s16(p23)), lim));
+    }
+}
 
 /* kNeonDot: the same with the batched int8 path's sdot kernel, where the CPU has the extension */
 static const qc_isa kNeon = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
-                             qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL};
+                             lut_tables_neon, NULL, NULL, NULL, NULL, 0, NULL, 0, NULL, NULL};
 static const qc_isa kNeonDot = {"neon", lut_block_neon, lut_pair_block_neon, fma_panel_neon, cb_dot_neon,
-                                qc_lut_tables_scalar, NULL, NULL, NULL, NULL, 0, qc_i8_gemm_neon_dot, 0, NULL, NULL};
+                                lut_tables_neon, NULL, NULL, NULL, NULL, 0, qc_i8_gemm_neon_dot, 0, NULL, NULL};
 const qc_isa *qc_isa_neon(void) { return qc_neon_has_dotprod() ? &kNeonDot : &kNeon; }
 #else
 const qc_isa *qc_isa_neon(void) { return 0; }
