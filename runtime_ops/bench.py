@@ -160,19 +160,33 @@ def columns(K, N, rng, names):
 OURS = ("ternary", "bcq2", "bcq3", "kmeans4", "int4")
 
 
-def session(model: onnx.ModelProto, threads: int, gemm_min_m: str | None = None) -> ort.InferenceSession:
-    """gemm_min_m: the batched path's crossover for this session's kernels (QCOMPILER_GEMM_MIN_M is
-    read when onnxruntime creates them); None leaves the environment as it is."""
-    if gemm_min_m is not None:
-        saved = os.environ.get("QCOMPILER_GEMM_MIN_M")
-        os.environ["QCOMPILER_GEMM_MIN_M"] = gemm_min_m
+# --paths: the environment each path of a column runs under (read when onnxruntime creates the
+# kernels). int4 has one level-4 path in two forms: the decoded tile and the direct kernel.
+PATH_ENV = {"lut": {"QCOMPILER_GEMM_MIN_M": "0"}, "gemm": {"QCOMPILER_GEMM_MIN_M": "1"},
+            "tile": {"QCOMPILER_I4_DIRECT_MAX_M": "0"}, "direct": {"QCOMPILER_I4_DIRECT_MAX_M": str(1 << 40)}}
+
+
+def path_names(name: str) -> tuple[str, ...]:
+    """The --paths columns of one column: ours on both paths, the others as they are."""
+    if name == "int4":
+        return ("int4@tile", "int4@direct")
+    return (name + "@lut", name + "@gemm") if name in OURS else (name,)
+
+
+def session(model: onnx.ModelProto, threads: int, env: dict | None = None) -> ort.InferenceSession:
+    """env: variables set while onnxruntime creates this session's kernels (a path's crossover),
+    restored afterwards."""
+    if env:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             return session(model, threads)
         finally:
-            if saved is None:
-                del os.environ["QCOMPILER_GEMM_MIN_M"]
-            else:
-                os.environ["QCOMPILER_GEMM_MIN_M"] = saved
+            for k, v in saved.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -225,16 +239,16 @@ def run_grid(args) -> dict:
     for n in names:
         print(f"  {n}: {COLUMNS[n]}")
     if args.paths:  # each of our columns twice: lookup-table / codebook path, and the batched int8 path
-        names = [v for n in names for v in ((n + "@lut", n + "@gemm") if n in OURS else (n,))]
-        print("  @lut: QCOMPILER_GEMM_MIN_M=0 (lookup tables / codebook GEMV), @gemm: =1 (batched int8 path)")
+        names = [v for n in names for v in path_names(n)]
+        print("  @lut: QCOMPILER_GEMM_MIN_M=0 (lookup tables / codebook GEMV), @gemm: =1 (batched int8 path); "
+              "int4 @tile: QCOMPILER_I4_DIRECT_MAX_M=0 (decoded tile), @direct: every M on the direct kernel")
     print("CPU us per run (process CPU time, median) / x faster than ort_int8 by CPU time [by wall time]")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     results = {}
     for K, N in shapes:
         models = columns(K, N, rng, list(dict.fromkeys(n.split("@")[0] for n in names)))
         for t in threads:
-            mode = {"lut": "0", "gemm": "1"}
-            sessions = {n: session(models[n.split("@")[0]], t, mode.get(n.partition("@")[2])) for n in names}
+            sessions = {n: session(models[n.split("@")[0]], t, PATH_ENV.get(n.partition("@")[2])) for n in names}
             print(f"\n{K}x{N}, {t} thread{'s' if t > 1 else ''}, load {os.getloadavg()[0]:.1f}")
             ratios = [f"{n}/int8" for n in names if n != "ort_int8"] if "ort_int8" in names else []
             print("| M | " + " | ".join(names + ratios) + " |")
@@ -304,7 +318,8 @@ def main(argv=None) -> None:
     ap.add_argument("--nbits", action="store_true", help="MatMulNBits settings vs onnxruntime int8")
     ap.add_argument("--json", help="also write the medians (CPU us, wall us) to this file")
     ap.add_argument("--paths", action="store_true",
-                    help="our columns on both paths (lookup tables / batched int8): how the crossover is chosen")
+                    help="our columns on both paths (lookup tables / batched int8; int4: decoded tile / direct kernel): "
+                         "how the crossovers are chosen")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.M, args.threads, args.budget = "768x3072,2048x2048", "1,16,64", "1", 0.4
