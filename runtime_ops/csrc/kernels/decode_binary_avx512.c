@@ -20,6 +20,7 @@ QC_VBMI static int decode_binary_vbmi(const qc_matmul *w, int64_t cb, int64_t g,
     /* each column's 16-byte value row stored whole, ascending (a column overwrites the unused tail
      * of the previous one; the last one's tail lands in the slack) */
     int8_t tab[4 * 128 + 16];
+    if (P == 1) memset(tab + 64, 0, 64); /* the only width whose rows leave loaded bytes unwritten */
     for (int c = 0; c < 32; ++c) {
         const int64_t n = cb * 32 + c;
         int8_t *t = tab + (c >> lcp) * 128 + ((c & (CP - 1)) << P);
