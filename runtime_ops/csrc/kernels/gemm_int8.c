@@ -199,6 +199,9 @@ void qc_i8_gemm_scalar(const uint8_t *a, size_t a_stride, const int8_t *wt, int 
  * (0.6-0.9x): up to 5 rows, 4 against AVX-VNNI's kernel. */
 static int64_t default_direct_max_m(const qc_matmul *w) {
 #if defined(__x86_64__) || defined(_M_X64)
+    /* AMX (not measured with the direct kernel): below 16 rows its tile path runs the VNNI kernel,
+     * which the direct kernel beats; from 16 on the AMX tiles as before */
+    if (w->isa->i8_gemm == qc_i8_gemm_amx) return 16;
     if (w->isa->i4_direct == qc_i4_direct_avx512vnni) return INT64_MAX;
     if (w->isa->i8_gemm == qc_i8_gemm_avxvnni) return 5;
 #endif
