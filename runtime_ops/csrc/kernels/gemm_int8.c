@@ -320,6 +320,21 @@ static inline __attribute__((always_inline)) int32_t quantize_value(float x, flo
     return q > 127 ? 127 : q;
 }
 
+/* 0 for outlier channels (fp32 in the epilogue), all ones otherwise: selects without a branch */
+static inline __attribute__((always_inline)) int32_t keep_mask(uint8_t is_outlier) {
+    return (int32_t)(0u - (uint32_t)(is_outlier == 0));
+}
+/* |x|, or +0 for an outlier channel (also when x is NaN, as the branch it replaces gave) */
+static inline __attribute__((always_inline)) float masked_abs(float x, uint8_t is_outlier) {
+    const float v = fabsf(x);
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u &= (uint32_t)keep_mask(is_outlier);
+    float r;
+    memcpy(&r, &u, 4);
+    return r;
+}
+
 /* Row m's activations as int8 in the padded group layout (outlier channels and padding 0),
  * stored + 128 for kernels that read them unsigned. */
 QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *dst, int64_t KL, float *scale) {
@@ -327,11 +342,11 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
     int64_t k = 0;
     for (; k + 8 <= w->K; k += 8)
         for (int j = 0; j < 8; ++j) {
-            const float v = w->is_outlier[k + j] ? 0.f : fabsf(a[k + j]);
+            const float v = masked_abs(a[k + j], w->is_outlier[k + j]);
             m8[j] = v > m8[j] ? v : m8[j];
         }
     for (; k < w->K; ++k) {
-        const float v = w->is_outlier[k] ? 0.f : fabsf(a[k]);
+        const float v = masked_abs(a[k], w->is_outlier[k]);
         m8[0] = v > m8[0] ? v : m8[0];
     }
     float amax = 0.f;
@@ -353,6 +368,44 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
     }
 }
 
+/* One scale group of quantize_row_groups: 8 lanes for the max and the sum (both exact in any
+ * order), outlier channels masked without a branch (with `? :` on them GCC kept both loops scalar:
+ * 11-13% of Int4MatMul at 2048 x 2048, M = 256) and the mask compiled out when there are none. */
+static inline __attribute__((always_inline)) void quantize_group(const float *x, int64_t len, const uint8_t *isout,
+                                                                  const int outliers, uint8_t off, uint8_t *d,
+                                                                  float *scale, int32_t *sum) {
+    float m8[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8)
+        for (int j = 0; j < 8; ++j) {
+            const float v = masked_abs(x[i + j], outliers ? isout[i + j] : 0);
+            m8[j] = v > m8[j] ? v : m8[j];
+        }
+    for (; i < len; ++i) {
+        const float v = masked_abs(x[i], outliers ? isout[i] : 0);
+        m8[0] = v > m8[0] ? v : m8[0];
+    }
+    float amax = 0.f;
+    for (int j = 0; j < 8; ++j) amax = m8[j] > amax ? m8[j] : amax;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    *scale = amax > 0.f ? amax / 127.f : 0.f;
+    int32_t t8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (i = 0; i + 8 <= len; i += 8)
+        for (int j = 0; j < 8; ++j) {
+            const int32_t q = quantize_value(x[i + j], inv) & keep_mask(outliers ? isout[i + j] : 0); /* outliers: 0 */
+            t8[j] += q;
+            d[i + j] = (uint8_t)(q + off);
+        }
+    for (; i < len; ++i) {
+        const int32_t q = quantize_value(x[i], inv) & keep_mask(outliers ? isout[i] : 0);
+        t8[0] += q;
+        d[i] = (uint8_t)(q + off);
+    }
+    int32_t total = 0;
+    for (int j = 0; j < 8; ++j) total += t8[j];
+    *sum = total;
+}
+
 /* int4: row m's activations with one int8 scale per scale group (as MatMulNBits' int8 path
  * quantizes them: a row's few large channels then cost only their own group's precision);
  * scale[g] = amax_g / 127 over the group's non-outlier channels, the same rounding as quantize_row. */
@@ -360,22 +413,12 @@ QC_CLONES static void quantize_row_groups(const qc_matmul *w, const float *a, ui
                                           uint8_t off) {
     for (int64_t g = 0, k0 = 0; k0 < w->K; ++g, k0 += w->gs) {
         const int64_t len = w->K - k0 < w->gs ? w->K - k0 : w->gs;
-        float amax = 0.f;
-        for (int64_t i = 0; i < len; ++i) {
-            const float v = w->is_outlier[k0 + i] ? 0.f : fabsf(a[k0 + i]);
-            amax = v > amax ? v : amax;
-        }
-        const float inv = amax > 0.f ? 127.f / amax : 0.f;
-        scale[g] = amax > 0.f ? amax / 127.f : 0.f;
         uint8_t *d = dst + g * w->gsp;
         memset(d + len, off, (size_t)(w->gsp - len));
-        int32_t total = 0;
-        for (int64_t i = 0; i < len; ++i) {
-            const int32_t q = w->is_outlier[k0 + i] ? 0 : quantize_value(a[k0 + i], inv); /* outliers: fp32 in the epilogue */
-            total += q;
-            d[i] = (uint8_t)(q + off);
-        }
-        sum[g] = total;
+        if (w->n_out)
+            quantize_group(a + k0, len, w->is_outlier + k0, 1, off, d, scale + g, sum + g);
+        else
+            quantize_group(a + k0, len, NULL, 0, off, d, scale + g, sum + g);
     }
 }
 
