@@ -335,16 +335,28 @@ static inline __attribute__((always_inline)) float masked_abs(float x, uint8_t i
     return r;
 }
 
+/* The running lane maxima *m of |x[j]| over 8 values, outlier channels (isout, or none when NULL)
+ * counting as 0; a NaN leaves its lane as it was (as `v > m ? v : m` does). In vector types: GCC
+ * left the 8-lane loop of scalars unvectorized. */
+typedef int32_t qc_v8i __attribute__((vector_size(32), aligned(4)));
+static inline __attribute__((always_inline)) void max_abs8(qc_v8f *m, const float *x, const uint8_t *isout) {
+    qc_v8i keep = {-1, -1, -1, -1, -1, -1, -1, -1};
+    if (isout)
+        for (int j = 0; j < 8; ++j) keep[j] = keep_mask(isout[j]);
+    const qc_v8i v = *(const qc_v8i *)x & (qc_v8i){0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
+                                                     0x7fffffff, 0x7fffffff, 0x7fffffff} & keep;
+    const qc_v8i gt = (qc_v8f)v > *m;
+    *m = (qc_v8f)((v & gt) | ((qc_v8i)*m & ~gt));
+}
+
 /* Row m's activations as int8 in the padded group layout (outlier channels and padding 0),
  * stored + 128 for kernels that read them unsigned. */
 QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *dst, int64_t KL, float *scale) {
-    float m8[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}; /* max is exact in any order: 8 lanes */
+    qc_v8f m = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}; /* max is exact in any order: 8 lanes */
     int64_t k = 0;
-    for (; k + 8 <= w->K; k += 8)
-        for (int j = 0; j < 8; ++j) {
-            const float v = masked_abs(a[k + j], w->is_outlier[k + j]);
-            m8[j] = v > m8[j] ? v : m8[j];
-        }
+    for (; k + 8 <= w->K; k += 8) max_abs8(&m, a + k, w->n_out ? w->is_outlier + k : NULL);
+    float m8[8];
+    memcpy(m8, &m, sizeof m8);
     for (; k < w->K; ++k) {
         const float v = masked_abs(a[k], w->is_outlier[k]);
         m8[0] = v > m8[0] ? v : m8[0];
@@ -374,13 +386,11 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
 static inline __attribute__((always_inline)) void quantize_group(const float *x, int64_t len, const uint8_t *isout,
                                                                   const int outliers, uint8_t off, uint8_t *d,
                                                                   float *scale, int32_t *sum) {
-    float m8[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    qc_v8f m = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     int64_t i = 0;
-    for (; i + 8 <= len; i += 8)
-        for (int j = 0; j < 8; ++j) {
-            const float v = masked_abs(x[i + j], outliers ? isout[i + j] : 0);
-            m8[j] = v > m8[j] ? v : m8[j];
-        }
+    for (; i + 8 <= len; i += 8) max_abs8(&m, x + i, outliers ? isout + i : NULL);
+    float m8[8];
+    memcpy(m8, &m, sizeof m8);
     for (; i < len; ++i) {
         const float v = masked_abs(x[i], outliers ? isout[i] : 0);
         m8[0] = v > m8[0] ? v : m8[0];
