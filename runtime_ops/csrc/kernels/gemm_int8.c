@@ -349,20 +349,27 @@ static inline __attribute__((always_inline)) void max_abs8(qc_v8f *m, const floa
     *m = (qc_v8f)((v & gt) | ((qc_v8i)*m & ~gt));
 }
 
-/* Row m's activations as int8 in the padded group layout (outlier channels and padding 0),
- * stored + 128 for kernels that read them unsigned. */
-QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *dst, int64_t KL, float *scale) {
-    qc_v8f m = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}; /* max is exact in any order: 8 lanes */
-    int64_t k = 0;
-    for (; k + 8 <= w->K; k += 8) max_abs8(&m, a + k, w->n_out ? w->is_outlier + k : NULL);
+/* max |x[i]| over i < len, outlier channels (isout, or none when NULL) counting as 0: 8 lanes (the
+ * max is exact in any order), then the tail, then the lanes */
+static inline __attribute__((always_inline)) float masked_amax(const float *x, int64_t len, const uint8_t *isout) {
+    qc_v8f m = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) max_abs8(&m, x + i, isout ? isout + i : NULL);
     float m8[8];
     memcpy(m8, &m, sizeof m8);
-    for (; k < w->K; ++k) {
-        const float v = masked_abs(a[k], w->is_outlier[k]);
+    for (; i < len; ++i) {
+        const float v = masked_abs(x[i], isout ? isout[i] : 0);
         m8[0] = v > m8[0] ? v : m8[0];
     }
     float amax = 0.f;
     for (int j = 0; j < 8; ++j) amax = m8[j] > amax ? m8[j] : amax;
+    return amax;
+}
+
+/* Row m's activations as int8 in the padded group layout (outlier channels and padding 0),
+ * stored + 128 for kernels that read them unsigned. */
+QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *dst, int64_t KL, float *scale) {
+    const float amax = masked_amax(a, w->K, w->n_out ? w->is_outlier : NULL);
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *scale = amax > 0.f ? amax / 127.f : 0.f;
     const uint8_t off = w->isa->i8_act_offset ? 128 : 0;
@@ -386,21 +393,12 @@ QC_CLONES static void quantize_row(const qc_matmul *w, const float *a, uint8_t *
 static inline __attribute__((always_inline)) void quantize_group(const float *x, int64_t len, const uint8_t *isout,
                                                                   const int outliers, uint8_t off, uint8_t *d,
                                                                   float *scale, int32_t *sum) {
-    qc_v8f m = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    int64_t i = 0;
-    for (; i + 8 <= len; i += 8) max_abs8(&m, x + i, outliers ? isout + i : NULL);
-    float m8[8];
-    memcpy(m8, &m, sizeof m8);
-    for (; i < len; ++i) {
-        const float v = masked_abs(x[i], outliers ? isout[i] : 0);
-        m8[0] = v > m8[0] ? v : m8[0];
-    }
-    float amax = 0.f;
-    for (int j = 0; j < 8; ++j) amax = m8[j] > amax ? m8[j] : amax;
+    const float amax = masked_amax(x, len, outliers ? isout : NULL);
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     *scale = amax > 0.f ? amax / 127.f : 0.f;
     int32_t t8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (i = 0; i + 8 <= len; i += 8)
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8)
         for (int j = 0; j < 8; ++j) {
             const int32_t q = quantize_value(x[i + j], inv) & keep_mask(outliers ? isout[i + j] : 0); /* outliers: 0 */
             t8[j] += q;
