@@ -2,7 +2,7 @@
 compiled with several schemes, side by side with FP32 and onnxruntime's own quantizers
 (size; embedding cosine / BLEU and chrF on held-out pairs; batch-1 latency and tokens/s on one
 thread). The exported and trained models are cached; on a fresh machine the MT model is trained
-first (about 5 minutes, one thread).
+first (about 2 minutes on two cores).
 
 MiniLM is calibrated on 128 sentences of one text source (models.text_sources; default the
 Python docstrings) and evaluated on 256 held-out sentences of every source: the in-source figure

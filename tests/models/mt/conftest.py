@@ -8,7 +8,7 @@ import pytest
 from models.mt.train import BuildConfig, build
 
 TINY = BuildConfig(train_size=3000, test_size=60, vocab_size=300, d_model=64, heads=4, ffn=128, layers=2,
-                   train_seconds=600.0, max_steps=150, batch_tokens=1500, calib_samples=32)
+                   train_seconds=600.0, max_steps=150, batch_tokens=1500, calib_samples=32, threads=1)
 
 
 @pytest.fixture(scope="session")
