@@ -5,7 +5,8 @@ and the bar; `python -m models.compat` prints the whole matrix).
 
 Bar per file: compiles and runs (or is refused with a reason); finite; not a silent no-op (a file
 with float weights that comes out with 90% of them still float fails); native kernels agree with
-the ONNX function fallback; int8 error <= 1.5x quantize_dynamic's; int4 with FP32 embeddings (what
+the ONNX function fallback (the paper formats also compiled with fp32 activations, where the two
+must agree to float rounding); int8 error <= 1.5x quantize_dynamic's; int4 with FP32 embeddings (what
 MatMulNBits leaves) <= 1.5x MatMulNBits' (no ratio where onnxruntime's quantizer left the weights
 float: quantize_dynamic does not enter a merged decoder's If branches). Errors are relative L2 of
 the first output on 4 synthesized samples; under 1e-3 passes regardless (float rounding).
