@@ -191,19 +191,20 @@ def run_bench(model: str, schemes: list[str], samples: list[dict] | None, task: 
                     v.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 v.compile_seconds = time.perf_counter() - t
             variants.append(v)
+    specs = [scheme_and_target(s) for s in schemes]
     for source, calib_path in calib_paths.items():
-        for scheme in schemes:
+        for scheme, target, label in specs:
             distill = recover != "calibrated"
-            tag = Path(scheme).stem + (".distill" if distill else "") + (
+            tag = label + (".distill" if distill else "") + (
                 f".calib-{source}" if source is not None and len(calib_paths) > 1 else "")
             dst = str(out_dir / f"{stem}.{tag}.onnx")
-            v = Variant(f"qcompiler {Path(scheme).stem}" + (" distill" if distill else ""), dst, "qcompiler",
+            v = Variant(f"qcompiler {label}" + (" distill" if distill else ""), dst, "qcompiler",
                         calib_source=source)
             console.print(f"[bold]compiling[/bold] {scheme}" + (f" (calibration: {source})" if source else ""))
             t = time.perf_counter()
             try:
                 compile_model(model, scheme=scheme, output=dst, calib=calib_path, verify=False, progress=True,
-                              console=console, recover=recover, recover_steps=recover_steps)
+                              console=console, recover=recover, recover_steps=recover_steps, target=target)
             except Exception as exc:
                 v.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
                 if os.environ.get("QCOMPILE_DEBUG"):
@@ -435,6 +436,17 @@ def _plot_layer_errors(ax, variants) -> None:
     ax.set_title("per-layer error: mean, bars min..max (encoder + decoder)", fontsize=9)
     ax.tick_params(axis="x", labelsize=8, rotation=30)
     ax.grid(alpha=0.3, axis="y")
+
+
+def scheme_and_target(spec: str) -> tuple[str, str, str]:
+    """A bench scheme spec, NAME or NAME@TARGET (e.g. int4@qcompiler: the int4 scheme compiled with
+    --target qcompiler), as (scheme, target, label); the label names the variant and its files."""
+    from qcompiler.context import TARGETS
+
+    scheme, _, target = spec.rpartition("@") if "@" in spec else (spec, "", "ort")
+    if target not in TARGETS or not scheme:
+        raise UsageError(f"scheme '{spec}': the target after @ is one of {', '.join(TARGETS)}")
+    return scheme, target, Path(scheme).stem + ("" if target == "ort" else f"@{target}")
 
 
 def parse_source_specs(specs, option: str) -> dict[str, str]:

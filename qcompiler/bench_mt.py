@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 
 from qcompiler import model_io
-from qcompiler.bench import Variant, native_library, ort_matmul_nbits, ort_quantize_dynamic
+from qcompiler.bench import Variant, native_library, ort_matmul_nbits, ort_quantize_dynamic, scheme_and_target
 from qcompiler.errors import UsageError, require_extra
 from qcompiler.machine import cpu_model
 
@@ -91,7 +91,8 @@ def _variant_jobs(schemes, baselines: bool) -> list[tuple]:
     if baselines:
         jobs += [("ort quantize_dynamic int8", "ort_int8", "onnxruntime", ort_quantize_dynamic),
                  ("ort MatMulNBits 4-bit b32", "ort_nbits4", "onnxruntime", ort_matmul_nbits)]
-    return jobs + [(f"qcompiler {Path(s).stem}", Path(s).stem, "qcompiler", s) for s in schemes]
+    return jobs + [(f"qcompiler {label}", label, "qcompiler", (scheme, target))
+                   for scheme, target, label in map(scheme_and_target, schemes)]
 
 
 def _compile_variants(mt: MTModel, schemes, out_dir: Path, baselines: bool, console) -> list[Variant]:
@@ -108,8 +109,8 @@ def _compile_variants(mt: MTModel, schemes, out_dir: Path, baselines: bool, cons
                 if kind == "onnxruntime":
                     how(src, paths[part])
                 else:
-                    rep = compile_model(src, scheme=how, output=paths[part], calib=mt.calib(part), verify=True,
-                                        progress=True, console=console)
+                    rep = compile_model(src, scheme=how[0], target=how[1], output=paths[part], calib=mt.calib(part),
+                                        verify=True, progress=True, console=console)
                     verification = rep.get("verification") or {}
                     v.layers[part] = verification.get("per_layer_rel_l2", {})
                     verify_seconds += rep.get("seconds", {}).get("verify", 0.0)
@@ -394,8 +395,8 @@ def _seq2seq_variants(model: Seq2SeqModel, schemes, out_dir: Path, baselines: bo
                     else:
                         os.symlink(item.resolve(), folder / item.name)
             else:
-                record = compile_folder(view, scheme=how, output=folder, calib_text=model.calib_text, verify=True,
-                                        progress=True, console=console)
+                record = compile_folder(view, scheme=how[0], target=how[1], output=folder, calib_text=model.calib_text,
+                                        verify=True, progress=True, console=console)
                 for fname, rec in record["files"].items():
                     ver = rec.get("verification") or {}
                     v.layers[fname] = ver.get("per_layer_rel_l2", {}) if isinstance(ver, dict) else {}
@@ -408,7 +409,8 @@ def _seq2seq_variants(model: Seq2SeqModel, schemes, out_dir: Path, baselines: bo
     return out
 
 
-def _compile_files(view: Path, scheme, output: Path, calib_text=None, verify=True, progress=True, console=None) -> dict:
+def _compile_files(view: Path, scheme, output: Path, calib_text=None, verify=True, progress=True, console=None,
+                   target: str = "ort") -> dict:
     from qcompiler.pipeline import compile_model
 
     shutil.rmtree(output, ignore_errors=True)
@@ -417,7 +419,7 @@ def _compile_files(view: Path, scheme, output: Path, calib_text=None, verify=Tru
     for item in sorted(view.iterdir()):
         if item.suffix == ".onnx":
             rep = compile_model(str(item), scheme=scheme, output=str(output / item.name), verify=verify, progress=progress,
-                                console=console)
+                                console=console, target=target)
             record["files"][item.name] = {"verification": rep.get("verification")}
         else:
             os.symlink(item.resolve(), output / item.name)

@@ -140,7 +140,7 @@ def compile_command(model, scheme, output, report_path, calib, exclude, target, 
 
 @cli.command("bench")
 @click.argument("model", type=click.Path())
-@click.option("--schemes", default="int8,int4", show_default=True, help="Comma-separated schemes to compile and compare.")
+@click.option("--schemes", default="int8,int4", show_default=True, help="Comma-separated schemes to compile and compare; NAME@TARGET compiles with --target TARGET (e.g. int4@qcompiler).")
 @click.option("--task", type=click.Choice(["embeddings", "logits", "mt"]), default="embeddings", show_default=True,
               help="mt: MODEL is a translation model folder: Optimum's (encoder_model.onnx, decoder files, config.json, tokenizer) or the demo's (encoder.onnx, decoder.onnx, tokenizer.model).")
 @click.option("--data", type=click.Path(dir_okay=False),
