@@ -37,7 +37,7 @@ A tied LM head (a linear whose weight is the table, usually MatMul(x, Transpose(
 quantized table. Option ``tied_head``: "shared" runs the same dequantization on the whole codes
 tensor into the Transpose, so the file holds only the codes but onnxruntime folds them to an FP32
 head at session start (V x D x 4 bytes of memory, all streamed for every decoded token); "int4"
-(int4 rows, target "ort") runs the head as a com.microsoft MatMulNBits on the table's own codes and
+(int4 rows, targets "ort" and "qcompiler") runs the head as a com.microsoft MatMulNBits on the table's own codes and
 scales, a second copy of them (V x D / 2 bytes more in the file, 8x less to stream per token than
 FP32, the same weights); int8 rows run the same way as MatMulNBits 8-bit (codes + 128, the row's
 scale per block of 32; 4x less to stream), and where D is a multiple of 32 the codes are stored once,
@@ -675,7 +675,7 @@ class QuantizeEmbeddings(QPass):
         """'' when the head can run as MatMulNBits on the table's codes, else why not."""
         if self.options.tied_head == "shared":
             return "tied_head = shared"
-        if getattr(getattr(self.ctx, "options", None), "target", "ort") != "ort":
+        if getattr(getattr(self.ctx, "options", None), "target", "ort") == "portable":
             return "target portable: standard ops only"
         if stored.bits not in (4, 8) or stored.packed is not None:
             return f"the table has {'packed' if stored.packed is not None else f'int{stored.bits}'} rows, not int4 or int8"
