@@ -136,12 +136,23 @@ class Seq2SeqTranslator:
             logp[:, self.eos] = 0.0
         return logp
 
+    def _greedy_token(self, logits: np.ndarray, last: bool) -> int:
+        """The argmax of the raw logits (what transformers' greedy search takes: the log-softmax is
+        monotone, so it is not computed), pad banned, EOS at the last position of max_len."""
+        if last:
+            return self.eos
+        row = logits[0]
+        if self.pad >= 0:
+            row = row.copy()
+            row[self.pad] = -np.inf
+        return int(row.argmax())
+
     def greedy(self, src_ids: list[int]) -> list[int]:
         mask, hidden = self._encode(src_ids)
         logits, cache = self._first_step(mask, hidden, 1)
         out = []
         for step in range(self.max_len):
-            token = int(self._logprobs(logits, last=step + 1 == self.max_len)[0].argmax())
+            token = self._greedy_token(logits, last=step + 1 == self.max_len)
             if token == self.eos:
                 break
             out.append(token)
