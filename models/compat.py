@@ -41,7 +41,27 @@ def _session(path, library: bool):
         from qcompiler import ops
 
         ops.register(opts)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)   # a file or a serialized model
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _measure_at_fp32_activations(row: dict, path, feeds) -> None:
+    """If an ai.qcompiler node of the file (subgraphs included) runs at accuracy_level 4, native vs
+    fallback again on the same file with every such node at level 0 (packing untouched): the kernels
+    and the function fallback then do the same float math."""
+    import onnx
+
+    from qcompiler.fallback_check import at_accuracy_level
+    from qcompiler.model_io import graph_protos
+    from qcompiler.verify import CUSTOM_DOMAIN
+
+    proto = onnx.load(str(path))
+    if not any(node.domain == CUSTOM_DOMAIN and attr.name == "accuracy_level" and attr.i == 4
+               for g in graph_protos(proto.graph) for node in g.node for attr in node.attribute):
+        return
+    level0 = at_accuracy_level(proto, 0).SerializeToString()
+    row["fp32_activations_lib_vs_fallback"] = _error(_outputs(level0, feeds, library=False),
+                                                     _outputs(level0, feeds, library=True))
 
 
 def _outputs(path, feeds, library=False) -> list[list[np.ndarray]]:
@@ -143,23 +163,6 @@ def feeds_for(path, n: int = 4, seed: int = 7):
     return calibration.synthesize_inputs(model_io.load_model(path), samples=n, seed=seed, config=read_config(path))
 
 
-def fp32_activation_variant(scheme: str):
-    """The scheme with accuracy_level 0 (fp32 activations) wherever it sets 4 (int8 activations), or
-    None if it sets it nowhere: the native kernels and the ONNX function fallback then do the same
-    float math, so their difference measures the kernels alone, not int8 activation rounding."""
-    import dataclasses
-
-    from qcompiler.schemes import load_scheme
-
-    loaded = load_scheme(scheme)
-    rules = [loaded.weights] + list(loaded.roles.values())
-    if not any(int(r.get("accuracy_level", 0)) == 4 for r in rules):
-        return None
-    level0 = lambda r: {**r, "accuracy_level": 0} if "accuracy_level" in r else dict(r)  # noqa: E731
-    return dataclasses.replace(loaded, name=f"{loaded.name}@fp32-activations", weights=level0(loaded.weights),
-                               roles={k: level0(v) for k, v in loaded.roles.items()})
-
-
 def measure(arch: str, file: str, scheme: str, workdir: Path, kind: str = "optimum", feeds=None) -> dict:
     """Compile `file` of `arch` with `scheme` and measure it (see the module docstring)."""
     from qcompiler.errors import QCompilerError
@@ -193,12 +196,8 @@ def measure(arch: str, file: str, scheme: str, workdir: Path, kind: str = "optim
         before, after = _float_weight_bytes(src), _float_weight_bytes(out)
         row[f"{name}_float_weights"] = (before, after)
         row[f"{name}_size"] = (os.path.getsize(src), os.path.getsize(out))
-    level0 = fp32_activation_variant(scheme) if f"{scheme}_error" in row else None
-    if level0 is not None:
-        out = workdir / f"{arch}-{kind}-{Path(file).stem}.{scheme}.fp32-activations.onnx"
-        compile_model(src, scheme=level0, output=out, verify=False)
-        row["fp32_activations_lib_vs_fallback"] = _error(_outputs(out, feeds, library=False),
-                                                         _outputs(out, feeds, library=True))
+        if name == scheme:
+            _measure_at_fp32_activations(row, out, feeds)
     if scheme in ("int8", "int4"):
         from qcompiler.bench import ort_matmul_nbits, ort_quantize_dynamic
 

@@ -19,21 +19,24 @@ import onnx
 
 from qcompiler import calibration, model_io
 from qcompiler.errors import QCompilerError, UsageError
-from qcompiler.verify import CUSTOM_DOMAIN
+from qcompiler.model_io import graph_protos
+from qcompiler.verify import CUSTOM_DOMAIN, uses_custom_ops
 
 __all__ = ["at_accuracy_level", "compare_native_fallback"]
 
 
 def at_accuracy_level(proto: onnx.ModelProto, level: int) -> onnx.ModelProto:
-    """A copy whose ai.qcompiler nodes all carry accuracy_level = level (packing untouched)."""
+    """A copy whose ai.qcompiler nodes all carry accuracy_level = level (packing untouched), in
+    subgraphs too (a merged decoder's If branches)."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    for node in out.graph.node:
-        if node.domain != CUSTOM_DOMAIN:
-            continue
-        for attr in node.attribute:
-            if attr.name == "accuracy_level":
-                attr.i = level
+    for graph in graph_protos(out.graph):
+        for node in graph.node:
+            if node.domain != CUSTOM_DOMAIN:
+                continue
+            for attr in node.attribute:
+                if attr.name == "accuracy_level":
+                    attr.i = level
     return out
 
 
@@ -52,7 +55,7 @@ def _session(proto: onnx.ModelProto, native: bool):
 
 def compare_native_fallback(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> dict[str, dict]:
     """{output: {cos_mean, cos_min, max_abs}} between the native run and the function fallback."""
-    if not any(n.domain == CUSTOM_DOMAIN for n in proto.graph.node):
+    if not uses_custom_ops(proto):
         raise UsageError("the model has no ai.qcompiler op: native and fallback runs are the same thing")
     native, fallback = _session(proto, True), _session(proto, False)
     names = [o.name for o in native.get_outputs()]

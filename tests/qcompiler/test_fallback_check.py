@@ -7,6 +7,7 @@ import pytest
 
 from qcompiler import calibration, model_io
 from qcompiler.fallback_check import at_accuracy_level, compare_native_fallback, main
+from qcompiler.model_io import graph_protos
 from qcompiler.pipeline import compile_model
 
 
@@ -35,3 +36,19 @@ def test_cli(tiny_bert, tmp_path, capsys):
     assert "cosine mean" in capsys.readouterr().out
     assert main([str(tiny_bert)]) == 2          # no custom op: a usage error, one line
     assert "no ai.qcompiler op" in capsys.readouterr().err
+
+
+def test_accuracy_level_is_rewritten_inside_subgraphs_too():
+    """A merged decoder keeps its ai.qcompiler ops inside If branches: level 0 reaches them."""
+    from onnx import TensorProto, helper
+
+    op = helper.make_node("TernaryMatMul", ["x", "w"], ["y"], domain="ai.qcompiler", accuracy_level=4)
+    branch = lambda name: helper.make_graph(  # noqa: E731
+        [op], name, [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    cond = helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"))
+    graph = helper.make_graph([cond], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    proto = at_accuracy_level(helper.make_model(graph), 0)
+    levels = [a.i for g in graph_protos(proto.graph) for node in g.node for a in node.attribute
+              if a.name == "accuracy_level"]
+    assert levels == [0, 0]
