@@ -226,11 +226,11 @@ def _branches(graph) -> list:
 
 def _quantized_linears(graph) -> int:
     """Quantized linear ops in a graph and its subgraphs (onnxruntime's or the ai.qcompiler library's)."""
-    count = 0
-    for node in graph.node:
-        count += node.op_type in _QUANTIZED_LINEARS or node.domain == "ai.qcompiler"
-        count += sum(_quantized_linears(a.g) for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
-    return count
+    from qcompiler.model_io import graph_protos
+    from qcompiler.verify import CUSTOM_DOMAIN
+
+    return sum(node.op_type in _QUANTIZED_LINEARS or node.domain == CUSTOM_DOMAIN
+               for g in graph_protos(graph) for node in g.node)
 
 
 _CASES = [("gpt2", "causal"), ("llama", "causal"), ("t5", "merged"), ("t5", "unmerged"), ("marian", "merged"),
