@@ -164,23 +164,26 @@ def _prompts() -> list:
                                            for _ in range(23)]
 
 
-def decoding_error(ref, model, prompts, references) -> dict:
-    """Greedy agreement with FP32 and the teacher-forced logit error (mean relative L2 over prompts
-    and steps), with the first differing step and its logit error on the first prompt."""
-    errors, same = [], 0
-    for ids, (tokens, scores) in zip(prompts, references):
+def decoding_error(model, prompts, references) -> dict:
+    """Greedy agreement with FP32 (`references`: its greedy results) and the teacher-forced logit error
+    (mean relative L2 over prompts and steps), with the first differing step and its logit error on
+    the first prompt."""
+    errors, same, first = [], 0, None
+    for ids, reference in zip(prompts, references):
+        tokens, scores = reference
         generated = tokens[len(tokens) - len(scores):]
         errors += [e for e in map(rel_l2, scores, forced_logits(model, ids, generated)) if e is not None]
-        same += greedy(model, ids)[0] == tokens
-    first = compare_greedy(ref, model, prompts[0])
+        result = first_difference(reference, greedy(model, ids))
+        same += result["same"]
+        first = first or result
     return {"same": same, "of": len(prompts), "forced_logit_rel_l2": float(np.mean(errors)),
             "first_prompt": {k: v for k, v in first.items() if k in ("same", "first_step", "logit_rel_l2")}}
 
 
-def compare_greedy(ref, got, ids, steps: int = 8) -> dict:
-    """Same tokens? Else the first step where they differ and the logit error there (relative L2)."""
-    ref_tokens, ref_scores = greedy(ref, ids, steps)
-    tokens, scores = greedy(got, ids, steps)
+def first_difference(reference, got) -> dict:
+    """Two greedy results (tokens, per-step logits): the same tokens? Else the first step where they
+    differ and the logit error there (relative L2)."""
+    (ref_tokens, ref_scores), (tokens, scores) = reference, got
     first = next((i for i, (a, b) in enumerate(zip(ref_tokens, tokens)) if a != b), None)
     result = {"same": first is None, "tokens": tokens, "fp32_tokens": ref_tokens}
     if first is not None:
@@ -272,7 +275,7 @@ def test_compiled_folder_drops_into_optimum(tmp_path_factory, arch, kind, scheme
     base = load(_baseline_folder(tmp_path_factory, arch, scheme), **({"use_merged": False} if seq2seq else {}))
     prompts = _prompts()
     references = [greedy(ref, ids) for ids in prompts]
-    ours, theirs = decoding_error(ref, got, prompts, references), decoding_error(ref, base, prompts, references)
+    ours, theirs = decoding_error(got, prompts, references), decoding_error(base, prompts, references)
     print(f"{arch} {kind} {scheme}: qcompiler {ours}; onnxruntime {theirs}")
     assert ours["forced_logit_rel_l2"] <= 1.5 * theirs["forced_logit_rel_l2"], (ours, theirs)
 
