@@ -13,6 +13,7 @@ search stops when no open beam can beat the worst finished one), so the two agre
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,36 @@ def _top_k_stable(x: np.ndarray, k: int) -> np.ndarray:
     return cand[np.argsort(-x[cand], kind="stable")][:k]
 
 
+def _beam_candidates(logits: np.ndarray, beam_scores: np.ndarray, k: int, pad: int = -1,
+                     margin: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (flat index into [B, V], score) of beam_scores[:, None] + log_softmax(logits), pad
+    banned, ties in flat-index order: exactly what _top_k_stable of the full score matrix gives.
+
+    Only entries whose logit lies within `margin` nats of the best score are scored: an entry below
+    that line cannot reach the k-th best once k candidates clear it (the line carries a 1e-3 slack
+    for float rounding). Fewer than k candidates fall back to the full matrix. Scoring and a top-k
+    of beams x vocabulary per step were most of beam search's time in Python."""
+    m = logits.max(1)
+    logsum = np.log(np.exp(logits - m[:, None]).sum(1))
+    top = beam_scores - logsum  # each row's best score (its max logit scores m - m = 0)
+    line = top.max() - margin
+    thresholds = (m + (line - top) - 1e-3).astype(np.float32)
+    hit = logits >= thresholds[:, None]
+    if pad >= 0:
+        hit[:, pad] = False
+    rows, cols = np.nonzero(hit)
+    if len(rows) >= k:
+        scores = beam_scores[rows] + ((logits[rows, cols] - m[rows]) - logsum[rows])
+        if np.count_nonzero(scores >= line) >= k:
+            pick = _top_k_stable(scores, k)
+            return rows[pick] * logits.shape[1] + cols[pick], scores[pick]
+    full = beam_scores[:, None] + ((logits - m[:, None]) - logsum[:, None])
+    if pad >= 0:
+        full[:, pad] = -np.inf
+    flat = _top_k_stable(full.ravel(), k)
+    return flat, full.ravel()[flat]
+
+
 class Seq2SeqTranslator:
     """Sessions on the files and the decoding loops; token ids in, token ids out (without specials)."""
 
@@ -111,15 +142,21 @@ class Seq2SeqTranslator:
         cache = {self._past_name(n): v for n, v in zip(self.first_outputs[1:], outs[1:])}
         return outs[0][:, -1, :], cache
 
-    def _step(self, tokens: np.ndarray, mask, hidden, cache: dict):
-        feeds = {"input_ids": tokens[:, None], "encoder_attention_mask": np.repeat(mask, len(tokens), 0), **cache}
+    def _step_feeds(self, mask, hidden, batch: int) -> dict:
+        """The inputs of a later step that depend only on the source and the batch size."""
+        feeds = {"encoder_attention_mask": np.repeat(mask, batch, 0)}
         if self.merged:
-            feeds["encoder_hidden_states"] = np.repeat(hidden, len(tokens), 0)
+            feeds["encoder_hidden_states"] = np.repeat(hidden, batch, 0)
             feeds["use_cache_branch"] = np.array([True])
-        outs = self.later.run(self.later_outputs, feeds)
-        new = dict(cache)
+        return feeds
+
+    def _step(self, tokens: np.ndarray, fixed: dict, cache: dict):
+        """One later step; fixed is _step_feeds for len(tokens). Returns logits [B,V] and the
+        self-attention cache (the cross-attention cache stays as the first step made it)."""
+        outs = self.later.run(self.later_outputs, {"input_ids": tokens[:, None], **fixed, **cache})
+        new = {}
         for n, v in zip(self.later_outputs[1:], outs[1:]):
-            if ".decoder." in n:  # the cross-attention cache stays as the first step made it
+            if ".decoder." in n:
                 new[self._past_name(n)] = v
         return outs[0][:, -1, :], new
 
@@ -150,13 +187,15 @@ class Seq2SeqTranslator:
     def greedy(self, src_ids: list[int]) -> list[int]:
         mask, hidden = self._encode(src_ids)
         logits, cache = self._first_step(mask, hidden, 1)
+        cross = {n: v for n, v in cache.items() if ".encoder." in n}
+        fixed = {**self._step_feeds(mask, hidden, 1), **cross}
         out = []
         for step in range(self.max_len):
             token = self._greedy_token(logits, last=step + 1 == self.max_len)
             if token == self.eos:
                 break
             out.append(token)
-            logits, cache = self._step(np.array([token], np.int64), mask, hidden, cache)
+            logits, cache = self._step(np.array([token], np.int64), fixed, cache)
         return out
 
     def beam(self, src_ids: list[int], width: int = 4, length_penalty: float = 1.0) -> list[int]:
@@ -166,15 +205,34 @@ class Seq2SeqTranslator:
             return self.greedy(src_ids)
         mask, hidden = self._encode(src_ids)
         logits, cache = self._first_step(mask, hidden, 1)
+        cross1 = {n: v for n, v in cache.items() if ".encoder." in n}
+        cache = {n: v for n, v in cache.items() if ".encoder." not in n}
+        fixed_by_batch: dict[int, dict] = {}  # source-only inputs per beam count: every beam has the same cross cache
+
+        def fixed(batch: int) -> dict:
+            if batch not in fixed_by_batch:
+                fixed_by_batch[batch] = {**self._step_feeds(mask, hidden, batch),
+                                         **{n: np.repeat(v, batch, 0) for n, v in cross1.items()}}
+            return fixed_by_batch[batch]
+
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         finished: list[tuple[float, list[int]]] = []
+        cache_batch = 1
         for step in range(1, self.max_len + 1):
-            scores = np.array([s for _, s in beams])[:, None] + self._logprobs(logits, last=step == self.max_len)
+            beam_scores = np.array([s for _, s in beams])
+            if step == self.max_len:
+                scores = (beam_scores[:, None] + self._logprobs(logits, last=True)).ravel()
+                flats = _top_k_stable(scores, 2 * width)
+                flat_scores = scores[flats]
+            else:
+                flats, flat_scores = _beam_candidates(logits.astype(np.float32, copy=False), beam_scores,
+                                                      2 * width, self.pad)
+            vocab = logits.shape[1]
             next_beams, rows = [], []
-            for rank, flat in enumerate(_top_k_stable(scores.ravel(), 2 * width)):
-                row, tok = divmod(int(flat), scores.shape[1])
-                seq, score = beams[row][0], float(scores[row, tok])
-                if not np.isfinite(score):
+            for rank, (flat, score) in enumerate(zip(flats.tolist(), flat_scores.tolist())):
+                row, tok = divmod(flat, vocab)
+                seq = beams[row][0]
+                if not math.isfinite(score):
                     break
                 if tok == self.eos:
                     if rank < width:
@@ -191,8 +249,10 @@ class Seq2SeqTranslator:
                 if sorted(f[0] for f in finished)[-width] >= best_open:
                     break
             beams = next_beams
-            cache = {n: v[rows] for n, v in cache.items()}
-            logits, cache = self._step(np.array([b[-1] for b, _ in beams], np.int64), mask, hidden, cache)
+            if rows != list(range(cache_batch)):  # beams reordered or their number changed
+                cache = {n: v[rows] for n, v in cache.items()}
+            cache_batch = len(rows)
+            logits, cache = self._step(np.array([b[-1] for b, _ in beams], np.int64), fixed(len(beams)), cache)
         if not finished:
             finished = [(sc / (len(b) + 1) ** length_penalty, b) for b, sc in (next_beams or beams)]
         return max(finished, key=lambda f: f[0])[1]
