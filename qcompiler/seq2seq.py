@@ -62,6 +62,8 @@ def special_ids(folder: str | Path) -> dict[str, int]:
 def _top_k_stable(x: np.ndarray, k: int) -> np.ndarray:
     """The first k of np.argsort(-x, kind="stable") (ties in index order) without sorting all of x:
     a full sort of beams x vocabulary per step took most of beam search's time."""
+    if x.size <= 64:
+        return np.argsort(-x, kind="stable")[:k]
     if x.size > k:
         thresh = x[np.argpartition(-x, k - 1)[:k]].min()
         cand = np.flatnonzero(x >= thresh)  # every tie of the k-th value, in index order
@@ -71,28 +73,33 @@ def _top_k_stable(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _beam_candidates(logits: np.ndarray, beam_scores: np.ndarray, k: int, pad: int = -1,
-                     margin: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+                     margins: tuple[float, ...] = (3.0, 8.0, 20.0)) -> tuple[np.ndarray, np.ndarray]:
     """The k best (flat index into [B, V], score) of beam_scores[:, None] + log_softmax(logits), pad
     banned, ties in flat-index order: exactly what _top_k_stable of the full score matrix gives.
 
-    Only entries whose logit lies within `margin` nats of the best score are scored: an entry below
-    that line cannot reach the k-th best once k candidates clear it (the line carries a 1e-3 slack
-    for float rounding). Fewer than k candidates fall back to the full matrix. Scoring and a top-k
-    of beams x vocabulary per step were most of beam search's time in Python."""
+    Only entries whose logit lies within a margin of the best score are scored: an entry below that
+    line cannot reach the k-th best once k candidates clear it (the line carries a 1e-3 slack for
+    float rounding). Wider margins are tried in turn; fewer than k candidates at the widest falls
+    back to the full matrix. Scoring and a top-k of beams x vocabulary per step were most of beam
+    search's time in Python."""
+    vocab = logits.shape[1]
     m = logits.max(1)
     logsum = np.log(np.exp(logits - m[:, None]).sum(1))
     top = beam_scores - logsum  # each row's best score (its max logit scores m - m = 0)
-    line = top.max() - margin
-    thresholds = (m + (line - top) - 1e-3).astype(np.float32)
-    hit = logits >= thresholds[:, None]
-    if pad >= 0:
-        hit[:, pad] = False
-    rows, cols = np.nonzero(hit)
-    if len(rows) >= k:
-        scores = beam_scores[rows] + ((logits[rows, cols] - m[rows]) - logsum[rows])
+    flat_logits = logits.ravel()
+    for margin in margins:
+        line = top.max() - margin
+        thresholds = (m + (line - top) - 1e-3).astype(np.float32)
+        flat = np.flatnonzero(logits >= thresholds[:, None])
+        if pad >= 0:
+            flat = flat[flat % vocab != pad]
+        if len(flat) < k:
+            continue
+        rows = flat // vocab
+        scores = beam_scores[rows] + ((flat_logits[flat] - m[rows]) - logsum[rows])
         if np.count_nonzero(scores >= line) >= k:
             pick = _top_k_stable(scores, k)
-            return rows[pick] * logits.shape[1] + cols[pick], scores[pick]
+            return flat[pick], scores[pick]
     full = beam_scores[:, None] + ((logits - m[:, None]) - logsum[:, None])
     if pad >= 0:
         full[:, pad] = -np.inf

@@ -48,8 +48,8 @@ def test_beam_candidates_equal_the_full_score_matrix(monkeypatch):
         logits[:, int(rng.integers(v))] += float(rng.choice([0.0, 10.0]))
         beam_scores = np.sort(-rng.random(b) * rng.choice([0.01, 3.0]))[::-1]
         pad = int(rng.integers(-1, v))
-        margin = float(rng.choice([0.0, 0.5, 12.0]))
-        flat, scores = seq2seq._beam_candidates(logits, beam_scores, k, pad, margin=margin)
+        margins = [(0.0,), (0.5,), (0.0, 0.5), (3.0, 8.0, 20.0)][trial % 4]
+        flat, scores = seq2seq._beam_candidates(logits, beam_scores, k, pad, margins=margins)
         ref_flat, ref_scores = _full_candidates(logits, beam_scores, k, pad)
         np.testing.assert_array_equal(flat, ref_flat)
         np.testing.assert_array_equal(scores, ref_scores)
