@@ -126,3 +126,28 @@ def test_qat_checkpoint_packs_on_the_grid(marian, tmp_path):
     linears = rep["passes"]["replace_matmul"]["linears"]
     assert len(linears) == 6 * TINY.encoder_layers
     assert {entry["method"] for entry in linears} == {"on-grid (lossless)"}
+
+
+def test_profile_splits_the_time_of_both_engines(marian, tmp_path):
+    """The profile's parts (encoder, first step, later steps, Python) add up to the measured total,
+    one later step per greedy output token after the first, and CTranslate2 is timed beside ours;
+    --ops gives the later-step decoder's op shares (summing to 1, linears among them)."""
+    from models.mt import profile_marian
+    from models.mt.bench_marian import ct2_dir
+
+    ckpt, onnx_dir = marian
+    sentences = [line.split("\t")[0] for line in (onnx_dir / "test.tsv").read_text().splitlines()[:6]]
+    result = profile_marian.profile(onnx_dir, sentences, beams=(1, 4), ct2=ct2_dir(ckpt, "int8"), max_len=24)
+    for key in ("beam1", "beam4"):
+        row = result[key]
+        parts = row["encoder_ms"] + row["first_step_ms"] + row["later_steps_per_sentence"] * (
+            row["later_step_us"] + row["python_us_per_step"]) / 1e3
+        assert abs(parts - row["ms_per_sentence"]) < 1e-6 * max(1.0, row["ms_per_sentence"]), row
+        assert row["later_step_us"] > 0 and row["ct2"]["ms_per_sentence"] > 0
+    assert result["beam1"]["later_steps_per_sentence"] == result["beam1"]["tokens_per_sentence"] - 1
+    ops = profile_marian.op_profile(onnx_dir, sentences[:2], beam=4, max_len=24)
+    assert abs(sum(v["share"] for v in ops["by_op"].values()) - 1) < 1e-9 and ops["linear_share"] > 0
+    assert "MatMul" in ops["by_op"] and ops["nodes_per_run"] > 20
+    out = tmp_path / "p.json"
+    profile_marian.main([str(onnx_dir), "--sentences", "2", "--beams", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["split"]["beam1"]["ms_per_sentence"] > 0
