@@ -122,7 +122,11 @@ class Seq2SeqTranslator:
             self.later = session(files.decoder_with_past, threads)
         self.start, self.eos, self.pad, self.max_len = start, eos, pad, max_len
         self.past_names = [i.name for i in self.later.get_inputs() if i.name.startswith("past_key_values.")]
-        self.later_outputs = [o.name for o in self.later.get_outputs()]
+        # a later step returns the logits and the self-attention presents (a merged decoder also
+        # passes the cross-attention cache through: not asked for)
+        names = [o.name for o in self.later.get_outputs()]
+        self.later_outputs = names[:1] + [n for n in names[1:] if ".decoder." in n]
+        self.later_cache_names = [self._past_name(n) for n in self.later_outputs[1:]]
         self.first_outputs = [o.name for o in self.first.get_outputs()]
         past = next(i for i in self.later.get_inputs() if i.name.startswith("past_key_values."))
         self.heads, self.head_dim = int(past.shape[1]), int(past.shape[3])
@@ -161,11 +165,7 @@ class Seq2SeqTranslator:
         """One later step; fixed is _step_feeds for len(tokens). Returns logits [B,V] and the
         self-attention cache (the cross-attention cache stays as the first step made it)."""
         outs = self.later.run(self.later_outputs, {"input_ids": tokens[:, None], **fixed, **cache})
-        new = {}
-        for n, v in zip(self.later_outputs[1:], outs[1:]):
-            if ".decoder." in n:
-                new[self._past_name(n)] = v
-        return outs[0][:, -1, :], new
+        return outs[0][:, -1, :], dict(zip(self.later_cache_names, outs[1:]))
 
     def _logprobs(self, logits: np.ndarray, last: bool = False) -> np.ndarray:
         """Log-softmax, then (as transformers' logits processors) pad banned and, at the last
