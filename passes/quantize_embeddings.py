@@ -652,6 +652,10 @@ class QuantizeEmbeddings(QPass):
         if _weight_source(lin.node.inputs[1]) is None:
             return ""
         why_not = self._nbits_head_refusal(lin, stored)
+        if not why_not and stored.bits == 4 and self._library_in_use(model):
+            self._rewrite_tied_library(model, lin, stored)
+            return (f"Int4MatMul on the table's codes (accuracy_level {self.options.tied_head_accuracy_level}; "
+                    "a second copy of the codes in the file)")
         if not why_not:
             self._rewrite_tied_nbits(model, lin, stored)
             copies = ("the codes stored once, in its layout, the gathers reading them too" if stored.nbits_layout
@@ -687,6 +691,50 @@ class QuantizeEmbeddings(QPass):
         if lin.node.op_type != "MatMul" or not lin.transposed or stored.dtype != ir.DataType.FLOAT:
             return "not MatMul(x, Transpose(table)) in float32"
         return ""
+
+    def _library_in_use(self, model: ir.Model) -> bool:
+        """The compiled model runs this project's ops anyway (--target qcompiler with int4 linears, or
+        ternary / binary-code / codebook linears), at the opset of their function bodies: its int4
+        head then runs as Int4MatMul, 1.3x MatMulNBits at one row and 1.8x at four (256 x 8000, the
+        Marian head; runtime_ops.bench on the AVX-512 EPYC)."""
+        ctx = self.ctx
+        if ctx is None or model.opset_imports.get("", 0) != contract.STANDARD_OPSET:
+            return False
+        from qcompiler.passes.replace_matmul import OP_OF_FORMAT
+
+        passes = set(getattr(ctx.scheme, "passes", ()))
+        if getattr(ctx.options, "target", "ort") == "qcompiler" and "quantize_int4" in passes:
+            return True
+        return "replace_matmul" in passes and any(wp.format in OP_OF_FORMAT for wp in ctx.plan.values())
+
+    def _rewrite_tied_library(self, model: ir.Model, lin, stored: _Stored) -> None:
+        """MatMul(x, Transpose(table)) -> Int4MatMul(x, codes, scales, 0, no outliers, zero points 8):
+        the same weights as the MatMulNBits form, packed once per table for every head."""
+        key = ("library", id(stored.codes))
+        d = stored.d
+        if key not in self._heads:
+            v = stored.codes.const_value.shape[0]
+            tag = stored.codes.name.removesuffix("_quantized")
+            codes = unpack_int4_rows(stored.codes.const_value.numpy(), d).astype(np.int16) + 8   # [V, D] in 0..15
+            scales = stored.scales.const_value.numpy().astype(np.float32).reshape(v, -1)
+            w_packed, scales, zero_points = contract.pack_int4(codes.astype(np.uint8), scales)
+            self._heads[key] = (v, [self._initializer(self._main, f"{tag}_head_int4_packed", w_packed),
+                                    self._initializer(self._main, f"{tag}_head_int4_scales", np.ascontiguousarray(scales)),
+                                    self._initializer(self._main, f"{tag}_head_zero_bias", np.zeros(v, np.float32)),
+                                    self._initializer(self._main, f"{tag}_head_outlier_idx", np.zeros(0, np.int64)),
+                                    self._initializer(self._main, f"{tag}_head_outlier_w", np.zeros((0, v), np.float16)),
+                                    self._initializer(self._main, f"{tag}_head_zero_points", zero_points)])
+        v, (w_packed, scales, bias, outlier_idx, outlier_w, zero_points) = self._heads[key]
+        attributes = contract.node_attributes("Int4MatMul", K=d, N=v, group_size=stored.block_size,
+                                              accuracy_level=int(self.options.tied_head_accuracy_level))
+        old = lin.node
+        transpose = old.inputs[1].producer()
+        node = ir.node("Int4MatMul", [old.inputs[0], w_packed, scales, bias, outlier_idx, outlier_w, zero_points],
+                       attributes, domain=contract.DOMAIN, name=f"{old.name or 'lm_head'}_Int4MatMul")
+        ir.convenience.replace_nodes_and_values(old.graph, old, [old], [node], [old.outputs[0]], [node.outputs[0]])
+        if transpose is not None and not list(transpose.outputs[0].uses()):
+            transpose.graph.remove(transpose, safe=True)
+        model.opset_imports.setdefault(contract.DOMAIN, contract.OPSET_VERSION)
 
     def _rewrite_tied_nbits(self, model: ir.Model, lin, stored: _Stored) -> None:
         """MatMul(x, Transpose(table)) -> MatMulNBits(x, codes, scales): the same weights (symmetric

@@ -247,9 +247,62 @@ def test_int8_rows_as_nbits_pads_with_value_zero():
 
 
 def test_tied_head_is_matmulnbits_for_the_library_target_too(make_ctx):
-    """--target qcompiler runs on onnxruntime (plus the library): the head stays MatMulNBits, not an FP32
-    MatMul (on the Marian model an FP32 8000 x 256 head took 140 of 1530 us per decoded token)."""
+    """--target qcompiler runs on onnxruntime (plus the library): the head is not an FP32 MatMul (on
+    the Marian model an FP32 8000 x 256 head took 140 of 1530 us per decoded token). Without the
+    library's ops in the scheme (no int4 linears for Int4MatMul) it stays MatMulNBits."""
     model, rep = _tied_int4(make_ctx, target="qcompiler")
+    assert _ops(model)["MatMulNBits"] == 1 and rep["tables"][0]["tied_head"][0].startswith("MatMulNBits")
+
+
+def _tied_int4_at(make_ctx, target, passes, **options):
+    """The tied model at the library ops' opset (21), compiled with a scheme listing `passes`."""
+    model = _model(TIED.replace('"" : 17', '"" : 21'))
+    scheme = _scheme("int4", block_size=16)
+    scheme.passes = passes
+    ctx = make_ctx(model, scheme, target=target)
+    QuantizeEmbeddings.from_dict(ctx, {"min_elements": 0, **options})(model)
+    PASS_TABLE["cleanup"](ctx)(model)
+    return model, ctx.pass_reports["quantize_embeddings"]
+
+
+@pytest.mark.parametrize("level", [0, 4])
+def test_tied_head_is_int4matmul_where_the_library_runs_anyway(make_ctx, level):
+    """With the library's ops in the compiled model (--target qcompiler with int4 linears) the int4 head
+    is Int4MatMul on the same codes and scales: with fp32 activations it computes MatMulNBits' logits
+    (1e-5 relative: both sum the same products in their own order), with int8 ones within their
+    rounding of the shared head (bound 1%); without the library its ONNX function body gives the
+    same logits as the kernel (1e-5)."""
+    from qcompiler.bench import native_library
+    from qcompiler import ops
+
+    nbits, _ = _tied_int4(make_ctx, tied_head_accuracy_level=level)
+    shared, _ = _tied_int4(make_ctx, tied_head="shared")
+    lib, rep = _tied_int4_at(make_ctx, "qcompiler", ["quantize_embeddings", "quantize_int4"],
+                             tied_head_accuracy_level=level)
+    assert _ops(lib)["Int4MatMul"] == 1 and "MatMulNBits" not in _ops(lib) and "Transpose" not in _ops(lib)
+    assert rep["tables"][0]["tied_head"][0].startswith("Int4MatMul")
+    onnx.checker.check_model(ir.to_proto(lib), full_check=True)
+    feeds = {"ids": _ids()}
+    (ref,), (want,), (fallback,) = _run(shared, feeds), _run(nbits, feeds), _run(lib, feeds)
+    if level == 0:
+        np.testing.assert_allclose(fallback, want, rtol=1e-5, atol=1e-5)
+    else:
+        assert np.linalg.norm(fallback - ref) / np.linalg.norm(ref) < 0.01
+    if not native_library().startswith("loaded"):
+        pytest.skip("the op library is not built: the kernel half of the check needs it")
+    opts = ort.SessionOptions()
+    ops.register(opts)
+    sess = ort.InferenceSession(ir.to_proto(lib).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    (native,) = sess.run(None, feeds)
+    if level == 0:
+        np.testing.assert_allclose(native, fallback, rtol=1e-5, atol=1e-5)
+    else:  # both within the int8-activation rounding of the shared head
+        assert np.linalg.norm(native - ref) / np.linalg.norm(ref) < 0.01
+
+
+def test_tied_head_stays_matmulnbits_for_stock_onnxruntime(make_ctx):
+    """The default target (stock onnxruntime) keeps MatMulNBits even at opset 21 with int4 linears."""
+    model, rep = _tied_int4_at(make_ctx, "ort", ["quantize_embeddings", "quantize_int4"])
     assert _ops(model)["MatMulNBits"] == 1 and rep["tables"][0]["tied_head"][0].startswith("MatMulNBits")
 
 
