@@ -186,10 +186,12 @@ class Seq2SeqTranslator:
         if last:
             return self.eos
         row = logits[0]
-        if self.pad >= 0:
+        token = int(row.argmax())
+        if token == self.pad >= 0:  # only then can banning the pad change the argmax
             row = row.copy()
             row[self.pad] = -np.inf
-        return int(row.argmax())
+            token = int(row.argmax())
+        return token
 
     def greedy(self, src_ids: list[int]) -> list[int]:
         mask, hidden = self._encode(src_ids)

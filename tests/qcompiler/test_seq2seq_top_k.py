@@ -55,3 +55,22 @@ def test_beam_candidates_equal_the_full_score_matrix(monkeypatch):
         np.testing.assert_array_equal(scores, ref_scores)
         paths["full matrix" if sizes[-1] == b * v else "scored candidates"] += 1
     assert min(paths.values()) > 200, paths  # both paths ran
+
+
+def test_greedy_token_bans_the_pad_as_a_full_ban_would():
+    """The pad is banned by re-taking the argmax only when it won: the same token as banning first,
+    ties included (integer logits)."""
+    import types
+
+    from qcompiler.seq2seq import Seq2SeqTranslator
+
+    rng = np.random.default_rng(2)
+    for _ in range(3000):
+        v = int(rng.integers(2, 30))
+        logits = rng.integers(-3, 3, (1, v)).astype(np.float32)
+        pad = int(rng.integers(-1, v))
+        banned = logits[0].copy()
+        if pad >= 0:
+            banned[pad] = -np.inf
+        me = types.SimpleNamespace(pad=pad, eos=0)
+        assert Seq2SeqTranslator._greedy_token(me, logits, False) == int(banned.argmax())
