@@ -142,7 +142,8 @@ class Seq2SeqTranslator:
         return "past_key_values." + present[len("present."):]
 
     def _first_step(self, mask, hidden, batch: int):
-        """Logits [B,V] of the start token and the cache (self + cross) as past_key_values.* names."""
+        """Logits [B,V] of the start token, the self-attention cache and the cross-attention cache,
+        both under past_key_values.* names."""
         feeds = {"input_ids": np.full((batch, 1), self.start, np.int64),
                  "encoder_attention_mask": np.repeat(mask, batch, 0), "encoder_hidden_states": np.repeat(hidden, batch, 0)}
         if self.merged:
@@ -151,11 +152,14 @@ class Seq2SeqTranslator:
             feeds["use_cache_branch"] = np.array([False])
         outs = self.first.run(self.first_outputs, feeds)
         cache = {self._past_name(n): v for n, v in zip(self.first_outputs[1:], outs[1:])}
-        return outs[0][:, -1, :], cache
+        cross = {n: v for n, v in cache.items() if ".encoder." in n}
+        return outs[0][:, -1, :], {n: v for n, v in cache.items() if n not in cross}, cross
 
-    def _step_feeds(self, mask, hidden, batch: int) -> dict:
-        """The inputs of a later step that depend only on the source and the batch size."""
-        feeds = {"encoder_attention_mask": np.repeat(mask, batch, 0)}
+    def _step_feeds(self, mask, hidden, cross: dict, batch: int) -> dict:
+        """The inputs of a later step that depend only on the source and the batch size: every beam
+        has the same cross-attention cache (the first step's, at batch 1)."""
+        feeds = {"encoder_attention_mask": np.repeat(mask, batch, 0),
+                 **{n: v if batch == 1 else np.repeat(v, batch, 0) for n, v in cross.items()}}
         if self.merged:
             feeds["encoder_hidden_states"] = np.repeat(hidden, batch, 0)
             feeds["use_cache_branch"] = np.array([True])
@@ -166,19 +170,6 @@ class Seq2SeqTranslator:
         self-attention cache (the cross-attention cache stays as the first step made it)."""
         outs = self.later.run(self.later_outputs, {"input_ids": tokens[:, None], **fixed, **cache})
         return outs[0][:, -1, :], dict(zip(self.later_cache_names, outs[1:]))
-
-    def _logprobs(self, logits: np.ndarray, last: bool = False) -> np.ndarray:
-        """Log-softmax, then (as transformers' logits processors) pad banned and, at the last
-        position of max_len, EOS forced with score 0."""
-        logits = logits.astype(np.float32)
-        m = logits.max(1, keepdims=True)
-        logp = logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True))
-        if self.pad >= 0:
-            logp[:, self.pad] = -np.inf
-        if last:
-            logp[:] = -np.inf
-            logp[:, self.eos] = 0.0
-        return logp
 
     def _greedy_token(self, logits: np.ndarray, last: bool) -> int:
         """The argmax of the raw logits (what transformers' greedy search takes: the log-softmax is
@@ -195,9 +186,8 @@ class Seq2SeqTranslator:
 
     def greedy(self, src_ids: list[int]) -> list[int]:
         mask, hidden = self._encode(src_ids)
-        logits, cache = self._first_step(mask, hidden, 1)
-        cross = {n: v for n, v in cache.items() if ".encoder." in n}
-        fixed = {**self._step_feeds(mask, hidden, 1), **cross}
+        logits, cache, cross = self._first_step(mask, hidden, 1)
+        fixed = self._step_feeds(mask, hidden, cross, 1)
         out = []
         for step in range(self.max_len):
             token = self._greedy_token(logits, last=step + 1 == self.max_len)
@@ -213,30 +203,19 @@ class Seq2SeqTranslator:
         if width <= 1:
             return self.greedy(src_ids)
         mask, hidden = self._encode(src_ids)
-        logits, cache = self._first_step(mask, hidden, 1)
-        cross1 = {n: v for n, v in cache.items() if ".encoder." in n}
-        cache = {n: v for n, v in cache.items() if ".encoder." not in n}
-        fixed_by_batch: dict[int, dict] = {}  # source-only inputs per beam count: every beam has the same cross cache
-
-        def fixed(batch: int) -> dict:
-            if batch not in fixed_by_batch:
-                fixed_by_batch[batch] = {**self._step_feeds(mask, hidden, batch),
-                                         **{n: np.repeat(v, batch, 0) for n, v in cross1.items()}}
-            return fixed_by_batch[batch]
-
+        logits, cache, cross = self._first_step(mask, hidden, 1)
+        fixed: dict[int, dict] = {}  # _step_feeds per beam count
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         finished: list[tuple[float, list[int]]] = []
-        cache_batch = 1
         for step in range(1, self.max_len + 1):
             beam_scores = np.array([s for _, s in beams])
-            if step == self.max_len:
-                scores = (beam_scores[:, None] + self._logprobs(logits, last=True)).ravel()
-                flats = _top_k_stable(scores, 2 * width)
-                flat_scores = scores[flats]
+            vocab = logits.shape[1]
+            if step == self.max_len:  # EOS forced (transformers' logits processor): each beam ends, best first
+                order = np.argsort(-beam_scores, kind="stable")
+                flats, flat_scores = order * vocab + self.eos, beam_scores[order]
             else:
                 flats, flat_scores = _beam_candidates(logits.astype(np.float32, copy=False), beam_scores,
                                                       2 * width, self.pad)
-            vocab = logits.shape[1]
             next_beams, rows = [], []
             for rank, (flat, score) in enumerate(zip(flats.tolist(), flat_scores.tolist())):
                 row, tok = divmod(flat, vocab)
@@ -257,11 +236,12 @@ class Seq2SeqTranslator:
                 best_open = max(sc for _, sc in next_beams) / step ** length_penalty
                 if sorted(f[0] for f in finished)[-width] >= best_open:
                     break
-            beams = next_beams
-            if rows != list(range(cache_batch)):  # beams reordered or their number changed
+            if rows != list(range(len(beams))):  # beams reordered or their number changed
                 cache = {n: v[rows] for n, v in cache.items()}
-            cache_batch = len(rows)
-            logits, cache = self._step(np.array([b[-1] for b, _ in beams], np.int64), fixed(len(beams)), cache)
+            beams = next_beams
+            if len(beams) not in fixed:
+                fixed[len(beams)] = self._step_feeds(mask, hidden, cross, len(beams))
+            logits, cache = self._step(np.array([b[-1] for b, _ in beams], np.int64), fixed[len(beams)], cache)
         if not finished:
             finished = [(sc / (len(b) + 1) ** length_penalty, b) for b, sc in (next_beams or beams)]
         return max(finished, key=lambda f: f[0])[1]
