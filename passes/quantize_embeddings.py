@@ -727,14 +727,19 @@ class QuantizeEmbeddings(QPass):
         v, (w_packed, scales, bias, outlier_idx, outlier_w, zero_points) = self._heads[key]
         attributes = contract.node_attributes("Int4MatMul", K=d, N=v, group_size=stored.block_size,
                                               accuracy_level=int(self.options.tied_head_accuracy_level))
+        node = ir.node("Int4MatMul", [lin.node.inputs[0], w_packed, scales, bias, outlier_idx, outlier_w, zero_points],
+                       attributes, domain=contract.DOMAIN, name=f"{lin.node.name or 'lm_head'}_Int4MatMul")
+        self._replace_head(lin, node)
+        model.opset_imports.setdefault(contract.DOMAIN, contract.OPSET_VERSION)
+
+    @staticmethod
+    def _replace_head(lin, node: ir.Node) -> None:
+        """`node` in place of the head's MatMul(x, Transpose(table)); the Transpose goes once unused."""
         old = lin.node
         transpose = old.inputs[1].producer()
-        node = ir.node("Int4MatMul", [old.inputs[0], w_packed, scales, bias, outlier_idx, outlier_w, zero_points],
-                       attributes, domain=contract.DOMAIN, name=f"{old.name or 'lm_head'}_Int4MatMul")
         ir.convenience.replace_nodes_and_values(old.graph, old, [old], [node], [old.outputs[0]], [node.outputs[0]])
         if transpose is not None and not list(transpose.outputs[0].uses()):
             transpose.graph.remove(transpose, safe=True)
-        model.opset_imports.setdefault(contract.DOMAIN, contract.OPSET_VERSION)
 
     def _rewrite_tied_nbits(self, model: ir.Model, lin, stored: _Stored) -> None:
         """MatMul(x, Transpose(table)) -> MatMulNBits(x, codes, scales): the same weights (symmetric
@@ -764,11 +769,7 @@ class QuantizeEmbeddings(QPass):
         attributes = {"K": stored.d, "N": v, "bits": stored.bits, "block_size": block}
         if self.options.tied_head_accuracy_level:
             attributes["accuracy_level"] = int(self.options.tied_head_accuracy_level)
-        old = lin.node
-        transpose = old.inputs[1].producer()
-        node = ir.node("MatMulNBits", [old.inputs[0], b, scales], attributes, domain=MS_DOMAIN,
-                       name=f"{old.name or 'lm_head'}_MatMulNBits")
-        ir.convenience.replace_nodes_and_values(old.graph, old, [old], [node], [old.outputs[0]], [node.outputs[0]])
-        if transpose is not None and not list(transpose.outputs[0].uses()):
-            transpose.graph.remove(transpose, safe=True)
+        node = ir.node("MatMulNBits", [lin.node.inputs[0], b, scales], attributes, domain=MS_DOMAIN,
+                       name=f"{lin.node.name or 'lm_head'}_MatMulNBits")
+        self._replace_head(lin, node)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
