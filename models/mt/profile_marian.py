@@ -72,8 +72,8 @@ def profile(folder: Path, sentences: list[str], beams=(1, 4), ct2: Path | None =
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    ids = [tok.encode(s).ids for s in sentences]
-    pieces = [tok.encode(s).tokens for s in sentences]
+    encoded = [tok.encode(s) for s in sentences]
+    ids, pieces = [e.ids for e in encoded], [e.tokens for e in encoded]
     tr, acc = our_runner(folder, threads, max_len)
     ct = ct2_runner(ct2, ct2_type, threads, max_len) if ct2 else None
     out = {"sentences": len(sentences), "threads": threads, "load_average": [round(x, 2) for x in os.getloadavg()]}
